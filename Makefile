@@ -1,0 +1,35 @@
+# dualscope: the two commands of the README, and what they need.
+# Each target makes its own virtual environment (.venv) and installs what it needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: demo test venv lint bench-import bench-model clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: this takes the machine's CPU build; a plain 'torch' would pull
+	# several GB of CUDA packages
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[reference,scale,test,bench]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job: the demo on the bundled samples (no GPU needed)
+demo: $(STAMP)
+	$(BIN)/dualscope demo
+
+## Install everything and run the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check profiler probes dashboard tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

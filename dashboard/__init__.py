@@ -1,0 +1,1 @@
+"""The Dash app. Imports ``profiler``, never ``probes``."""

@@ -1,0 +1,1 @@
+"""Collectors that run beside a training job (NVML, InfiniBand sysfs, SM split, timers)."""

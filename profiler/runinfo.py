@@ -1,0 +1,94 @@
+"""What a run holds, in one dictionary: the data behind ``dualscope info``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .store import RunReader
+
+__all__ = ["run_info"]
+
+
+def run_info(reader: RunReader, *, top_kernels: int = 8) -> dict[str, Any]:
+    """Summarise a run.
+
+    Keys: ``run`` (id, source, status, synthetic, schema_version, description), ``topology``,
+    ``parallel``, ``probes`` (name -> available, reason), ``ranks`` (list), ``steps`` (sorted
+    distinct step ids), ``time`` (start_ns, end_ns, duration_s), ``spans`` (count per lane and
+    kind), ``kernels`` (per lane: count, busy_s, SMs min / median / max and the most frequent
+    kernels with their SMs), ``counters`` (count, nodes, devices, metrics), ``segments``
+    (files, bytes).
+    """
+    m = reader.manifest
+    spans = reader.spans()
+    counters = reader.counters()
+    info: dict[str, Any] = {
+        "run": {
+            "path": str(reader.path),
+            "run_id": m.run_id,
+            "source": m.source,
+            "status": m.status,
+            "synthetic": m.synthetic,
+            "schema_version": m.schema_version,
+            "description": m.description,
+        },
+        "topology": vars(m.topology),
+        "parallel": vars(m.parallel),
+        "probes": {k: vars(v) for k, v in m.probes.items()},
+        "ranks": reader.ranks(),
+        "clock_offsets_ns": m.clock_offsets_ns,
+    }
+    if len(spans):
+        start, end = int(spans["start_ns"].min()), int(spans["end_ns"].max())
+        info["time"] = {"start_ns": start, "end_ns": end, "duration_s": (end - start) / 1e9}
+        info["steps"] = sorted(int(s) for s in spans["step"].dropna().unique())
+    else:
+        info["time"] = {"start_ns": None, "end_ns": None, "duration_s": 0.0}
+        info["steps"] = []
+    info["spans"] = {
+        "count": int(len(spans)),
+        "by_lane": {str(k): int(v) for k, v in spans.groupby("lane").size().items()},
+        "by_kind": {str(k): int(v) for k, v in spans.groupby("kind").size().items()},
+    }
+    info["kernels"] = _kernel_summary(spans, top_kernels)
+    info["counters"] = {
+        "count": int(len(counters)),
+        "nodes": sorted(counters["node"].unique().tolist()) if len(counters) else [],
+        "devices": sorted(counters["device"].unique().tolist()) if len(counters) else [],
+        "metrics": sorted(counters["metric"].unique().tolist()) if len(counters) else [],
+    }
+    files = reader.segment_files()
+    info["segments"] = {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    return info
+
+
+def _kernel_summary(spans: pd.DataFrame, top: int) -> dict[str, Any]:
+    k = spans[spans["kind"] == "kernel"]
+    out: dict[str, Any] = {}
+    for lane, g in k.groupby("lane"):
+        sms = g["sms"].dropna().astype("int64")
+        dur_s = (g["end_ns"] - g["start_ns"]).sum() / 1e9
+        by_name = (
+            g.assign(sms=g["sms"].astype("Float64"), busy_s=(g["end_ns"] - g["start_ns"]) / 1e9)
+            .groupby("name")
+            .agg(count=("name", "size"), sms=("sms", "median"), busy_s=("busy_s", "sum"))
+            .sort_values("busy_s", ascending=False)
+            .head(top)
+        )
+        out[str(lane)] = {
+            "count": int(len(g)),
+            "busy_s": float(dur_s),
+            "sms_min": int(sms.min()) if len(sms) else None,
+            "sms_median": float(sms.median()) if len(sms) else None,
+            "sms_max": int(sms.max()) if len(sms) else None,
+            "streams": sorted(int(s) for s in g["stream"].dropna().unique()),
+            "top": [
+                {"name": str(n), "count": int(r["count"]),
+                 "sms": None if pd.isna(r["sms"]) else float(r["sms"]),
+                 "busy_s": float(r["busy_s"])}
+                for n, r in by_name.iterrows()
+            ],
+        }
+    return out

@@ -1,0 +1,1 @@
+"""Bundled sample runs (data only); see README.md in this folder."""

@@ -20,7 +20,14 @@ COMMANDS: dict[str, str] = {
     "import": "profiler.commands.import_cmd:command",
     "export": "profiler.commands.export_cmd:command",
     "info": "profiler.commands.info_cmd:command",
+    "compare": "profiler.commands.compare_cmd:command",
     "compact": "profiler.commands.info_cmd:compact_command",
+    "run-reference": "profiler.commands.reference_cmd:command",
+    "model": "profiler.commands.model_cmd:command",
+    "analyze": "profiler.commands.analyze_cmd:command",
+    "probe": "probes.commands:command",
+    "dashboard": "profiler.commands.dashboard_cmd:command",
+    "demo": "profiler.commands.demo_cmd:command",
 }
 
 

@@ -12,7 +12,7 @@ backward chunk run overlapped, DualPipe's F&B). ``stage`` / ``microbatch`` name 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = ["KINDS", "Op", "Schedule"]
@@ -59,7 +59,6 @@ class Schedule:
     microbatches: int
     num_stages: int
     ranks: tuple[tuple[Op, ...], ...]
-    meta: dict[str, object] = field(default_factory=dict, compare=False)
 
     @property
     def num_ops(self) -> int:

@@ -1,0 +1,127 @@
+"""DualPipe and DualPipeV op lists, written as the paper's eight phases.
+
+Notation (DualPipe README, DeepSeek-V3 report §3.2.1): P pipeline ranks, M micro-batches,
+H = P/2 and h = min(r, P-1-r) for DualPipe; H = P and h = r for DualPipeV. "Phase 0" is the
+direction in which the rank holds the earlier stage, "phase 1" the other one. Every rank runs:
+
+1. 2(H-h-1) x F0
+2. (h+1) x [F0, F1]
+3. (H-h-1) x [I1, W, F1]                      (zero-bubble: input-grad, then its weight-grad)
+4. n_main x [F0&B1, F1&B0]                    the middle ranks run the first F0&B1 as F0 then B1
+5. (H-h-1) x [B1, F1&B0]
+6. (h+1) x [B1, B0]                           the second half of these as input-grad only
+7. (H-h-1) x [W, I0]
+8. (h+1) x W
+
+with n_main = M/2 - P + h + 1 (DualPipe) or M - 2P + r + 1 (DualPipeV). W pops the weight-grad
+work queued by input-grad-only backwards, first in first out.
+
+Stage numbering: DualPipe has P stages in each direction; rank r holds stage r of the
+micro-batches 0..M/2-1 that enter at rank 0 and stage P-1-r of the micro-batches M/2..M-1
+that enter at rank P-1. DualPipeV has 2P stages in one direction; rank r holds stages r and
+2P-1-r (torch's ``style="v"`` placement).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..errors import InputError
+from .ops import Op, Schedule
+
+__all__ = ["dualpipe", "dualpipev", "phase_ops"]
+
+
+def phase_ops(*, H: int, h: int, n_main: int, stages: tuple[int, int],
+              mb_base: tuple[int, int], middle: bool) -> list[Op]:
+    """One rank's op list. ``stages[p]`` / ``mb_base[p]``: the stage and the first micro-batch
+    of phase p; ``middle``: this rank runs its first F&B unoverlapped (h is largest)."""
+    ops: list[Op] = []
+    nf = [0, 0]  # forwards issued per phase
+    nb = [0, 0]  # backwards (full or input-grad) issued per phase
+    wq: deque[tuple[int, int]] = deque()  # queued weight-grad work (stage, micro-batch)
+
+    def f(p: int, hold: bool = False) -> Op:
+        op = Op("F", stages[p], mb_base[p] + nf[p], hold=hold)
+        nf[p] += 1
+        return op
+
+    def b(p: int, zb: bool = False) -> Op:
+        mb = mb_base[p] + nb[p]
+        nb[p] += 1
+        if zb:
+            wq.append((stages[p], mb))
+        return Op("I" if zb else "B", stages[p], mb)
+
+    def fb(pf: int, pb: int) -> Op:
+        fwd, bwd = f(pf), b(pb)
+        return Op("FB", fwd.stage, fwd.microbatch, bwd.stage, bwd.microbatch)
+
+    def w() -> Op:
+        stage, mb = wq.popleft()
+        return Op("W", stage, mb)
+
+    tail = H - h - 1
+    ops += [f(0) for _ in range(2 * tail)]                         # phase 1
+    for _ in range(h + 1):                                         # phase 2
+        ops += [f(0), f(1)]
+    for _ in range(tail):                                          # phase 3
+        ops += [b(1, zb=True), w(), f(1)]
+    for i in range(n_main):                                        # phase 4
+        if i == 0 and middle:
+            ops += [f(0, hold=True), b(1)]
+        else:
+            ops.append(fb(0, 1))
+        ops.append(fb(1, 0))
+    for _ in range(tail):                                          # phase 5
+        ops += [b(1), fb(1, 0)]
+    for i in range(2 * (h + 1)):                                   # phase 6
+        ops.append(b(1 - i % 2, zb=i >= h + 1))
+    for _ in range(tail):                                          # phase 7
+        ops += [w(), b(0, zb=True)]
+    ops += [w() for _ in range(h + 1)]                             # phase 8
+    assert not wq, "every queued weight-grad is popped"
+    return ops
+
+
+def _check_common(name: str, pp: int, m: int, *, need_even_m: bool) -> None:
+    if name == "DualPipe" and (pp < 2 or pp % 2):
+        fix = f"use {pp - 1} or {pp + 1}" if pp >= 2 else "use 2 or more"
+        raise InputError(f"DualPipe needs an even number of pipeline ranks, got --pp {pp}; {fix}")
+    if pp < 1:
+        raise InputError(f"{name} needs at least 1 pipeline rank, got --pp {pp}; use 1 or more")
+    if m < 2 * pp:
+        raise InputError(
+            f"{name} needs at least 2·PP micro-batches, got --microbatches {m} with --pp {pp}; "
+            f"use --microbatches {2 * pp} or more"
+        )
+    if need_even_m and m % 2:
+        raise InputError(
+            f"{name} splits micro-batches evenly between its two directions and needs an even "
+            f"number, got --microbatches {m}; use {m - 1} or {m + 1}"
+        )
+
+
+def dualpipe(pp: int, microbatches: int) -> Schedule:
+    """DualPipe on ``pp`` ranks (even) with ``microbatches`` (even, >= 2·pp)."""
+    _check_common("DualPipe", pp, microbatches, need_even_m=True)
+    H, half = pp // 2, microbatches // 2
+    ranks = []
+    for r in range(pp):
+        h = min(r, pp - 1 - r)
+        ranks.append(tuple(phase_ops(
+            H=H, h=h, n_main=half - pp + h + 1, stages=(h, pp - 1 - h),
+            mb_base=(0, half) if r < H else (half, 0), middle=h == H - 1,
+        )))
+    return Schedule("dualpipe", pp, microbatches, pp, tuple(ranks))
+
+
+def dualpipev(pp: int, microbatches: int) -> Schedule:
+    """DualPipeV on ``pp`` ranks holding 2·pp stages in a V, ``microbatches`` >= 2·pp."""
+    _check_common("DualPipeV", pp, microbatches, need_even_m=False)
+    ranks = [
+        tuple(phase_ops(H=pp, h=r, n_main=microbatches - 2 * pp + r + 1,
+                        stages=(r, 2 * pp - 1 - r), mb_base=(0, 0), middle=r == pp - 1))
+        for r in range(pp)
+    ]
+    return Schedule("dualpipev", pp, microbatches, 2 * pp, tuple(ranks))

@@ -67,15 +67,22 @@ def test_dualpipe_phase_counts_of_rank_0() -> None:
 
 
 def test_dualpipe_middle_ranks_run_the_first_fb_unoverlapped() -> None:
+    """Holds follow dualpipe.py: the middle ranks hold their last phase-2 F(1) and the
+    unoverlapped F(0) before B(1) (both sent after the next op); the other ranks hold each
+    phase-2 F(0) until the F(1) after it ends."""
     s = dualpipe(8, 20)
     for r in range(8):
-        held = [op for op in s.ranks[r] if op.hold]
+        ops = s.ranks[r]
+        held = [i for i, op in enumerate(ops) if op.hold]
+        h = min(r, 7 - r)
         if r in (3, 4):
-            assert len(held) == 1 and held[0].kind == "F"
-            i = s.ranks[r].index(held[0])
-            assert s.ranks[r][i + 1].kind == "B"
+            assert len(held) == 2
+            last_f1, unoverlapped_f0 = held
+            assert ops[last_f1].kind == "F" and ops[last_f1 + 1] == ops[unoverlapped_f0]
+            assert ops[unoverlapped_f0 + 1].kind == "B"
         else:
-            assert held == []
+            assert len(held) == h + 1
+            assert all(ops[i].kind == "F" and ops[i + 1].kind == "F" for i in held)
 
 
 def test_phase6_switches_to_input_grad_halfway() -> None:

@@ -193,7 +193,8 @@ def test_p2p_latency_by_hand() -> None:
 
 
 def test_held_forward_is_sent_with_the_next_op() -> None:
-    """DualPipe's middle ranks run their first F&B as F then B and send both at the end."""
+    """Held results (DualPipe phase 2 and the middle ranks' first F then B) go out at the end
+    of the next op."""
     s = dualpipe(4, 8)
     r = simulate(s, Costs(1, 2, 1, 3), p2p=0.25)
     base = np.cumsum([0] + [len(ops) for ops in s.ranks])
@@ -208,7 +209,7 @@ def test_held_forward_is_sent_with_the_next_op() -> None:
             assert len(consumer) == 1
             assert r.start[consumer[0]] >= sent + 0.25 - 1e-12
             seen += 1
-    assert seen == 2
+    assert seen == 6  # ranks 0, 3: one phase-2 F(0) each; middle ranks 1, 2: two each
 
 
 def test_deadlock_names_the_rank_the_op_and_the_missing_input() -> None:

@@ -33,9 +33,12 @@ __all__ = ["dualpipe", "dualpipev", "phase_ops"]
 
 
 def phase_ops(*, H: int, h: int, n_main: int, stages: tuple[int, int],
-              mb_base: tuple[int, int], middle: bool) -> list[Op]:
+              mb_base: tuple[int, int], middle: bool, deferred_sends: bool = False) -> list[Op]:
     """One rank's op list. ``stages[p]`` / ``mb_base[p]``: the stage and the first micro-batch
-    of phase p; ``middle``: this rank runs its first F&B unoverlapped (h is largest)."""
+    of phase p; ``middle``: this rank runs its first F&B unoverlapped (h is largest).
+    ``deferred_sends``: phase 2 sends as DualPipe's code does (``dualpipe.py`` step 2): other
+    ranks send each F(0) result after the F(1) that follows it, and the middle ranks send their
+    last F(1) result after phase 4's unoverlapped F(0)."""
     ops: list[Op] = []
     nf = [0, 0]  # forwards issued per phase
     nb = [0, 0]  # backwards (full or input-grad) issued per phase
@@ -63,8 +66,10 @@ def phase_ops(*, H: int, h: int, n_main: int, stages: tuple[int, int],
 
     tail = H - h - 1
     ops += [f(0) for _ in range(2 * tail)]                         # phase 1
-    for _ in range(h + 1):                                         # phase 2
-        ops += [f(0), f(1)]
+    for i in range(h + 1):                                         # phase 2
+        last = i == h
+        ops += [f(0, hold=deferred_sends and not middle),
+                f(1, hold=deferred_sends and middle and last)]
     for _ in range(tail):                                          # phase 3
         ops += [b(1, zb=True), w(), f(1)]
     for i in range(n_main):                                        # phase 4
@@ -111,7 +116,7 @@ def dualpipe(pp: int, microbatches: int) -> Schedule:
         h = min(r, pp - 1 - r)
         ranks.append(tuple(phase_ops(
             H=H, h=h, n_main=half - pp + h + 1, stages=(h, pp - 1 - h),
-            mb_base=(0, half) if r < H else (half, 0), middle=h == H - 1,
+            mb_base=(0, half) if r < H else (half, 0), middle=h == H - 1, deferred_sends=True,
         )))
     return Schedule("dualpipe", pp, microbatches, pp, tuple(ranks))
 

@@ -25,6 +25,16 @@ latency; checked in tests/test_simulate.py):
   1, 2, 0.5, 2.5) the formula *overstates* the bubble by up to F: at PP 4 the simulated
   DualPipe bubble is F&B + F - 2W where the formula has F&B + (B - W) - 2W. Always:
   simulated >= (H-1)(F&B + min(F, B-W) - 2W), H = PP/2 (DualPipe) or PP (DualPipeV ranks).
+
+An independent simulator that follows deepseek-ai/DualPipe's ``dualpipe.py`` step by step
+(exact fractions; P = 4, 8, 16) reproduced every per-rank bubble of this model and fitted the
+largest DualPipe bubble, k = PP/2 - 1 and I = B - W, as
+
+    k(F + F&B - B) + max(0, k·I - (k+1)·F) + max(0, (2k+1)·I + W - (k+1)·B)
+
+which equals the published formula only when F + 3W = 2B and the two max terms vanish. With
+W > F the formula understates badly (1, 2, 1.5, 3 at PP 8: simulated 6, formula 1.5), which is
+why ``dualscope model`` prints both figures.
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""Analyses of a run: pure functions, DataFrame in -> DataFrame out, no plotting, no I/O.
+
+Each module holds one analysis and documents every output column with its unit:
+
+- :mod:`.bubbles` — pipeline bubbles per rank / step / stage, split warm-up / steady / cool-down
+- :mod:`.overlap` — communication time hidden behind compute, exposed communication
+- :mod:`.sm_split` — SMs held by communication vs compute: step function and SM-seconds
+- :mod:`.bandwidth` — achieved NVLink / IB bandwidth vs peak, overall and per comm phase
+- :mod:`.stragglers` — robust z-scores of per-rank op durations, who waits on a slow rank
+- :mod:`.alignment` — per-rank clock offsets from collectives and send/recv pairs
+
+:func:`run_analyses` runs them all (in memory, or over a run through :mod:`profiler.engine`).
+"""
+
+from __future__ import annotations
+
+from .alignment import alignment_events, apply_offsets, clock_offsets
+from .bandwidth import bandwidth_by_phase, link_bandwidth, phase_summary, span_phases
+from .bubbles import bubble_parts, bubbles, bubbles_by_stage, combine_bubbles
+from .intervals import gaps, union, union_length
+from .overlap import overlap
+from .params import AnalysisParams, assign_steps, pipeline_layout, rank_node_map
+from .sm_split import sm_seconds, sm_split_series
+from .stragglers import op_duration_parts, stragglers
+from .summary import Frames, analyze_unit, reduce_units, run_analyses
+
+__all__ = [
+    "AnalysisParams",
+    "Frames",
+    "alignment_events",
+    "analyze_unit",
+    "apply_offsets",
+    "assign_steps",
+    "bandwidth_by_phase",
+    "bubble_parts",
+    "bubbles",
+    "bubbles_by_stage",
+    "clock_offsets",
+    "combine_bubbles",
+    "gaps",
+    "link_bandwidth",
+    "op_duration_parts",
+    "overlap",
+    "phase_summary",
+    "pipeline_layout",
+    "rank_node_map",
+    "reduce_units",
+    "run_analyses",
+    "sm_seconds",
+    "sm_split_series",
+    "span_phases",
+    "stragglers",
+    "union",
+    "union_length",
+]

@@ -1,0 +1,184 @@
+"""Achieved link bandwidth from counters, against the hardware peak, overall and per phase.
+
+Counters are already rates (``tx_bytes_per_s`` / ``rx_bytes_per_s``, computed by the probes
+from cumulative counters with resets and wraps dropped). Peaks come from the manifest
+topology: ``nvlink`` (all links of a GPU) against ``nvlink_peak_bytes_per_s``, ``nvlink:L``
+(one link) against ``nvlink_link_peak_bytes_per_s``, ``ib:HCA:PORT`` against
+``ib_peak_bytes_per_s``; other devices have no peak (NaN).
+
+Phases: each communication span is labelled ``dispatch`` or ``combine`` when its name or
+annotation says so, ``pp`` when it is on the ``pp_comm`` lane or named send/recv, else
+``other_comm``. A counter sample of node n at ts takes the set of phases running on any rank
+of node n at ts (``dispatch+combine`` when both; ``none`` when no communication span runs),
+found with one searchsorted per phase over the per-node union of that phase's spans.
+Rank-to-node mapping: :func:`~profiler.analysis.params.rank_node_map`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .intervals import group_codes, union
+from .params import COMM_LANES, AnalysisParams
+
+__all__ = ["PHASES", "span_phases", "phase_intervals", "link_bandwidth", "bandwidth_by_phase",
+           "phase_summary", "label_samples"]
+
+PHASES = ("dispatch", "combine", "pp", "other_comm")
+_KEYS = ["node", "gpu", "device", "metric"]
+
+
+def span_phases(spans: pd.DataFrame) -> pd.Series:
+    """Phase of each communication span (one of :data:`PHASES`); null off the comm lanes.
+    Classified once per distinct (lane, name, annotation), then broadcast."""
+    is_comm = spans["lane"].isin(list(COMM_LANES)).to_numpy(dtype=bool)
+    out = np.full(len(spans), None, dtype=object)
+    if is_comm.any():
+        sub = spans.loc[is_comm, ["lane", "name", "annotation"]]
+        codes, uniq = group_codes(sub, ["lane", "name", "annotation"])
+        text = (uniq["name"].astype("str") + " "
+                + uniq["annotation"].astype("str").fillna("")).str.lower()
+        dispatch = text.str.contains("dispatch", regex=False).to_numpy(dtype=bool)
+        combine = text.str.contains("combine", regex=False).to_numpy(dtype=bool)
+        pp = ((uniq["lane"] == "pp_comm").to_numpy(dtype=bool)
+              | text.str.contains(r"send|recv").to_numpy(dtype=bool))
+        label = np.select([dispatch, combine, pp], ["dispatch", "combine", "pp"], "other_comm")
+        out[is_comm] = label[codes]
+    return pd.Series(out, index=spans.index, dtype="str")
+
+
+def phase_intervals(spans: pd.DataFrame, rank_nodes: Mapping[int, str]) -> pd.DataFrame:
+    """Union of each phase's communication spans per node. Columns: ``node``, ``phase``,
+    ``start_ns``, ``end_ns`` (ns, run clock); disjoint within (node, phase)."""
+    phase = span_phases(spans)
+    node = spans["rank"].map(dict(rank_nodes)).astype("str")
+    keep = phase.notna() & node.notna()
+    df = pd.DataFrame({"node": node[keep], "phase": phase[keep],
+                       "start_ns": spans["start_ns"][keep], "end_ns": spans["end_ns"][keep]})
+    codes, keys = group_codes(df, ["node", "phase"])
+    g, s, e = union(codes, df["start_ns"].to_numpy(), df["end_ns"].to_numpy())
+    out = keys.iloc[g].reset_index(drop=True)
+    return out.assign(start_ns=s, end_ns=e)
+
+
+def label_samples(counters: pd.DataFrame, intervals: pd.DataFrame) -> pd.Series:
+    """Phase label of each counter sample: active phases joined by ``+`` or ``none``."""
+    n = len(counters)
+    if n == 0:
+        return pd.Series([], dtype="str", index=counters.index)
+    nodes = pd.Index(pd.unique(np.concatenate([
+        counters["node"].to_numpy(dtype=object), intervals["node"].to_numpy(dtype=object)])))
+    ts = counters["ts_ns"].to_numpy(dtype=np.int64)
+    base = min(ts.min(), intervals["start_ns"].min()) if len(intervals) else ts.min()
+    hi = max(ts.max(), intervals["end_ns"].max()) if len(intervals) else ts.max()
+    span = int(hi - base) + 1
+    if span * (len(nodes) + 1) >= 2**62:
+        raise ValueError("time range too large to label counter samples")
+    cnode = nodes.get_indexer(counters["node"].to_numpy(dtype=object))
+    key = cnode * span + (ts - base)
+    mask = np.zeros(n, dtype=np.int64)
+    for bit, phase in enumerate(PHASES):  # one vectorised pass per phase, not per sample
+        iv = intervals.loc[intervals["phase"] == phase]
+        if len(iv) == 0:
+            continue
+        inode = nodes.get_indexer(iv["node"].to_numpy(dtype=object))
+        ks = inode * span + (iv["start_ns"].to_numpy() - base)
+        ke = inode * span + (iv["end_ns"].to_numpy() - base)
+        order = np.argsort(ks, kind="stable")
+        ks, ke = ks[order], ke[order]
+        idx = np.searchsorted(ks, key, side="right") - 1
+        active = (idx >= 0) & (key < ke[np.maximum(idx, 0)])
+        mask |= active.astype(np.int64) << bit
+    names = np.array([
+        "+".join(p for b, p in enumerate(PHASES) if m >> b & 1) or "none"
+        for m in range(1 << len(PHASES))
+    ], dtype=object)
+    return pd.Series(names[mask], index=counters.index, dtype="str")
+
+
+def _peaks(device: pd.Series, params: AnalysisParams) -> np.ndarray:
+    d = device.astype("str")
+    nan = np.nan
+    return np.select(
+        [(d == "nvlink").to_numpy(), d.str.startswith("nvlink:").to_numpy(dtype=bool),
+         d.str.startswith("ib").to_numpy(dtype=bool)],
+        [params.nvlink_peak_bytes_per_s or nan, params.nvlink_link_peak_bytes_per_s or nan,
+         params.ib_peak_bytes_per_s or nan],
+        nan,
+    ).astype(np.float64)
+
+
+def _rates(counters: pd.DataFrame) -> pd.DataFrame:
+    m = counters["metric"].astype("str").str.endswith("_bytes_per_s").to_numpy(dtype=bool)
+    return counters.loc[m]
+
+
+def _stats(df: pd.DataFrame, keys: list[str], params: AnalysisParams) -> pd.DataFrame:
+    g = df.groupby(keys, sort=True, dropna=False, observed=True)["value"]
+    out = g.agg(samples="count", mean_bytes_per_s="mean", max_bytes_per_s="max")
+    out["unavailable_samples"] = g.size() - out["samples"]
+    out["p50_bytes_per_s"] = g.quantile(0.5)
+    out["p95_bytes_per_s"] = g.quantile(0.95)
+    out = out.reset_index()
+    peak = _peaks(out["device"], params)
+    out["peak_bytes_per_s"] = peak
+    for stat in ("mean", "p95", "max"):
+        out[f"{stat}_share_of_peak"] = out[f"{stat}_bytes_per_s"] / peak
+    order = keys + ["samples", "unavailable_samples", "mean_bytes_per_s", "p50_bytes_per_s",
+                    "p95_bytes_per_s", "max_bytes_per_s", "peak_bytes_per_s",
+                    "mean_share_of_peak", "p95_share_of_peak", "max_share_of_peak"]
+    return out[order]
+
+
+def link_bandwidth(counters: pd.DataFrame, *, params: AnalysisParams) -> pd.DataFrame:
+    """Achieved bandwidth per (node, gpu, device, metric) over ``*_bytes_per_s`` metrics.
+
+    Columns: ``node``; ``gpu`` (nullable: node-level devices such as IB ports); ``device``;
+    ``metric``; ``samples`` (count of non-NaN samples); ``unavailable_samples`` (NaN
+    samples); ``mean_bytes_per_s``, ``p50_bytes_per_s``, ``p95_bytes_per_s``,
+    ``max_bytes_per_s`` (bytes/s); ``peak_bytes_per_s`` (bytes/s, one direction; NaN when
+    unknown); ``mean_share_of_peak``, ``p95_share_of_peak``, ``max_share_of_peak`` (0..1).
+    """
+    return _stats(_rates(counters), _KEYS, params)
+
+
+def bandwidth_by_phase(counters: pd.DataFrame, spans: pd.DataFrame, *,
+                       params: AnalysisParams, rank_nodes: Mapping[int, str]) -> pd.DataFrame:
+    """Achieved bandwidth per (node, gpu, device, metric, phase); a sample's phase is the
+    set of communication phases running on its node at ``ts_ns`` (see the module doc).
+
+    Columns: those of :func:`link_bandwidth` plus ``phase`` (``dispatch``, ``combine``,
+    ``pp``, ``other_comm``, several joined by ``+``, or ``none``) after ``metric``.
+    """
+    rates = _rates(counters)
+    intervals = phase_intervals(spans, rank_nodes)
+    rates = rates.assign(phase=label_samples(rates, intervals))
+    return _stats(rates, _KEYS + ["phase"], params)
+
+
+def phase_summary(by_phase: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate :func:`bandwidth_by_phase` over nodes and GPUs.
+
+    One row per (``device_kind`` = device before the first ``:``, ``metric``, ``phase``).
+    Columns: ``samples`` (count); ``mean_bytes_per_s`` (bytes/s, sample-weighted mean);
+    ``max_bytes_per_s`` (bytes/s); ``mean_share_of_peak`` (0..1, sample-weighted mean of the
+    per-device mean shares; NaN when the peak is unknown).
+    """
+    df = by_phase.loc[by_phase["samples"] > 0]
+    df = df.assign(
+        device_kind=df["device"].astype("str").str.split(":").str[0],
+        _sum=df["mean_bytes_per_s"] * df["samples"],
+        _share=df["mean_share_of_peak"] * df["samples"],
+    )
+    g = df.groupby(["device_kind", "metric", "phase"], sort=True)
+    out = g.agg(samples=("samples", "sum"), _sum=("_sum", "sum"),
+                max_bytes_per_s=("max_bytes_per_s", "max"), _share=("_share", "sum"),
+                _known=("mean_share_of_peak", "count"))
+    out["mean_bytes_per_s"] = out["_sum"] / out["samples"]
+    out["mean_share_of_peak"] = np.where(out["_known"] > 0, out["_share"] / out["samples"],
+                                         np.nan)
+    return out.reset_index()[["device_kind", "metric", "phase", "samples", "mean_bytes_per_s",
+                              "max_bytes_per_s", "mean_share_of_peak"]]

@@ -1,0 +1,81 @@
+"""``dualscope import``: Kineto / Chrome trace JSON -> a dualscope run directory."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import orjson
+
+__all__ = ["command"]
+
+
+@contextmanager
+def _progress(total_files: int) -> Iterator[Callable[[Path, int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+    if not sys.stderr.isatty() or total_files == 0:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task("", total=total_files)
+
+        def advance(path: Path, _size: int) -> None:
+            bar.update(task, advance=1, description=path.name)
+
+        yield advance
+
+
+def _print_summary(d: dict) -> None:
+    echo = click.echo
+    echo(f"imported {len(d['files'])} trace file(s) into {d['out']} (run {d['run_id']})")
+    ws = d["world_size"]
+    echo(f"ranks: {', '.join(map(str, d['ranks']))}" + (f" of world size {ws}" if ws else ""))
+    echo(f"spans: {d['spans']}")
+    echo("  by lane: " + ", ".join(f"{k} {v}" for k, v in d["lanes"].items()))
+    echo("  by kind: " + ", ".join(f"{k} {v}" for k, v in d["kinds"].items()))
+    if d["comm_kernels"]:
+        sms = ", ".join(f"{v} x {k} SMs" for k, v in d["comm_kernel_sms"].items())
+        echo(f"comm kernels: {d['comm_kernels']} ({sms})")
+    for f in d["files"]:
+        streams = ", ".join(f"device {dv} stream {s}" for dv, s in f["comm_streams"])
+        line = f"  rank {f['rank']}: {Path(f['path']).name}, {f['spans']} spans"
+        line += " (CPU only)" if f["cpu_only"] else ""
+        line += f"; comm streams: {streams}" if streams else ""
+        echo(line)
+        for note in f["notes"]:
+            echo(f"    note: {note}")
+
+
+@click.command("import")
+@click.argument("traces", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="New run directory to create (must not exist).")
+@click.option("--comm-pattern", "comm_patterns", multiple=True, metavar="REGEX",
+              help="Kernel-name regex that forces a kernel to communication (repeatable).")
+@click.option("--keep-cpu-ops", is_flag=True,
+              help="Also keep non-communication cpu_ops (kind cpu_op, lane host).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
+            keep_cpu_ops: bool, as_json: bool) -> None:
+    """Import Kineto / Chrome trace JSON (plain or .gz), one file per rank, or folders of
+    them, into a new run directory OUT."""
+    from ..importers import import_kineto
+    from ..importers.discover import find_trace_files
+
+    n_files = len(find_trace_files(list(traces)))
+    with _progress(n_files) as advance:
+        summary = import_kineto(traces, out, comm_patterns=comm_patterns,
+                                keep_cpu_ops=keep_cpu_ops, progress=advance)
+    d = summary.to_dict()
+    if as_json:
+        click.echo(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_summary(d)

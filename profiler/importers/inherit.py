@@ -1,0 +1,160 @@
+"""Annotation inheritance: which user annotation, pipeline label and step each span ran
+under. Host annotations are indexed per thread (:class:`~.labels.IntervalIndex`); a query
+is answered on its own thread, optionally retried on the pid's main thread (the one with
+most annotations: the autograd thread has none of its own); GPU events without a CPU launch
+fall back to the ``gpu_user_annotation`` around them on their stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .kineto import RawTrace, to_ns
+from .labels import IntervalIndex, parse_label, parse_step
+
+__all__ = ["LabelColumns", "AnnotationIndex", "gpu_annotation_fallback", "nullable", "strings"]
+
+
+class LabelColumns:
+    """Parsed labels (:func:`~.labels.parse_label`) of an array of annotation names: ``op``
+    (object), ``stage`` / ``mb`` (int64, -1 none), ``role``, ``step`` (from ProfilerStep#N,
+    -1 none), ``labelled`` (bool). Each distinct name is parsed once."""
+
+    def __init__(self, names: list[str]) -> None:
+        cache: dict[str, tuple[Any, int, int, str | None, int]] = {}
+        n = len(names)
+        self.op = np.empty(n, dtype=object)
+        self.stage = np.full(n, -1, np.int64)
+        self.mb = np.full(n, -1, np.int64)
+        self.role = np.empty(n, dtype=object)
+        self.step = np.full(n, -1, np.int64)
+        for i, name in enumerate(names):
+            got = cache.get(name)
+            if got is None:
+                lab = parse_label(name)
+                step = parse_step(name)
+                got = cache[name] = (
+                    (lab.op, -1 if lab.stage is None else lab.stage,
+                     -1 if lab.microbatch is None else lab.microbatch, lab.role,
+                     -1 if step is None else step)
+                    if lab is not None
+                    else (None, -1, -1, None, -1 if step is None else step)
+                )
+            self.op[i], self.stage[i], self.mb[i], self.role[i], self.step[i] = got
+        self.labelled = self.role != None  # noqa: E711 (elementwise on an object array)
+
+
+def nullable(values: np.ndarray, typ: pa.DataType, missing: np.ndarray | None = None) -> pa.Array:
+    """Integer Arrow array; negative values (the "none" sentinel) or ``missing`` become null."""
+    mask = values < 0 if missing is None else missing
+    return pa.array(values, type=typ, mask=np.asarray(mask, dtype=bool))
+
+
+def strings(values: Any) -> pa.Array:
+    """Arrow string array from a list / object array (None -> null)."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    return pa.array(values, type=pa.string())
+
+
+class AnnotationIndex:
+    """The host annotations of a trace as three interval indexes (all annotations except
+    ``ProfilerStep``, the labelled ones, the steps) plus per-thread fallbacks."""
+
+    def __init__(self, raw: RawTrace, ns: Any, dur: Any) -> None:
+        self.names = np.asarray(raw.a_name, dtype=object)
+        self.start = ns(raw.a_ts)
+        self.end = self.start + dur(raw.a_dur)
+        self.thread = np.asarray(raw.a_thread, dtype=np.int64)
+        self.lab = LabelColumns(raw.a_name)
+        self.is_step = self.lab.step >= 0
+        in_stack = ~self.is_step
+        self.stack_idx = np.flatnonzero(in_stack)
+        self.pp_idx = np.flatnonzero(in_stack & self.lab.labelled)
+        self.step_idx = np.flatnonzero(self.is_step)
+        self.stack = self._index(self.stack_idx)
+        self.pp = self._index(self.pp_idx)
+        self.steps = IntervalIndex(np.zeros(len(self.step_idx), np.int64),
+                                   self.start[self.step_idx], self.end[self.step_idx])
+        # main thread of each pid: the one holding most annotations
+        keys = raw.thread_keys
+        counts = np.bincount(self.thread[self.stack_idx], minlength=len(keys))
+        main: dict[Any, int] = {}
+        for t in np.argsort(-counts, kind="stable").tolist():
+            main.setdefault(keys[t][0], t)
+        self.main_of_thread = np.array([main.get(k[0], t) for t, k in enumerate(keys)],
+                                       dtype=np.int64)
+
+    def _index(self, sub: np.ndarray) -> IntervalIndex:
+        return IntervalIndex(self.thread[sub], self.start[sub], self.end[sub])
+
+    def stab(self, which: str, thread: np.ndarray, t: np.ndarray, *, fallback: bool) -> np.ndarray:
+        """Innermost annotation (index into the annotation arrays, -1 none) of set ``which``
+        (``stack`` or ``pp``) around ``t`` on ``thread``; with ``fallback`` a miss is retried
+        on the pid's main thread."""
+        index, sub = (self.stack, self.stack_idx) if which == "stack" else (self.pp, self.pp_idx)
+        if not len(sub):
+            return np.full(len(t), -1, np.int64)
+        hit = index.stab(thread, t)
+        if fallback and len(thread) and len(self.main_of_thread):
+            miss = np.flatnonzero((hit < 0) & (thread >= 0))
+            if len(miss):
+                hit[miss] = index.stab(self.main_of_thread[thread[miss]], t[miss])
+        return np.where(hit >= 0, sub[np.maximum(hit, 0)], -1)
+
+    def step_at(self, t: np.ndarray) -> np.ndarray:
+        """Index of the ``ProfilerStep#N`` annotation around each time, -1 none."""
+        if not len(self.step_idx):
+            return np.full(len(t), -1, np.int64)
+        hit = self.steps.stab(np.zeros(len(t), np.int64), t)
+        return np.where(hit >= 0, self.step_idx[np.maximum(hit, 0)], -1)
+
+    def fields(self, ann_hit: np.ndarray, pp_hit: np.ndarray, step_hit: np.ndarray) -> dict:
+        """annotation / op / stage / microbatch / step columns from annotation indices."""
+        if not len(self.names):
+            n = len(ann_hit)
+            return {"annotation": pa.nulls(n, pa.string()), "op": pa.nulls(n, pa.string()),
+                    "stage": pa.nulls(n, pa.int32()), "microbatch": pa.nulls(n, pa.int32()),
+                    "step": pa.nulls(n, pa.int32())}
+        lab = self.lab
+        ai, pi, si = np.maximum(ann_hit, 0), np.maximum(pp_hit, 0), np.maximum(step_hit, 0)
+        has_p = pp_hit >= 0
+        return {
+            "annotation": strings(np.where(ann_hit >= 0, self.names[ai], None)),
+            "op": strings(np.where(has_p, lab.op[pi], None)),
+            "stage": nullable(np.where(has_p, lab.stage[pi], -1), pa.int32()),
+            "microbatch": nullable(np.where(has_p, lab.mb[pi], -1), pa.int32()),
+            "step": nullable(np.where(step_hit >= 0, lab.step[si], -1), pa.int32()),
+        }
+
+    def host_fields(self, thread: np.ndarray, t: np.ndarray) -> dict:
+        return self.fields(self.stab("stack", thread, t, fallback=False),
+                           self.stab("pp", thread, t, fallback=False), self.step_at(t))
+
+
+def gpu_annotation_fallback(raw: RawTrace, base: int, device: np.ndarray, stream: np.ndarray,
+                             start: np.ndarray, need: np.ndarray) -> dict | None:
+    """annotation / op / stage / microbatch of GPU events from the gpu_user_annotation
+    around them on their (device, stream); only for rows in ``need``."""
+    if not raw.ga_name or not need.any():
+        return None
+    lab = LabelColumns(raw.ga_name)
+    idx = np.flatnonzero(lab.step < 0)
+    if not len(idx):
+        return None
+    gs = to_ns(raw.ga_ts, base)
+    ge = gs + np.maximum(to_ns(raw.ga_dur), 0)
+    gkey = (np.asarray(raw.ga_device, np.int64) << 32) | np.asarray(raw.ga_stream, np.int64)
+    index = IntervalIndex(gkey[idx], gs[idx], ge[idx])
+    hit = index.stab((device << 32) | stream, start)
+    hit = np.where(need & (hit >= 0), idx[np.maximum(hit, 0)], -1)
+    ok, h = hit >= 0, np.maximum(hit, 0)
+    names = np.asarray(raw.ga_name, dtype=object)
+    return {
+        "annotation": strings(np.where(ok, names[h], None)),
+        "op": strings(np.where(ok, lab.op[h], None)),
+        "stage": nullable(np.where(ok, lab.stage[h], -1), pa.int32()),
+        "microbatch": nullable(np.where(ok, lab.mb[h], -1), pa.int32()),
+    }

@@ -1,0 +1,332 @@
+"""Map the raw columns of one trace (:class:`~profiler.importers.kineto.RawTrace`) onto the
+span schema of :mod:`profiler.schema`, vectorised.
+
+* GPU kernels -> kind ``kernel``, lane ``comm`` or ``compute`` by
+  :func:`profiler.classify.classify_kernels`; ``sms = min(grid blocks, SMs of the device)``;
+  memcpy / memset -> kind ``memcpy`` / ``memset``, lane ``memory``.
+* Kernels inherit the innermost user annotation they were launched under: kernel
+  ``correlation`` -> its cuda_runtime / cuda_driver launch (or the ``ac2g`` flow when the
+  correlation is missing) -> innermost enclosing annotation on the launching thread. A kernel
+  launched on a thread without annotations (the autograd thread) falls back to the pid's main
+  thread (the one holding most annotations), one with no launch at all to the GPU-side
+  annotation (``gpu_user_annotation``) around it on its stream. ``op`` / ``stage`` /
+  ``microbatch`` come from the innermost *labelled* annotation (:mod:`.labels`), ``step`` from
+  ``ProfilerStep#N`` around the launch.
+* User annotations -> kind ``annotation``, lane ``host`` (GPU projections keep device and
+  stream). On a CPU-only trace (no GPU activity) the pipeline labels are the work itself:
+  kind ``action`` in lane ``compute`` (F/B/I/W/FB), ``pp_comm`` (SEND/RECV) or ``comm``
+  (DeepSeek ``dispatch`` / ``combine``).
+* Host communication (gloo / c10d / record_param_comms / nccl ops) -> kind ``comm``, lane
+  ``pp_comm`` (send/recv) or ``comm`` (collectives), on CPU-only traces; on GPU traces only the
+  gloo ones (the GPU kernels are the NCCL communication). Of a wrapper and the backend op it
+  starts (``c10d::send`` around the start of ``gloo:send``) only the most specific one is kept
+  (backend > record_param_comms > c10d). Other cpu_ops only with ``keep_cpu_ops`` (kind
+  ``cpu_op``, lane ``host``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..classify import classify_kernels, host_comm_lane
+from ..schema import SPAN_SCHEMA
+from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback, nullable, strings
+from .kineto import RawTrace, to_ns
+from .labels import ROLE_COMM, ROLE_COMPUTE, ROLE_PP_COMM
+
+__all__ = ["SpanResult", "build_spans", "DEFAULT_SMS"]
+
+#: SMs per GPU when a trace has no ``deviceProperties`` for a kernel's device (H100/H800)
+DEFAULT_SMS = 132
+
+
+@dataclass
+class SpanResult:
+    """Spans of one rank plus what the import summary and manifest report."""
+
+    table: pa.Table
+    cpu_only: bool
+    sms_default_used: bool
+    comm_streams: list[tuple[int, int]]
+    reasons: dict[str, int]
+    comm_kernel_sms: dict[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+class _Parts:
+    """Collects span parts (dicts of columns) and concatenates them into one table."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.tables: list[pa.Table] = []
+
+    def add(self, n: int, **cols: pa.Array) -> None:
+        if n == 0:
+            return
+        arrays = []
+        for f in SPAN_SCHEMA:
+            if f.name == "rank":
+                arrays.append(pa.array(np.full(n, self.rank, np.int32)))
+            elif f.name in cols:
+                arrays.append(cols[f.name])
+            else:
+                arrays.append(pa.nulls(n, f.type))
+        self.tables.append(pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA))
+
+    def table(self) -> pa.Table:
+        if not self.tables:
+            return SPAN_SCHEMA.empty_table()
+        t = pa.concat_tables(self.tables).combine_chunks()
+        return t.take(pc.sort_indices(t, sort_keys=[("start_ns", "ascending"),
+                                                    ("end_ns", "descending")]))
+
+
+def build_spans(
+    raw: RawTrace,
+    rank: int,
+    *,
+    comm_patterns: tuple[re.Pattern[str], ...] = (),
+    keep_cpu_ops: bool = False,
+) -> SpanResult:
+    """Turn one trace's raw columns into a span table for ``rank`` (see module docstring)."""
+    notes: list[str] = []
+    base = raw.base_ns
+    firsts = [col[0] for col in (raw.g_ts, raw.a_ts, raw.h_ts, raw.l_ts, raw.ga_ts) if col]
+    if base is not None and firsts and min(firsts) * 1000 >= base:
+        notes.append("ts are absolute although baseTimeNanoseconds is present; base not added")
+        base = None
+    b = base or 0
+
+    def ns(ts: list[float]) -> np.ndarray:
+        return to_ns(ts, b)
+
+    def dur(d: list[float]) -> np.ndarray:
+        return np.maximum(to_ns(d), 0)
+
+    parts = _Parts(rank)
+    ann = AnnotationIndex(raw, ns, dur)
+    cpu_only = not raw.g_name
+    gpu = _gpu_spans(raw, parts, ann, ns, dur, b, comm_patterns, notes) if not cpu_only else None
+    _annotation_spans(raw, parts, ann, cpu_only)
+    _gpu_annotation_spans(raw, parts, ann, ns, dur)
+    _host_ops(raw, parts, ann, ns, dur, cpu_only=cpu_only, keep_cpu_ops=keep_cpu_ops)
+    return SpanResult(
+        table=parts.table(), cpu_only=cpu_only,
+        sms_default_used=gpu.sms_default_used if gpu else False,
+        comm_streams=gpu.comm_streams if gpu else [],
+        reasons=gpu.reasons if gpu else {},
+        comm_kernel_sms=gpu.comm_kernel_sms if gpu else {}, notes=notes,
+    )
+
+
+@dataclass
+class _GpuFacts:
+    sms_default_used: bool = False
+    comm_streams: list[tuple[int, int]] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    comm_kernel_sms: dict[int, int] = field(default_factory=dict)
+
+
+def _launches(raw: RawTrace, g_start: np.ndarray, ns: Any, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """Launching host thread (-1 unknown) and launch time (ns; the GPU start when unknown) of
+    each GPU event: by correlation id, else by its ``ac2g`` flow."""
+    n = len(g_start)
+    thread = np.full(n, -1, np.int64)
+    when = g_start.copy()
+    corr = np.asarray(raw.g_corr, dtype=np.int64)
+    if raw.l_corr:
+        l_corr = np.asarray(raw.l_corr, dtype=np.int64)
+        order = np.argsort(l_corr, kind="stable")
+        sc = l_corr[order]
+        pos = np.clip(np.searchsorted(sc, corr), 0, len(sc) - 1)
+        found = (sc[pos] == corr) & (corr >= 0)
+        li = order[pos[found]]
+        thread[found] = np.asarray(raw.l_thread, dtype=np.int64)[li]
+        when[found] = ns(raw.l_ts)[li]
+    missing = np.flatnonzero(thread < 0)
+    if len(missing) and raw.flow_start:
+        for i in missing.tolist():
+            fid = int(corr[i]) if corr[i] >= 0 else raw.flow_finish.get(
+                (raw.g_pid[i], raw.g_tid[i], raw.g_ts[i]))
+            start = raw.flow_start.get(fid) if fid is not None else None
+            if start is not None:
+                thread[i] = start[0]
+                when[i] = to_ns([start[1]], base)[0]
+    return thread, when
+
+
+def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur: Any, base: int,
+               comm_patterns: tuple[re.Pattern[str], ...], notes: list[str]) -> _GpuFacts:
+    facts = _GpuFacts()
+    n = len(raw.g_name)
+    g_start = ns(raw.g_ts)
+    g_end = g_start + dur(raw.g_dur)
+    device = np.asarray(raw.g_device, dtype=np.int64)
+    stream = np.asarray(raw.g_stream, dtype=np.int64)
+    blocks = np.asarray(raw.g_blocks, dtype=np.float64)
+    kind = np.asarray(raw.g_kind, dtype=object)
+    is_kernel = kind == "kernel"
+    devs = raw.devices
+    known = {d: info.sms for d, info in devs.items() if info.sms}
+    dev_sms = np.array([known.get(d, -1) for d in device.tolist()], dtype=np.int64)
+    if (dev_sms[is_kernel] < 0).any():
+        facts.sms_default_used = True
+        missing = sorted(set(device[is_kernel & (dev_sms < 0)].tolist()))
+        notes.append(f"no deviceProperties numSms for device(s) {missing}; "
+                     f"assumed {DEFAULT_SMS} SMs per GPU")
+    dev_sms = np.where(dev_sms < 0, DEFAULT_SMS, dev_sms)
+    sms = np.fmin(blocks, dev_sms)
+
+    launch_thread, launch_ns = _launches(raw, g_start, ns, base)
+    unlinked = int((launch_thread < 0).sum())
+    if unlinked:
+        notes.append(f"{unlinked} GPU events have no CPU launch (no correlation or flow); "
+                     "their annotation comes from gpu_user_annotation when present")
+    ann_hit = ann.stab("stack", launch_thread, launch_ns, fallback=True)
+    pp_hit = ann.stab("pp", launch_thread, launch_ns, fallback=True)
+    fields = ann.fields(ann_hit, pp_hit, ann.step_at(launch_ns))
+    gpu_ann = gpu_annotation_fallback(raw, base, device, stream, g_start, ann_hit < 0)
+    if gpu_ann is not None:
+        for col, arr in gpu_ann.items():
+            fields[col] = pc.if_else(pc.is_null(fields[col]), arr, fields[col])
+
+    lane = np.where(is_kernel, "compute", "memory").astype(object)
+    k_idx = np.flatnonzero(is_kernel)
+    if len(k_idx):
+        has_pg = np.array([raw.g_pg[i] is not None for i in k_idx.tolist()], dtype=bool)
+        keys = (device[k_idx] << 32) | stream[k_idx]
+        cls = classify_kernels(
+            [raw.g_name[i] for i in k_idx.tolist()], keys, blocks[k_idx], has_pg,
+            sms_per_gpu=dev_sms[k_idx], comm_patterns=comm_patterns,
+        )
+        lane[k_idx[cls.is_comm]] = "comm"
+        facts.reasons = cls.reason_counts()
+        stream_keys = [cast(int, k) for k in cls.comm_streams]
+        facts.comm_streams = sorted((k >> 32, k & 0xFFFFFFFF) for k in stream_keys)
+        cs = sms[k_idx[cls.is_comm]]
+        facts.comm_kernel_sms = dict(Counter(int(x) for x in cs[~np.isnan(cs)].tolist()))
+    sms_col = np.where(is_kernel & ~np.isnan(sms), np.nan_to_num(sms, nan=-1), -1)
+    parts.add(
+        n, lane=strings(lane), kind=strings(kind), name=strings(raw.g_name),
+        start_ns=pa.array(g_start), end_ns=pa.array(g_end),
+        sms=nullable(sms_col.astype(np.int64), pa.int32()),
+        bytes=nullable(np.asarray(raw.g_bytes, dtype=np.int64), pa.int64()),
+        stream=pa.array(stream), device=pa.array(device.astype(np.int32)),
+        pg=strings(raw.g_pg), **fields,
+    )
+    return facts
+
+
+def _annotation_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, cpu_only: bool) -> None:
+    n = len(raw.a_name)
+    if not n:
+        return
+    parent = np.full(n, -1, np.int64)
+    par = ann.stack.parents()
+    parent[ann.stack_idx] = np.where(par >= 0, ann.stack_idx[np.maximum(par, 0)], -1)
+    own = ann.lab.labelled
+    pp_hit = np.where(own, np.arange(n), ann.stab("pp", ann.thread, ann.start, fallback=False))
+    step_hit = np.where(ann.is_step, np.arange(n), ann.step_at(ann.start))
+    kind = np.full(n, "annotation", dtype=object)
+    lane = np.full(n, "host", dtype=object)
+    if cpu_only:
+        for role, ln in ((ROLE_COMPUTE, "compute"), (ROLE_PP_COMM, "pp_comm"),
+                         (ROLE_COMM, "comm")):
+            sel = ann.lab.role == role
+            kind[sel] = "action"
+            lane[sel] = ln
+    parts.add(
+        n, lane=strings(lane), kind=strings(kind), name=strings(raw.a_name),
+        start_ns=pa.array(ann.start), end_ns=pa.array(ann.end),
+        tid=_host_tid(raw, ann.thread), **ann.fields(parent, pp_hit, step_hit),
+    )
+
+
+def _gpu_annotation_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any,
+                          dur: Any) -> None:
+    n = len(raw.ga_name)
+    if not n:
+        return
+    start = ns(raw.ga_ts)
+    lab = LabelColumns(raw.ga_name)
+    host_step = ann.step_at(start)
+    step = np.where(lab.step >= 0, lab.step,
+                    np.where(host_step >= 0, ann.lab.step[np.maximum(host_step, 0)]
+                             if len(ann.names) else -1, -1))
+    parts.add(
+        n, lane=strings(np.full(n, "host", dtype=object)),
+        kind=strings(np.full(n, "annotation", dtype=object)),
+        name=strings(raw.ga_name), start_ns=pa.array(start),
+        end_ns=pa.array(start + dur(raw.ga_dur)),
+        op=strings(lab.op), stage=nullable(lab.stage, pa.int32()),
+        microbatch=nullable(lab.mb, pa.int32()), step=nullable(step, pa.int32()),
+        stream=pa.array(raw.ga_stream, pa.int64()), device=pa.array(raw.ga_device, pa.int32()),
+    )
+
+
+def _host_tid(raw: RawTrace, thread: np.ndarray) -> pa.Array:
+    tids = [raw.thread_keys[t][1] for t in thread.tolist()]
+    return pa.array([t if type(t) is int else None for t in tids], type=pa.int64())
+
+
+#: specificity of host comm ops: the backend's own op beats its wrappers
+_PRIORITY = (("gloo:", 2), ("nccl:", 2), ("record_param_comms", 1), ("c10d::", 0))
+
+
+def _host_ops(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur: Any, *,
+              cpu_only: bool, keep_cpu_ops: bool) -> None:
+    n = len(raw.h_name)
+    if not n:
+        return
+    start = ns(raw.h_ts)
+    end = start + dur(raw.h_dur)
+    thread = np.asarray(raw.h_thread, dtype=np.int64)
+    names = raw.h_name
+    lanes = np.empty(n, dtype=object)
+    prio = np.full(n, -1, np.int64)
+    for i, name in enumerate(names):
+        lanes[i] = host_comm_lane(name, raw.h_coll[i])
+        if lanes[i] is not None:
+            prio[i] = next(p for pre, p in _PRIORITY if name.startswith(pre))
+    eligible = prio >= 0
+    if not cpu_only:
+        eligible &= np.array([s.startswith("gloo:") for s in names], dtype=bool)
+    # drop a wrapper when a more specific eligible comm op starts inside it on its thread
+    dropped = np.zeros(n, dtype=bool)
+    for level in (0, 1):
+        low = np.flatnonzero(eligible & (prio == level))
+        high = np.flatnonzero(eligible & (prio > level))
+        if not len(low) or not len(high):
+            continue
+        for t in np.unique(thread[low]).tolist():
+            hs = np.sort(start[high[thread[high] == t]])
+            if not len(hs):
+                continue
+            lo = low[thread[low] == t]
+            first = np.searchsorted(hs, start[lo], side="left")
+            inside = (first < len(hs)) & (hs[np.minimum(first, len(hs) - 1)] <= end[lo])
+            dropped[lo[inside]] = True
+    as_comm = eligible & ~dropped
+    as_cpu_op = ~as_comm & np.asarray(raw.h_is_cpu_op, dtype=bool) & keep_cpu_ops
+    h_bytes = np.asarray(raw.h_bytes, dtype=np.int64)
+    for sel, kind in ((as_comm, "comm"), (as_cpu_op, "cpu_op")):
+        idx = np.flatnonzero(sel)
+        if not len(idx):
+            continue
+        thr, t0 = thread[idx], start[idx]
+        lane = lanes[idx] if kind == "comm" else np.full(len(idx), "host", dtype=object)
+        parts.add(
+            len(idx), lane=strings(lane), kind=strings(np.full(len(idx), kind, dtype=object)),
+            name=strings([names[i] for i in idx.tolist()]),
+            start_ns=pa.array(t0), end_ns=pa.array(end[idx]),
+            bytes=nullable(h_bytes[idx], pa.int64()),
+            pg=strings([raw.h_pg[i] for i in idx.tolist()]),
+            tid=_host_tid(raw, thr), **ann.host_fields(thr, t0),
+        )

@@ -106,11 +106,9 @@ def empty_counters() -> pa.Table:
 def _conform(data: object, schema: pa.Schema) -> pa.Table:
     """Build a table with exactly ``schema``'s columns from a dict of columns, a DataFrame or
     a table; missing nullable columns are filled with nulls, extra columns are refused."""
-    import pandas as pd
-
     if isinstance(data, pa.Table):
         table = data
-    elif isinstance(data, pd.DataFrame):
+    elif type(data).__name__ == "DataFrame":  # pandas, imported only by whoever made it
         table = pa.Table.from_pandas(data, preserve_index=False)
     elif isinstance(data, dict):
         n = max((len(v) for v in data.values()), default=0)

@@ -29,9 +29,8 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -40,6 +39,9 @@ import pyarrow.parquet as pq
 from .errors import InputError, RunFormatError
 from .manifest import Manifest, fsync_dir
 from .schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
+
+if TYPE_CHECKING:  # pandas is imported only when a reader converts to a DataFrame
+    import pandas as pd
 
 __all__ = [
     "StreamWriter",
@@ -269,6 +271,9 @@ def atomic_run_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a run is as readable as any dir
         os.replace(tmp, target)
         fsync_dir(parent)
     except BaseException:
@@ -342,7 +347,7 @@ class RunReader:
         return sorted(os.listdir(root)) if root.is_dir() else []
 
     def segment_files(self) -> list[Path]:
-        files = []
+        files: list[Path] = []
         for kind in ("spans", "counters"):
             root = self.path / kind
             if root.is_dir():
@@ -485,14 +490,14 @@ def _window(table: pa.Table, start_col: str, end_col: str, start_ns: int | None,
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
     """Integer columns that may hold nulls become pandas' nullable Int32/Int64 (never
     float with NaN); non-nullable ones stay numpy integers; strings stay strings."""
-    df = table.to_pandas(types_mapper=_INT_MAP.get)
+    import pandas as pd
+
+    int_map = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+    df = table.to_pandas(types_mapper=int_map.get)
     for field in table.schema:
         if not field.nullable and pa.types.is_integer(field.type) and field.name in df:
             df[field.name] = df[field.name].to_numpy(dtype=field.type.to_pandas_dtype())
     return df
-
-
-_INT_MAP = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
 
 
 def compact(run_dir: str | os.PathLike[str]) -> list[Path]:

@@ -26,8 +26,8 @@ COMMANDS: dict[str, str] = {
     "model": "profiler.commands.model_cmd:command",
     "analyze": "profiler.commands.analyze_cmd:command",
     "probe": "probes.commands:command",
-    "dashboard": "profiler.commands.dashboard_cmd:command",
-    "demo": "profiler.commands.demo_cmd:command",
+    "dashboard": "dashboard.commands.serve_cmd:command",
+    "demo": "dashboard.commands.demo_cmd:command",
 }
 
 

@@ -1,0 +1,254 @@
+"""What the timeline sends for a window: the spans themselves while few, per-pixel aggregates
+when many, so the browser never receives more than a few MB.
+
+:func:`build_index` turns a run (measured spans, its ideal timeline, its bubbles) into flat
+numpy arrays sorted by start time, once per data version. :func:`query` cuts a window for a
+set of ranks in O(log n + k) and decides how to draw it:
+
+* ``bars``      (<= :data:`BARS_MAX` spans): one bar per span, hover over the whole bar;
+* ``segments``  (<= :data:`SEGMENTS_MAX`): WebGL line segments, hover at the span ends;
+* ``heatmap``   (more): busy fraction per row and pixel column (:func:`busy_fraction`).
+
+Rows: every rank gets three, ``measured`` (compute ops, with bubbles shaded), ``comm``
+(communication and pipeline send/recv) and ``ideal`` (the schedule model with the run's costs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from profiler.analysis import assign_steps, span_phases, union
+
+__all__ = ["CATEGORIES", "ROW_KINDS", "BARS_MAX", "SEGMENTS_MAX", "TimelineIndex", "Window",
+           "build_index", "query", "busy_fraction", "idle_intervals"]
+
+#: span categories, in drawing order (bubbles first, underneath)
+CATEGORIES = ("bubble", "F", "B", "I", "W", "FB", "compute", "dispatch", "combine", "pp", "comm")
+CAT = {c: i for i, c in enumerate(CATEGORIES)}
+#: the three rows of every rank
+ROW_KINDS = ("measured", "comm", "ideal")
+BARS_MAX = 2_500
+SEGMENTS_MAX = 50_000
+_NO = -1
+
+
+@dataclass(frozen=True)
+class TimelineIndex:
+    rank: np.ndarray      # int32
+    row: np.ndarray       # int8: index into ROW_KINDS
+    cat: np.ndarray       # int8: index into CATEGORIES
+    start: np.ndarray     # int64 ns, sorted
+    end: np.ndarray       # int64 ns
+    stage: np.ndarray     # int32, -1 unknown
+    microbatch: np.ndarray
+    max_dur: int
+    t0_ns: int
+    ranks: np.ndarray     # sorted distinct ranks
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def _i32(s: pd.Series) -> np.ndarray:
+    return s.astype("Int64").to_numpy(dtype=np.int64, na_value=_NO).astype(np.int32)
+
+
+def idle_intervals(key: np.ndarray, start: np.ndarray, end: np.ndarray,
+                   win_start: np.ndarray, win_end: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Idle time of each group inside its window: ``(group, start, end)`` of the gaps between
+    the group's merged intervals plus the leading and trailing idle. ``key`` are dense group
+    codes; ``win_start[g]`` / ``win_end[g]`` the window of group ``g``."""
+    g, s, e = union(key, start, end)
+    if len(g) == 0:
+        return g, s, e
+    same = g[1:] == g[:-1]
+    gaps = (g[1:][same], e[:-1][same], s[1:][same])
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = ~same
+    last = np.ones(len(g), dtype=bool)
+    last[:-1] = ~same
+    lead = (g[first], win_start[g[first]], s[first])
+    trail = (g[last], e[last], win_end[g[last]])
+    parts = [gaps, lead, trail]
+    gg = np.concatenate([p[0] for p in parts])
+    ss = np.concatenate([p[1] for p in parts])
+    ee = np.concatenate([p[2] for p in parts])
+    keep = ee > ss
+    return gg[keep], ss[keep], ee[keep]
+
+
+def _bubbles(rank: np.ndarray, step: np.ndarray, start: np.ndarray, end: np.ndarray,
+             pipeline_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bubble intervals per (rank, step): idle inside its pipeline's step window."""
+    if len(rank) == 0:
+        return (np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
+    pipe = np.array([pipeline_of.get(int(r), 0) for r in np.unique(rank)])
+    pipe_of = dict(zip(np.unique(rank).tolist(), pipe.tolist(), strict=True))
+    df = pd.DataFrame({"rank": rank, "step": step, "start": start, "end": end})
+    df["pipeline"] = df["rank"].map(pipe_of)
+    win = df.groupby(["pipeline", "step"]).agg(ws=("start", "min"), we=("end", "max"))
+    grouped = df.groupby(["rank", "step"], sort=True)
+    key = grouped.ngroup().to_numpy()
+    keys = grouped.size().reset_index()[["rank", "step"]]
+    keys["pipeline"] = keys["rank"].map(pipe_of)
+    w = keys.merge(win, left_on=["pipeline", "step"], right_index=True, how="left")
+    g, s, e = idle_intervals(key, start, end, w["ws"].to_numpy(), w["we"].to_numpy())
+    return keys["rank"].to_numpy()[g].astype(np.int32), s, e
+
+
+def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None,
+                layout: pd.DataFrame) -> TimelineIndex:
+    """Flat, start-sorted arrays of everything the timeline can draw (see the module doc)."""
+    pipeline_of = dict(zip(layout["rank"].tolist(), layout["pipeline"].tolist(), strict=True))
+    parts: list[dict[str, np.ndarray]] = []
+
+    def add(df: pd.DataFrame, row: int, cat: np.ndarray) -> None:
+        parts.append({"rank": df["rank"].to_numpy(dtype=np.int32), "row": np.full(len(df), row, np.int8),
+                      "cat": cat.astype(np.int8), "start": df["start_ns"].to_numpy(dtype=np.int64),
+                      "end": df["end_ns"].to_numpy(dtype=np.int64), "stage": _i32(df["stage"]),
+                      "microbatch": _i32(df["microbatch"])})
+
+    comp = spans.loc[spans["lane"] == "compute"]
+    with_op = comp.loc[comp["op"].notna()]
+    shown = with_op if len(with_op) else comp
+    ops = shown["op"].astype("str").fillna("compute").to_numpy()
+    add(shown, 0, np.array([CAT.get(o, CAT["compute"]) for o in ops]) if len(ops) else np.empty(0))
+    comm = spans.loc[spans["lane"].isin(["comm", "pp_comm"])]
+    if len(comm):
+        ph = span_phases(comm).to_numpy(dtype=object)
+        add(comm, 1, np.array([CAT.get(p, CAT["comm"]) for p in ph]))
+    # measured bubbles: idle inside the step window, on the union of all compute spans
+    if len(comp):
+        r, s, e = _bubbles(comp["rank"].to_numpy(np.int32), assign_steps(comp),
+                           comp["start_ns"].to_numpy(np.int64), comp["end_ns"].to_numpy(np.int64),
+                           pipeline_of)
+        parts.append(_bubble_part(r, s, e, 0))
+    if ideal is not None and len(ideal):
+        iops = ideal["op"].astype("str").to_numpy()
+        add(ideal, 2, np.array([CAT.get(o, CAT["compute"]) for o in iops]))
+        r, s, e = _bubbles(ideal["rank"].to_numpy(np.int32), ideal["step"].to_numpy(np.int64),
+                           ideal["start_ns"].to_numpy(np.int64), ideal["end_ns"].to_numpy(np.int64),
+                           pipeline_of)
+        parts.append(_bubble_part(r, s, e, 2))
+    cols = {k: np.concatenate([p[k] for p in parts]) if parts else np.empty(0)
+            for k in ("rank", "row", "cat", "start", "end", "stage", "microbatch")}
+    order = np.argsort(cols["start"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    dur = cols["end"] - cols["start"]
+    t0 = int(spans["start_ns"].min()) if len(spans) else 0
+    return TimelineIndex(
+        rank=cols["rank"].astype(np.int32), row=cols["row"].astype(np.int8),
+        cat=cols["cat"].astype(np.int8), start=cols["start"].astype(np.int64),
+        end=cols["end"].astype(np.int64), stage=cols["stage"].astype(np.int32),
+        microbatch=cols["microbatch"].astype(np.int32),
+        max_dur=int(dur.max()) if len(dur) else 0, t0_ns=t0,
+        ranks=np.unique(spans["rank"].to_numpy(np.int32)) if len(spans) else np.empty(0, np.int32))
+
+
+def _bubble_part(rank: np.ndarray, s: np.ndarray, e: np.ndarray, row: int) -> dict[str, np.ndarray]:
+    n = len(rank)
+    return {"rank": rank, "row": np.full(n, row, np.int8), "cat": np.full(n, CAT["bubble"], np.int8),
+            "start": s, "end": e, "stage": np.full(n, _NO, np.int32),
+            "microbatch": np.full(n, _NO, np.int32)}
+
+
+@dataclass(frozen=True)
+class Window:
+    """The answer to one timeline request. ``mode`` is ``bars``, ``segments`` or ``heatmap``.
+    ``spans`` (bars / segments): y, cat, start_s, end_s, stage, microbatch — times in s
+    from the run start. ``heat`` (heatmap): busy fraction, one row per y, one column per
+    pixel bin, columns labelled with the bin centres (s). ``rows``: y, rank, kind, label."""
+
+    mode: str
+    spans: pd.DataFrame
+    heat: pd.DataFrame | None
+    rows: pd.DataFrame
+    x0_s: float
+    x1_s: float
+    count: int
+
+
+def rows_for(ranks: list[int]) -> pd.DataFrame:
+    y = np.arange(3 * len(ranks))
+    rank = np.repeat(np.asarray(ranks, dtype=np.int64), 3)
+    kind = np.tile(np.array(ROW_KINDS, dtype=object), len(ranks))
+    label = [f"rank {r}" if k == "measured" else ("comm" if k == "comm" else "ideal")
+             for r, k in zip(rank, kind, strict=True)]
+    return pd.DataFrame({"y": y, "rank": rank, "kind": kind, "label": label})
+
+
+def query(ix: TimelineIndex, ranks: list[int], x0_ns: int | None = None, x1_ns: int | None = None,
+          *, cutoff_ns: int | None = None, bins: int = 1000, show_ideal: bool = True,
+          show_comm: bool = True, bars_max: int = BARS_MAX,
+          segments_max: int = SEGMENTS_MAX) -> Window:
+    """Cut ``[x0_ns, x1_ns)`` for ``ranks`` (run-clock ns; None: the whole run) and choose how
+    to draw it (see the module doc). ``cutoff_ns`` hides what started after it (replay)."""
+    rows = rows_for(ranks)
+    lo = int(ix.start[0]) if len(ix) else 0
+    hi = int(ix.end.max()) if len(ix) else 1
+    x0 = lo if x0_ns is None else int(x0_ns)
+    x1 = hi if x1_ns is None else int(x1_ns)
+    if cutoff_ns is not None:
+        x1 = min(x1, max(int(cutoff_ns), x0 + 1))
+    x1 = max(x1, x0 + 1)
+    i0 = int(np.searchsorted(ix.start, x0 - ix.max_dur, side="left"))
+    i1 = int(np.searchsorted(ix.start, x1, side="left"))
+    sl = slice(i0, i1)
+    pos = np.full(int(ix.ranks.max()) + 1 if len(ix.ranks) else 1, -1, dtype=np.int64)
+    valid = [r for r in ranks if 0 <= r < len(pos)]
+    pos[valid] = np.arange(len(ranks))[[ranks.index(r) for r in valid]]
+    rk = ix.rank[sl]
+    p = pos[np.clip(rk, 0, len(pos) - 1)]
+    m = (ix.end[sl] > x0) & (p >= 0)
+    row = ix.row[sl]
+    if not show_ideal:
+        m &= row != 2
+    if not show_comm:
+        m &= row != 1
+    idx = np.flatnonzero(m) + i0
+    start = ix.start[idx]
+    end = ix.end[idx]
+    if cutoff_ns is not None:
+        end = np.minimum(end, cutoff_ns)
+    y = pos[ix.rank[idx]] * 3 + ix.row[idx]
+    n = len(idx)
+    t0 = ix.t0_ns
+    x0_s, x1_s = (x0 - t0) / 1e9, (x1 - t0) / 1e9
+    if n > segments_max:
+        heat = busy_fraction(y, ix.cat[idx], start, end, 3 * len(ranks), x0, x1, bins, t0)
+        return Window("heatmap", pd.DataFrame(), heat, rows, x0_s, x1_s, n)
+    spans = pd.DataFrame({
+        "y": y.astype(np.int32), "cat": ix.cat[idx], "start_s": (start - t0) / 1e9,
+        "end_s": (end - t0) / 1e9, "stage": ix.stage[idx], "microbatch": ix.microbatch[idx],
+    })
+    return Window("bars" if n <= bars_max else "segments", spans, None, rows, x0_s, x1_s, n)
+
+
+def busy_fraction(y: np.ndarray, cat: np.ndarray, start: np.ndarray, end: np.ndarray,
+                  n_rows: int, x0: int, x1: int, bins: int, t0: int = 0) -> pd.DataFrame:
+    """Share of each pixel bin of ``[x0, x1)`` that row ``y`` is busy (union of its spans,
+    bubbles excluded). Returns a ``n_rows x bins`` float32 frame, columns = bin centres (s
+    from ``t0``)."""
+    keep = cat != CAT["bubble"]
+    g, s, e = union(y[keep].astype(np.int64), np.maximum(start[keep], x0), np.minimum(end[keep], x1))
+    width = (x1 - x0) / bins
+    out = np.zeros((n_rows, bins + 2))
+    fs = (s - x0) / width
+    fe = (e - x0) / width
+    b0 = np.clip(np.floor(fs).astype(np.int64), 0, bins)
+    b1 = np.clip(np.floor(fe).astype(np.int64), 0, bins)
+    same = b0 == b1
+    np.add.at(out, (g[same], b0[same]), fe[same] - fs[same])
+    d = ~same
+    gd = g[d]
+    np.add.at(out, (gd, b0[d]), b0[d] + 1 - fs[d])
+    np.add.at(out, (gd, b1[d]), fe[d] - b1[d])
+    mid = np.zeros_like(out)
+    np.add.at(mid, (gd, b0[d] + 1), 1.0)
+    np.add.at(mid, (gd, b1[d]), -1.0)
+    out += np.cumsum(mid, axis=1)
+    centres = ((x0 + (np.arange(bins) + 0.5) * width) - t0) / 1e9
+    return pd.DataFrame(np.clip(out[:, :bins], 0, 1).astype(np.float32), columns=centres)

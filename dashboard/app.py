@@ -1,0 +1,150 @@
+"""The Dash app: ``create_app(runs_dir)`` builds it, ``server()`` is the WSGI factory for
+gunicorn::
+
+    DUALSCOPE_RUNS_DIR=/data/runs gunicorn -w 1 --threads 8 -b 127.0.0.1:8050 'dashboard.app:server()'
+    gunicorn -w 1 --threads 8 -b 127.0.0.1:8050 "dashboard.app:server('/data/runs')"
+
+Pages are plain modules (``dashboard.pages.*``) routed by one callback on the URL; the open run
+and the compared run live in the URL (``/timeline?run=ID&compare=ID2``) so every view can be
+bookmarked or put on a wall screen. One clock callback drives live refresh and replay for all
+pages (see :mod:`dashboard.clock`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import flask
+from dash import Dash, Input, Output, State, ctx, html
+
+from . import ids
+from .clock import clock_label, next_clock, ticking
+from .data import DataService
+from .layout import error_card, nav_links, query_of, run_title, shell
+from .pages import experts, links, model, overview, runs, sms, timeline
+
+__all__ = ["create_app", "server", "PAGE_MODULES", "route", "clock_outputs"]
+
+PAGE_MODULES: dict[str, ModuleType] = {m.PATH: m for m in (runs, overview, timeline, links, sms,
+                                                           model, experts)}
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def route(svc: DataService, pathname: str | None, search: str | None) -> tuple[Any, Any, Any]:
+    """(page body, navigation links, header run title) for a URL."""
+    path = (pathname or "/").rstrip("/") or "/"
+    q = query_of(search)
+    run = q.get("run")
+    entry = None
+    if run:
+        try:
+            entry = svc.catalog.resolve(run)
+        except Exception as e:
+            return (error_card("Unknown run", str(e)), nav_links(path, None, None),
+                    run_title(None))
+    module = PAGE_MODULES.get(path)
+    if module is None:
+        body: Any = error_card("No such page", f"{path} is not a page of this dashboard")
+    elif entry is not None and entry.status == "corrupt" and module is not runs:
+        body = error_card("This run cannot be read", entry.error or "corrupt run")
+    else:
+        try:
+            body = module.layout(svc, q)
+        except Exception as e:  # a page must never take the app down
+            body = error_card("This page failed", f"{type(e).__name__}: {e}")
+    title = run_title(entry)
+    if q.get("compare"):
+        title = [*title, html.Span(" vs ", className="dim"), html.Span(q["compare"], className="run-id")]
+    return body, nav_links(path, run, q.get("compare")), title
+
+
+def _run_info(svc: DataService, search: str | None) -> dict[str, Any]:
+    q = query_of(search)
+    run = q.get("run")
+    info: dict[str, Any] = {"run": run, "compare": q.get("compare"), "live": False,
+                            "t0_ns": 0, "duration_s": 0.0}
+    if not run:
+        return info
+    try:
+        _rd, snap = svc.snapshot(run)
+    except Exception:
+        return info
+    info.update(live=snap.live, t0_ns=snap.t0_ns, duration_s=(snap.t1_ns - snap.t0_ns) / 1e9)
+    return info
+
+
+def clock_outputs(clock: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything the clock drives in the shell, from the clock alone."""
+    mode = clock.get("mode", "offline") if clock.get("run") else "offline"
+    replay = mode == "replay"
+    badge = {"live": ("● LIVE", "badge badge-live"), "replay": ("⟲ REPLAY", "badge badge-replay"),
+             "offline": ("OFFLINE", "badge badge-offline")}[mode]
+    return (clock, not ticking(clock), "replay-bar" if replay else "replay-bar hidden",
+            "❚❚" if clock.get("playing") else "▶", max(clock.get("duration_s", 0.0), 1e-3),
+            clock.get("pos_s", 0.0), clock_label(clock), badge[0], badge[1],
+            clock.get("speed", 1.0), "Exit replay" if replay else "Replay")
+
+
+def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000,
+               live_reload_s: float = 0.5, title: str = "dualscope", warm: bool = False) -> Dash:
+    """The dashboard over the runs under ``runs_dir``. ``warm`` analyses the finished runs in
+    a background thread so that their first visit is fast."""
+    svc = DataService(os.fspath(runs_dir), live_reload_s=live_reload_s)
+    if warm:
+        svc.warm_in_background()
+    flask_server = flask.Flask(__name__)
+    app = Dash(__name__, server=flask_server, title=title,  # type: ignore[arg-type]
+               update_title=None,  # type: ignore[arg-type]  # no "Updating..." on every tick
+               assets_folder=str(ASSETS), suppress_callback_exceptions=True,
+               serve_locally=True)
+    app.layout = shell(live_interval_ms)
+    app._dualscope = svc  # type: ignore[attr-defined]  # tests and benches reach the service
+    interval_s = live_interval_ms / 1000.0
+
+    @app.callback(Output(ids.PAGE, "children"), Output(ids.NAV, "children"),
+                  Output(ids.HEADER_RUN, "children"),
+                  Input(ids.URL, "pathname"), Input(ids.URL, "search"))
+    def _route(pathname: str | None, search: str | None) -> tuple[Any, Any, Any]:
+        return route(svc, pathname, search)
+
+    @app.callback(
+        Output(ids.CLOCK, "data"), Output(ids.TICK, "disabled"), Output(ids.REPLAY_BAR, "className"),
+        Output(ids.PLAY, "children"), Output(ids.SEEK, "max"), Output(ids.SEEK, "value"),
+        Output(ids.CLOCK_LABEL, "children"), Output(ids.MODE_BADGE, "children"),
+        Output(ids.MODE_BADGE, "className"), Output(ids.SPEED, "value"),
+        Output(ids.REPLAY_TOGGLE, "children"),
+        Input(ids.URL, "search"), Input(ids.TICK, "n_intervals"), Input(ids.REPLAY_TOGGLE, "n_clicks"),
+        Input(ids.PLAY, "n_clicks"), Input(ids.SPEED, "value"), Input(ids.SEEK, "value"),
+        State(ids.CLOCK, "data"))
+    def _clock(search: str | None, _n: int, _t: int, _p: int, speed: float, seek: float,
+               clock: dict[str, Any] | None) -> tuple[Any, ...]:
+        trig = ctx.triggered_id
+        if trig == ids.TICK:
+            live = clock is not None and clock.get("live_run")
+            c = next_clock(clock, "tick", interval_s=interval_s,
+                           run_info=_run_info(svc, search) if live else None)
+        elif trig == ids.REPLAY_TOGGLE:
+            c = next_clock(clock, "toggle_replay")
+        elif trig == ids.PLAY:
+            c = next_clock(clock, "play")
+        elif trig == ids.SPEED:
+            c = next_clock(clock, "speed", speed)
+        elif trig == ids.SEEK:
+            c = next_clock(clock, "seek", seek)
+        else:
+            c = next_clock(clock, "open", run_info=_run_info(svc, search))
+        return clock_outputs(c)
+
+    for module in PAGE_MODULES.values():
+        module.register(app, svc)
+    return app
+
+
+def server(runs_dir: str | None = None, *, warm: bool = True) -> flask.Flask:
+    """WSGI factory: the Flask server of :func:`create_app` over ``runs_dir`` (or
+    ``$DUALSCOPE_RUNS_DIR``, or ``./runs``), its finished runs analysed in the background."""
+    path = runs_dir or os.environ.get("DUALSCOPE_RUNS_DIR") or "runs"
+    return create_app(path, warm=warm).server

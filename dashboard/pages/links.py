@@ -1,0 +1,191 @@
+"""Links: NVLink per GPU / link and InfiniBand per HCA port over time, in bytes/s and as a
+share of peak, and the bandwidth split by communication phase (dispatch, combine, PP).
+
+Live and replay refresh this page every tick through ``extendData``: only the samples taken
+since the last tick travel (a few kB for 64 GPUs); the heatmaps and the phase split are
+rebuilt every :data:`FULL_EVERY` ticks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from .. import ids
+from ..clock import cutoff_ns
+from ..data import DataService, clip_to_cutoff
+from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
+from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel, pick_run_card
+from ..series import device_kind, link_long, link_wide, natural_key, phase_buckets
+from . import NoRun, describe_error, open_run
+
+PATH = "/links"
+TITLE = "Links"
+#: a tick rebuilds the heatmaps and phase bars every FULL_EVERY ticks; lines extend each tick
+FULL_EVERY = 5
+
+__all__ = ["PATH", "TITLE", "layout", "register", "render", "extend_payload", "FULL_EVERY"]
+
+_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+
+
+def layout(svc: DataService, q: dict[str, str]) -> html.Div:
+    run = q.get("run")
+    if not run:
+        return pick_run_card()
+    try:
+        rd, snap = svc.snapshot(run)
+        ports = rd.ports(snap)
+    except Exception as e:
+        return error_card(*describe_error(e))
+    kinds: Any = device_kind(snap.counters["device"]) if len(snap.counters) else []
+    link_rows = snap.counters.loc[np.isin(kinds, ["nvlink", "ib"])] if len(snap.counters) else snap.counters
+    link_nodes = sorted(link_rows["node"].astype("str").unique(), key=natural_key) if len(link_rows) else []
+    # open on the node of the weakest link: what an operator looks for first
+    worst = ports.sort_values("share").iloc[0]["node"] if len(ports) and ports["share"].notna().any() else None
+    default = str(worst) if worst in link_nodes else (link_nodes[0] if link_nodes else None)
+    return html.Div(className="links-page", children=[
+        html.Div(id=ids.LK_KPIS, className="kpi-grid kpi-grid-4"),
+        html.Div(className="controls", children=[
+            dcc.Dropdown(id=ids.LK_NODE, options=[{"label": n, "value": n} for n in link_nodes],
+                         value=default, clearable=False,
+                         className="node-pick", placeholder="no link counters"),
+            dcc.RadioItems(id=ids.LK_METRIC, inline=True, className="checks",
+                           options=[{"label": " transmit", "value": "tx_bytes_per_s"},
+                                    {"label": " receive", "value": "rx_bytes_per_s"}],
+                           value="tx_bytes_per_s"),
+        ]),
+        dcc.Store(id=ids.LK_CURSOR),
+        html.Div(className="grid-2", children=[
+            panel(graph(ids.LK_NVL_HEAT, _CONFIG)),
+            panel(graph(ids.LK_IB_HEAT, _CONFIG)),
+        ]),
+        html.Div(className="grid-3", children=[
+            panel(graph(ids.LK_NVL_LINES, _CONFIG)),
+            panel(graph(ids.LK_IB_LINES, _CONFIG)),
+            panel(graph(ids.LK_PHASE, _CONFIG)),
+        ]),
+    ])
+
+
+def extend_payload(new: pd.DataFrame, series: list[str]) -> dict[str, Any] | None:
+    """``extendData`` for line traces named ``series`` (in trace order) from new samples
+    (t_s, series, value); None when a new series appeared (the figure must be rebuilt)."""
+    if len(new) == 0:
+        return {"x": [[] for _ in series], "y": [[] for _ in series]}
+    groups = {str(k): g for k, g in new.groupby("series", sort=False)}
+    if not set(groups).issubset(series):
+        return None
+    xs, ys = [], []
+    for name in series:
+        g = groups.get(name)
+        xs.append([] if g is None else g["t_s"].round(6).tolist())
+        ys.append([] if g is None else (g["value"] / 1e9).round(4).tolist())
+    return {"x": xs, "y": ys}
+
+
+def _kpis(ports: pd.DataFrame, peaks: dict[str, float | None]) -> list[html.Div]:
+    out = []
+    for kind, label in (("nvlink", "NVLink"), ("ib", "InfiniBand")):
+        sel = ports.loc[ports["kind"] == kind] if len(ports) else ports
+        med = float(sel["p95_bytes_per_s"].median()) if len(sel) else float("nan")
+        worst = sel.sort_values("share").iloc[0] if len(sel) else None
+        peak = peaks[kind]
+        out.append(kpi(f"{label} while communicating", fmt_rate(med),
+                       f"median link, p95 of samples · peak {fmt_rate(peak)}"))
+        if worst is not None:
+            share = float(worst["share"])
+            name = f"{worst['node']} {worst['device']}" + (
+                "" if pd.isna(worst["gpu"]) or kind == "ib" else f" gpu{int(worst['gpu'])}")
+            out.append(kpi(f"Weakest {label}", fmt_pct(share, 0), f"{name} · {fmt_rate(worst['p95_bytes_per_s'])}",
+                           "crit" if share < 0.34 else ("warn" if share < 0.5 else "ok")))
+        else:
+            out.append(kpi(f"Weakest {label}", "n/a", "no samples while communicating"))
+    return out
+
+
+def render(svc: DataService, clock: dict[str, Any] | None, node: str | None,
+           metric: str | None, cursor: dict[str, Any] | None,
+           trigger: str | None = None) -> tuple[Any, ...]:
+    """(kpis, nvl heat, ib heat, nvl lines, nvl extend, ib lines, ib extend, phase, cursor).
+    On a clock tick with a valid cursor only the extends carry data (the live path)."""
+    metric = metric or "tx_bytes_per_s"
+    try:
+        if trigger == ids.CLOCK and cursor and clock and cursor.get("run") == clock.get("run"):
+            rd = svc.run(clock["run"])
+            snap = rd.last_snapshot()  # the tick only needs the samples since the cursor
+        else:
+            rd, snap = open_run(svc, clock)
+        assert clock is not None
+    except NoRun:
+        blank = empty_figure("")
+        return [], blank, blank, blank, no_update, blank, no_update, blank, None
+    except Exception as e:
+        title, msg = describe_error(e)
+        err = empty_figure(f"{title}: {msg}")
+        return [error_card(title, msg)], err, err, err, no_update, err, no_update, err, None
+    cut = cutoff_ns(clock)
+    t0 = snap.t0_ns
+    incremental = (
+        trigger == ids.CLOCK and cursor is not None and cursor.get("run") == clock["run"]
+        and cursor.get("node") == node and cursor.get("metric") == metric
+        and cursor.get("mode") == clock["mode"] and cursor.get("t0") == t0
+        and (cut is None or cut >= cursor["ts_ns"]) and int(clock.get("tick", 0)) % FULL_EVERY)
+    if incremental:
+        assert cursor is not None
+        new = rd.counters_since(cursor["ts_ns"])
+        keep = (new["node"] == node).to_numpy(dtype=bool) & (new["metric"] == metric).to_numpy(dtype=bool)
+        if cut is not None:
+            keep &= new["ts_ns"].to_numpy() <= cut
+        new = new.loc[keep]
+        nv = extend_payload(link_long(new, "nvlink", metric, node, t0), cursor["nvl"])
+        ib = extend_payload(link_long(new, "ib", metric, node, t0), cursor["ib"])
+        if nv is not None and ib is not None:
+            last = int(new["ts_ns"].max()) if len(new) else cursor["ts_ns"]
+            cur = {**cursor, "ts_ns": max(last, cursor["ts_ns"])}
+            return (no_update, no_update, no_update, no_update,
+                    [nv, list(range(len(cursor["nvl"])))], no_update,
+                    [ib, list(range(len(cursor["ib"])))], no_update, cur)
+    spans, counters = clip_to_cutoff(snap.spans, snap.counters, cut)
+    topo = snap.manifest.topology
+    run = clock["run"]
+    nvl_long = link_long(counters, "nvlink", metric, node, t0)
+    ib_long = link_long(counters, "ib", metric, node, t0)
+    what = "transmit" if metric.startswith("tx") else "receive"
+    nvl_heat = link_heatmap_figure(link_wide(counters, "nvlink", metric, topo.nvlink_peak_bytes_per_s, t0),
+                                   title=f"NVLink {what}, share of peak, per GPU", uirevision=run)
+    ib_heat = link_heatmap_figure(link_wide(counters, "ib", metric, topo.ib_peak_bytes_per_s, t0),
+                                  title=f"InfiniBand {what}, share of peak, per HCA port",
+                                  uirevision=run)
+    nvl_lines = link_lines_figure(nvl_long, title=f"NVLink {what} · {node}", uirevision=run,
+                                  peak=topo.nvlink_peak_bytes_per_s)
+    ib_lines = link_lines_figure(ib_long, title=f"InfiniBand {what} · {node}", uirevision=run,
+                                 peak=topo.ib_peak_bytes_per_s)
+    results = rd.analyses(snap, cut)
+    summary = results.get("bandwidth_phase_summary")
+    if summary is not None and len(summary):
+        summary = summary.loc[summary["metric"] == metric]
+    phase = phase_bars_figure(phase_buckets(summary) if summary is not None else pd.DataFrame())
+    ports = rd.ports(snap, cut)
+    kpis = _kpis(ports, {"nvlink": topo.nvlink_peak_bytes_per_s, "ib": topo.ib_peak_bytes_per_s})
+    last = int(counters["ts_ns"].max()) if len(counters) else t0
+    cur = {"run": run, "node": node, "metric": metric, "mode": clock["mode"], "t0": t0,
+           "ts_ns": last, "nvl": sorted(nvl_long["series"].unique().tolist()),
+           "ib": sorted(ib_long["series"].unique().tolist())}
+    return kpis, nvl_heat, ib_heat, nvl_lines, no_update, ib_lines, no_update, phase, cur
+
+
+def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.LK_KPIS, "children"), Output(ids.LK_NVL_HEAT, "figure"),
+        Output(ids.LK_IB_HEAT, "figure"), Output(ids.LK_NVL_LINES, "figure"),
+        Output(ids.LK_NVL_LINES, "extendData"), Output(ids.LK_IB_LINES, "figure"),
+        Output(ids.LK_IB_LINES, "extendData"), Output(ids.LK_PHASE, "figure"),
+        Output(ids.LK_CURSOR, "data"),
+        Input(ids.CLOCK, "data"), Input(ids.LK_NODE, "value"), Input(ids.LK_METRIC, "value"),
+        State(ids.LK_CURSOR, "data"))
+    def _render(clock: dict[str, Any] | None, node: str | None, metric: str | None,
+                cursor: dict[str, Any] | None) -> tuple[Any, ...]:
+        return render(svc, clock, node, metric, cursor, ctx.triggered_id)

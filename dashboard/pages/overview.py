@@ -1,0 +1,236 @@
+"""Overview: step time, bubble ratio measured vs ideal, exposed communication, comm SMs,
+NVLink / IB achieved vs peak, stragglers, probe availability, and alerts when a threshold is
+crossed. With ``compare=`` in the URL, a second run's numbers side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from dash import Dash, Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
+
+from .. import ids
+from ..clock import cutoff_ns
+from ..data import DEFAULT_THRESHOLDS, DataService, overview
+from ..figures import (
+    bubble_attribution_figure,
+    bubble_compare_figure,
+    empty_figure,
+    exposed_comm_figure,
+    step_time_figure,
+)
+from ..layout import alert_list, error_card, fmt_num, fmt_pct, fmt_rate, fmt_s, graph, kpi, panel
+from . import NoRun, describe_error, open_run, render_key
+
+PATH = "/overview"
+TITLE = "Overview"
+
+__all__ = ["PATH", "TITLE", "layout", "register", "render", "kpi_tiles", "compute"]
+
+_GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": False}
+
+
+def layout(svc: DataService, query: dict[str, str]) -> html.Div:
+    th = DEFAULT_THRESHOLDS
+    return html.Div(className="overview-page", children=[
+        dcc.Store(id=ids.OV_KEY),
+        html.Div(id=ids.OV_ALERTS),
+        html.Div(id=ids.OV_KPIS, className="kpi-grid"),
+        html.Div(id=ids.OV_COMPARE),
+        html.Div(className="grid-3", children=[
+            panel(graph(ids.OV_STEPS, _GRAPH_CONFIG)),
+            panel(graph(ids.OV_BUBBLES, _GRAPH_CONFIG)),
+            panel(graph(ids.OV_COMM, _GRAPH_CONFIG)),
+        ]),
+        html.Div(className="grid-2", children=[
+            panel(html.Div(id=ids.OV_STRAGGLERS), title="Stragglers"),
+            panel(html.Div(id=ids.OV_PROBES), title="Probes"),
+        ]),
+        panel(html.Div(className="thresholds", children=[
+            html.Label(["bubble above ideal by more than (pp) ",
+                        dcc.Input(id=ids.OV_TH_BUBBLE, type="number", value=th["bubble_excess_pp"],
+                                  min=0, step=0.5, debounce=True)]),
+            html.Label(["bandwidth below (share of peak) ",
+                        dcc.Input(id=ids.OV_TH_BW, type="number", value=th["bandwidth_share_min"],
+                                  min=0, max=1, step=0.05, debounce=True)]),
+            html.Label(["straggler z-score above ",
+                        dcc.Input(id=ids.OV_TH_Z, type="number", value=th["straggler_z"], min=0.5,
+                                  step=0.5, debounce=True)]),
+        ]), title="Alert thresholds"),
+    ])
+
+
+def compute(svc: DataService, run: str, clock: dict[str, Any] | None,
+            thresholds: dict[str, float]) -> dict[str, Any]:
+    """The overview dict of one run (see :func:`dashboard.data.overview`)."""
+    rd, snap = svc.snapshot(run)
+    cut = cutoff_ns(clock) if clock and clock.get("run") == run else None
+    results = rd.analyses(snap, cut, thresholds)
+    ideal = rd.ideal(snap)
+    ports = rd.ports(snap, cut)
+    return overview(snap, results, ideal, ports, thresholds, cut)
+
+
+def _level(value: float, warn: float, crit: float) -> str:
+    if value != value:
+        return ""
+    return "crit" if value >= crit else ("warn" if value >= warn else "ok")
+
+
+def kpi_tiles(o: dict[str, Any], th: dict[str, float]) -> list[html.Div]:
+    """The eight tiles of the overview."""
+    excess = (o["bubble_measured"] - o["bubble_ideal"]) * 100
+    steps = o["steps"]
+    last = fmt_s(steps["step_time_s"].iloc[-1]) if len(steps) else "n/a"
+    sms = o.get("sms_per_gpu")
+    nv, ib = o["nvlink"], o["ib"]
+    st = o["stragglers"]
+    probes = o["probes"]
+    avail = sum(1 for a, _ in probes.values() if a)
+
+    def bw_level(share: float) -> str:
+        if share != share:
+            return ""
+        return "crit" if share < th["bandwidth_share_min"] / 1.5 else (
+            "warn" if share < th["bandwidth_share_min"] else "ok")
+
+    parts = o.get("excess_parts") or {}
+    why = (f"excess {fmt_s(parts['excess_ns'] / 1e9)}/rank·step = slow stage "
+           f"{fmt_s(parts['slow_stage_ns'] / 1e9)}, P2P {fmt_s(parts['exposed_comm_ns'] / 1e9)}, "
+           f"host {fmt_s(parts['host_gap_ns'] / 1e9)}") if parts else (o.get("ideal_reason") or "")
+    return [
+        kpi("Step time", fmt_s(o["step_time_s"]), f"median of {len(steps)} steps · last {last}"),
+        kpi("Bubble measured / ideal", f"{fmt_pct(o['bubble_measured'])} / {fmt_pct(o['bubble_ideal'])}",
+            f"{o['schedule']} · formula {fmt_pct(o['bubble_formula'])}"
+            + (f" · +{excess:.1f} pp" if excess == excess else ""),
+            _level(excess, th["bubble_excess_pp"], 2 * th["bubble_excess_pp"]),
+            kid="kpi-bubble", title=why),
+        kpi("Exposed communication", fmt_pct(o["exposed_comm_share"]),
+            f"{fmt_s(o['exposed_comm_s_per_step'])} per rank per step",
+            _level(o["exposed_comm_share"], 0.25, 0.5)),
+        kpi("Comm SMs", f"{fmt_num(o['comm_sms_mean'], '.1f')} / {fmt_num(o['comm_sms_max'], '.0f')}",
+            f"mean / max of {sms} SMs" if sms else "SMs per GPU unknown"),
+        kpi("NVLink achieved", fmt_rate(nv["bytes_per_s"]), _link_sub(nv, "NVLink", ""),
+            bw_level(nv.get("worst_share", float("nan")))),
+        kpi("InfiniBand achieved", fmt_rate(ib["bytes_per_s"]), _link_sub(ib, "IB", " per port"),
+            bw_level(ib.get("worst_share", float("nan")))),
+        kpi("Stragglers", str(len(st)),
+            ", ".join(f"rank {int(r)}" for r in st["rank"].head(4)) if len(st) else "none",
+            "crit" if len(st) else "ok"),
+        kpi("Probes", f"{avail} / {len(probes)}",
+            ", ".join(k for k, (a, _) in probes.items() if not a) + " unavailable"
+            if avail < len(probes) else "all available", "" if avail == len(probes) else "warn"),
+    ]
+
+
+def _link_sub(d: dict[str, Any], name: str, per: str) -> str:
+    v = d.get("bytes_per_s")
+    if v is None or v != v:
+        return f"no {name} counters while communicating" + (
+            "" if d.get("peak") else "; peak unknown")
+    text = f"{fmt_pct(d['share'], 0)} of {fmt_rate(d['peak'])}{per}" if d.get("peak") else "peak unknown"
+    if d.get("worst"):
+        text += f" · worst {d['worst']} {fmt_pct(d['worst_share'], 0)}"
+    return text
+
+
+def _stragglers_table(st: pd.DataFrame) -> Any:
+    if len(st) == 0:
+        return html.Div("No rank is slower than its peers beyond the threshold.", className="dim")
+    rows = [html.Tr([html.Td(f"{int(r['rank'])}"), html.Td(str(r.get("worst_op", ""))),
+                     html.Td(f"{float(r['slowdown']):.2f}x"), html.Td(f"{float(r['z_max']):.1f}"),
+                     html.Td(f"{int(r.get('waiting_count', 0) or 0)}")])
+            for _, r in st.sort_values("z_max", ascending=False).head(12).iterrows()]
+    return html.Table(className="table", children=[
+        html.Thead(html.Tr([html.Th(h) for h in ("rank", "slowest op", "vs peers", "z",
+                                                 "ranks waiting")])), html.Tbody(rows)])
+
+
+def _probes_table(probes: dict[str, tuple[bool, str]]) -> Any:
+    if not probes:
+        return html.Div("The manifest records no probe status.", className="dim")
+    return html.Table(className="table", children=[html.Tbody([
+        html.Tr([html.Td(html.Span("●", className="dot dot-ok" if a else "dot dot-crit")),
+                 html.Td(name), html.Td(reason, className="dim")])
+        for name, (a, reason) in sorted(probes.items())])])
+
+
+def _compare_table(a: dict[str, Any], b: dict[str, Any], ra: str, rb: str) -> html.Div:
+    def row(label: str, fa: str, fb: str) -> html.Tr:
+        return html.Tr([html.Td(label), html.Td(fa), html.Td(fb)])
+
+    rows = [
+        row("step time", fmt_s(a["step_time_s"]), fmt_s(b["step_time_s"])),
+        row("bubble measured", fmt_pct(a["bubble_measured"]), fmt_pct(b["bubble_measured"])),
+        row("bubble ideal", fmt_pct(a["bubble_ideal"]), fmt_pct(b["bubble_ideal"])),
+        row("exposed comm", fmt_pct(a["exposed_comm_share"]), fmt_pct(b["exposed_comm_share"])),
+        row("comm SMs mean", fmt_num(a["comm_sms_mean"]), fmt_num(b["comm_sms_mean"])),
+        row("NVLink achieved", fmt_rate(a["nvlink"]["bytes_per_s"]), fmt_rate(b["nvlink"]["bytes_per_s"])),
+        row("IB achieved", fmt_rate(a["ib"]["bytes_per_s"]), fmt_rate(b["ib"]["bytes_per_s"])),
+        row("stragglers", str(len(a["stragglers"])), str(len(b["stragglers"]))),
+        row("alerts", str(len(a["alerts"])), str(len(b["alerts"]))),
+    ]
+    return panel(html.Table(className="table compare", children=[
+        html.Thead(html.Tr([html.Th(""), html.Th(ra), html.Th(rb)])), html.Tbody(rows)]),
+        title="Compare")
+
+
+def render(svc: DataService, clock: dict[str, Any] | None, th_bubble: float | None,
+           th_bw: float | None, th_z: float | None) -> tuple[Any, ...]:
+    """(kpis, alerts, steps fig, bubbles fig, comm fig, stragglers, probes, compare)."""
+    th = dict(DEFAULT_THRESHOLDS)
+    for k, v in (("bubble_excess_pp", th_bubble), ("bandwidth_share_min", th_bw),
+                 ("straggler_z", th_z)):
+        if isinstance(v, (int, float)) and v > 0:
+            th[k] = float(v)
+    blank = empty_figure("")
+    try:
+        rd, snap = open_run(svc, clock)
+        assert clock is not None
+        o = compute(svc, clock["run"], clock, th)
+    except NoRun:
+        return [], html.Div(), blank, blank, blank, "", "", ""
+    except Exception as e:
+        title, msg = describe_error(e)
+        return [], error_card(title, msg), blank, blank, blank, "", "", ""
+    analyses = rd.analyses(snap, cutoff_ns(clock), th)
+    ideal = o["ideal"]
+    by_stage = analyses.get("bubbles_by_stage")
+    measured = by_stage if by_stage is not None else pd.DataFrame(
+        columns=["pp_rank", "bubble_ratio_mean", "bubble_ratio_max"])
+    ov = analyses.get("overlap", pd.DataFrame(columns=["rank", "overlapped_ns", "exposed_comm_ns"]))
+    compare: Any = ""
+    other = clock.get("compare")
+    if other:
+        try:
+            ob = compute(svc, other, None, th)
+            compare = _compare_table(o, ob, clock["run"], other)
+        except Exception as e:
+            title, msg = describe_error(e)
+            compare = error_card(f"compare run {other}: {title}", msg)
+    run = clock["run"]
+    return (kpi_tiles(o, th), alert_list(o["alerts"], run),
+            step_time_figure(o["steps"], uirevision=run),
+            bubble_attribution_figure(ideal.attribution)
+            if ideal is not None and ideal.ok and len(ideal.attribution)
+            else bubble_compare_figure(measured, None, o["bubble_formula"]),
+            exposed_comm_figure(ov, max(1, len(o["steps"]))),
+            _stragglers_table(o["stragglers"]), _probes_table(o["probes"]), compare)
+
+
+def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.OV_KPIS, "children"), Output(ids.OV_ALERTS, "children"),
+        Output(ids.OV_STEPS, "figure"), Output(ids.OV_BUBBLES, "figure"),
+        Output(ids.OV_COMM, "figure"), Output(ids.OV_STRAGGLERS, "children"),
+        Output(ids.OV_PROBES, "children"), Output(ids.OV_COMPARE, "children"),
+        Output(ids.OV_KEY, "data"),
+        Input(ids.CLOCK, "data"), Input(ids.OV_TH_BUBBLE, "value"), Input(ids.OV_TH_BW, "value"),
+        Input(ids.OV_TH_Z, "value"), State(ids.OV_KEY, "data"))
+    def _render(clock: dict[str, Any] | None, b: float | None, w: float | None,
+                z: float | None, last: list[Any] | None) -> tuple[Any, ...]:
+        key = render_key(svc, clock, b, w, z)
+        if key is not None and key == last:
+            raise PreventUpdate
+        return (*render(svc, clock, b, w, z), key)

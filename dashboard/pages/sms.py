@@ -1,0 +1,124 @@
+"""SMs: communication vs compute SMs over time per GPU (stacked area), SM-seconds per GPU,
+and the declared communication cap (manifest ``extra.comm_sms_cap``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from dash import Dash, Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
+
+from profiler.analysis import sm_split_series
+
+from .. import ids
+from ..clock import cutoff_ns
+from ..data import DataService
+from ..figures import empty_figure, sm_area_figure, sm_seconds_figure
+from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel, pick_run_card
+from ..series import sm_binned
+from . import NoRun, describe_error, open_run, render_key
+
+PATH = "/sms"
+TITLE = "SMs"
+
+__all__ = ["PATH", "TITLE", "layout", "register", "render", "declared_cap"]
+
+_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+
+
+def declared_cap(extra: dict[str, Any]) -> float | None:
+    """The communication SM budget the run declares (``comm_sms_cap`` or ``comm_sms``)."""
+    for key in ("comm_sms_cap", "comm_sms", "deepep_num_sms"):
+        v = (extra or {}).get(key)
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    return None
+
+
+def layout(svc: DataService, q: dict[str, str]) -> html.Div:
+    run = q.get("run")
+    if not run:
+        return pick_run_card()
+    try:
+        _rd, snap = svc.snapshot(run)
+    except Exception as e:
+        return error_card(*describe_error(e))
+    ranks = sorted(int(r) for r in snap.spans["rank"].unique()) if len(snap.spans) else []
+    opts = [{"label": f"mean of all {len(ranks)} GPUs", "value": "all"}] + [
+        {"label": f"rank {r}", "value": str(r)} for r in ranks]
+    return html.Div(className="sms-page", children=[
+        dcc.Store(id=ids.SM_KEY),
+        html.Div(id=ids.SM_KPIS, className="kpi-grid kpi-grid-4"),
+        html.Div(className="controls", children=[
+            dcc.Dropdown(id=ids.SM_GPU, options=opts, value="all", clearable=False,
+                         className="ranks-pick")]),
+        panel(graph(ids.SM_AREA, _CONFIG)),
+        panel(graph(ids.SM_SECONDS, _CONFIG)),
+    ])
+
+
+def render(svc: DataService, clock: dict[str, Any] | None, gpu: str | None) -> tuple[Any, ...]:
+    """(kpis, area figure, SM-seconds figure)."""
+    try:
+        rd, snap = open_run(svc, clock)
+        assert clock is not None
+    except NoRun:
+        return [], empty_figure(""), empty_figure("")
+    except Exception as e:
+        title, msg = describe_error(e)
+        return [error_card(title, msg)], empty_figure(title), empty_figure(title)
+    sms = snap.manifest.topology.sms_per_gpu
+    if not sms:
+        msg = "SMs per GPU unknown: the manifest's topology.sms_per_gpu is not set"
+        return [kpi("SM split", "n/a", msg)], empty_figure(msg), empty_figure(msg)
+    cut = cutoff_ns(clock)
+
+    def series() -> pd.DataFrame:
+        return sm_split_series(snap.spans, sms_per_gpu=int(sms))
+
+    ser = rd.derived("sm_series", snap, series)
+    if cut is not None:
+        ser = ser.loc[ser["t_ns"] < cut]
+        ser = ser.assign(duration_ns=ser["duration_ns"].clip(upper=(cut - ser["t_ns"]).clip(lower=0)))
+    ranks = None if gpu in (None, "all") else [int(gpu)]
+    x1 = cut if cut is not None else snap.t1_ns
+    area = sm_binned(ser, ranks, snap.t0_ns, max(x1, snap.t0_ns + 1), snap.t0_ns)
+    cap = declared_cap(snap.manifest.extra)
+    who = "mean over GPUs" if ranks is None else f"rank {gpu}"
+    fig = sm_area_figure(area, sms_per_gpu=int(sms), cap=cap, title=f"SMs held · {who}",
+                         uirevision=f"{clock['run']}|{gpu}")
+    sm_s = rd.analyses(snap, cut).get("sm_seconds")
+    sm_s = sm_s if sm_s is not None else pd.DataFrame()
+    bars = sm_seconds_figure(sm_s) if len(sm_s) else empty_figure("no kernels with SM counts")
+    if len(sm_s):
+        total = sm_s[["comm_sm_s", "compute_sm_s", "idle_sm_s"]].sum()
+        tot = float(total.sum()) or 1.0
+        over = (sm_s["comm_sms_max"] > cap).sum() if cap else 0
+        kpis = [
+            kpi("Comm SMs", f"{fmt_num(sm_s['comm_sms_mean'].mean())} / {fmt_num(sm_s['comm_sms_max'].max(), '.0f')}",
+                f"mean while communicating / max, of {sms}"),
+            kpi("Comm share of SM-time", fmt_pct(total["comm_sm_s"] / tot),
+                f"{total['comm_sm_s']:.1f} SM·s over {len(sm_s)} GPUs"),
+            kpi("Compute share of SM-time", fmt_pct(total["compute_sm_s"] / tot),
+                f"idle {fmt_pct(total['idle_sm_s'] / tot)}"),
+            kpi("Declared comm cap", "n/a" if cap is None else f"{cap:g} SMs",
+                "not declared in the manifest" if cap is None else
+                (f"{over} GPUs exceeded it" if over else "never exceeded"),
+                "" if cap is None else ("crit" if over else "ok")),
+        ]
+    else:
+        kpis = [kpi("SM split", "n/a", "no kernels with SM counts in this run")]
+    return kpis, fig, bars
+
+
+def register(app: Dash, svc: DataService) -> None:
+    @app.callback(Output(ids.SM_KPIS, "children"), Output(ids.SM_AREA, "figure"),
+                  Output(ids.SM_SECONDS, "figure"), Output(ids.SM_KEY, "data"),
+                  Input(ids.CLOCK, "data"), Input(ids.SM_GPU, "value"), State(ids.SM_KEY, "data"))
+    def _render(clock: dict[str, Any] | None, gpu: str | None,
+                last: list[Any] | None) -> tuple[Any, ...]:
+        key = render_key(svc, clock, gpu)
+        if key is not None and key == last:
+            raise PreventUpdate
+        return (*render(svc, clock, gpu), key)

@@ -1,0 +1,222 @@
+"""Timeline: for each rank the measured row, its communication, and beneath them the ideal
+row from the schedule model fed with the run's fitted costs. Bubbles shaded, ops and comm
+phases coloured, zoom and pan (the server re-cuts the window on every zoom), hover with op,
+stage, micro-batch and duration. Big windows arrive as per-pixel aggregates."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash.exceptions import PreventUpdate
+
+from profiler.analysis import rank_node_map
+
+from .. import ids
+from ..aggregate import query
+from ..clock import cutoff_ns
+from ..data import DataService, RunData, Snapshot, steps_table
+from ..figures import empty_figure, timeline_figure
+from ..layout import error_card, pick_run_card
+from . import NoRun, describe_error, open_run, render_key
+
+PATH = "/timeline"
+TITLE = "Timeline"
+
+__all__ = ["PATH", "TITLE", "layout", "register", "render", "rank_options", "ranks_for",
+           "view_from_relayout", "step_windows", "step_options", "LIVE_WINDOW_S"]
+
+#: a live run longer than this follows its last LIVE_WINDOW_S seconds until the user zooms
+LIVE_WINDOW_S = 10.0
+_CONFIG: Any = {"displaylogo": False, "scrollZoom": True,
+           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
+
+
+def rank_options(rd: RunData, snap: Snapshot) -> tuple[list[dict[str, str]], str]:
+    """Dropdown options (all ranks, each pipeline, each node) and the default choice: all
+    ranks up to 16, else the pipeline of the worst straggler (or pipeline 0)."""
+    lay = rd.layout(snap)
+    n = len(lay)
+    opts = [{"label": f"all ranks ({n})", "value": "all"}]
+    for p, g in lay.groupby("pipeline", sort=True):
+        opts.append({"label": f"pipeline {p} ({len(g)} ranks)", "value": f"pipeline:{p}"})
+    nodes = sorted(snap.counters["node"].unique()) if len(snap.counters) else []
+    rn = rank_node_map(lay["rank"].tolist(), nodes, rd.params(snap))
+    for node in sorted(set(rn.values()), key=lambda s: (len(s), s)):
+        opts.append({"label": f"node {node}", "value": f"node:{node}"})
+    default = "all"
+    if n > 16:
+        default = "pipeline:0"
+        try:
+            st = rd.analyses(snap).get("stragglers")
+            if st is not None and len(st) and st["pipeline"].notna().any():
+                worst = st.sort_values("z_max", ascending=False).iloc[0]
+                default = f"pipeline:{int(worst['pipeline'])}"
+        except Exception:  # the default is a convenience; never fail the page for it
+            pass
+    return opts, default
+
+
+def ranks_for(rd: RunData, snap: Snapshot, value: str | None) -> list[int]:
+    lay = rd.layout(snap)
+    if value and value.startswith("pipeline:"):
+        p = int(value.split(":", 1)[1])
+        sel = lay.loc[lay["pipeline"] == p].sort_values("pp_rank")
+        if len(sel):
+            return [int(r) for r in sel["rank"]]
+    if value and value.startswith("node:"):
+        node = value.split(":", 1)[1]
+        nodes = sorted(snap.counters["node"].unique()) if len(snap.counters) else []
+        rn = rank_node_map(lay["rank"].tolist(), nodes, rd.params(snap))
+        mine = sorted(r for r, n in rn.items() if n == node)
+        if mine:
+            return mine
+    return [int(r) for r in lay.sort_values(["pipeline", "pp_rank"])["rank"]] if len(lay) else []
+
+
+def view_from_relayout(relayout: dict[str, Any] | None,
+                       view: list[float] | None) -> list[float] | None:
+    """The x window (s since run start) after a plotly relayout event; ``None``: autorange."""
+    if not relayout:
+        return view
+    if relayout.get("xaxis.autorange") or relayout.get("autosize") and len(relayout) == 1:
+        return None if relayout.get("xaxis.autorange") else view
+    if "xaxis.range[0]" in relayout and "xaxis.range[1]" in relayout:
+        return [float(relayout["xaxis.range[0]"]), float(relayout["xaxis.range[1]"])]
+    if isinstance(relayout.get("xaxis.range"), list) and len(relayout["xaxis.range"]) == 2:
+        a, b = relayout["xaxis.range"]
+        return [float(a), float(b)]
+    return view
+
+
+def step_windows(rd: RunData, snap: Snapshot) -> pd.DataFrame:
+    """step, start_s, end_s (s since the run start) of every step the bubble analysis saw."""
+    st = steps_table(rd.analyses(snap).get("bubbles"))
+    t0 = snap.t0_ns
+    return pd.DataFrame({"step": st["step"].to_numpy(), "start_s": (st["start_ns"] - t0) / 1e9,
+                         "end_s": (st["end_ns"] - t0) / 1e9})
+
+
+def step_options(steps: pd.DataFrame, live: bool) -> tuple[list[dict[str, str]], str]:
+    """Window choices (the whole run, or one step) and the default: the last complete step of
+    a finished run with more than 3 steps, else the whole run."""
+    opts = [{"label": "whole run", "value": "all"}] + [
+        {"label": f"step {int(r.step)} ({(r.end_s - r.start_s) * 1e3:.1f} ms)", "value": f"step:{int(r.step)}"}
+        for r in steps.itertuples()]
+    default = f"step:{int(steps['step'].iloc[-1])}" if len(steps) > 3 and not live else "all"
+    return opts, default
+
+
+def _step_view(steps: pd.DataFrame, value: str | None) -> list[float] | None:
+    if not value or not value.startswith("step:"):
+        return None
+    row = steps.loc[steps["step"] == int(value.split(":", 1)[1])]
+    if len(row) == 0:
+        return None
+    a, b = float(row["start_s"].iloc[0]), float(row["end_s"].iloc[0])
+    pad = 0.01 * (b - a)
+    return [a - pad, b + pad]
+
+
+def layout(svc: DataService, q: dict[str, str]) -> html.Div:
+    run = q.get("run")
+    if not run:
+        return pick_run_card()
+    try:
+        rd, snap = svc.snapshot(run)
+        opts, default = rank_options(rd, snap)
+        steps = step_windows(rd, snap)
+    except Exception as e:
+        return error_card(*describe_error(e))
+    step_opts, step_default = step_options(steps, snap.live)
+    return html.Div(className="timeline-page", children=[
+        html.Div(className="controls", children=[
+            dcc.Dropdown(id=ids.TL_RANKS, options=opts, value=q.get("ranks", default),
+                         clearable=False, className="ranks-pick"),
+            dcc.Dropdown(id=ids.TL_STEP, options=step_opts, value=step_default, clearable=False,
+                         className="step-pick", placeholder="zoomed window"),
+            dcc.Checklist(id=ids.TL_OPTIONS, className="checks", inline=True,
+                          options=[{"label": " comm lane", "value": "comm"},
+                                   {"label": " ideal row", "value": "ideal"}],
+                          value=["comm", "ideal"]),
+            html.Span(id=ids.TL_STATUS, className="status dim"),
+        ]),
+        dcc.Store(id=ids.TL_VIEW, data=_step_view(steps, step_default)),
+        dcc.Store(id=ids.TL_KEY),
+        html.Div(className="panel timeline-panel", children=dcc.Graph(
+            id=ids.TL_GRAPH, config=_CONFIG, figure=empty_figure("loading…"),
+            className="timeline-graph")),
+        html.Div(className="legend-help dim small", children=(
+            "Rows per rank: measured ops (bubbles shaded red), communication (dispatch, combine, "
+            "PP), and the ideal schedule with this run's fitted per-stage costs. Drag to zoom, "
+            "double-click to reset; the server sends spans when few, per-pixel busy fractions "
+            "when many.")),
+    ])
+
+
+def render(svc: DataService, clock: dict[str, Any] | None, relayout: dict[str, Any] | None,
+           ranks_value: str | None, options: list[str] | None, view: list[float] | None,
+           trigger: str | None = None, step: str | None = None) -> tuple[Any, ...]:
+    """(figure, status line, x window, step choice). ``trigger`` is the id of the input that
+    fired; a zoom clears the step choice, choosing a step sets the window."""
+    t = time.perf_counter()
+    try:
+        rd, snap = open_run(svc, clock)
+        assert clock is not None
+        ix = rd.timeline_index(snap)
+    except NoRun:
+        return empty_figure("no run open"), "", None, no_update
+    except Exception as e:
+        title, msg = describe_error(e)
+        return empty_figure(f"{title}: {msg}"), "error", None, no_update
+    step_out: Any = no_update
+    if trigger == ids.TL_GRAPH:
+        new_view = view_from_relayout(relayout, view)
+        if new_view != view:
+            step_out = "all" if new_view is None else None
+        view = new_view
+    elif trigger == ids.TL_STEP:
+        view = _step_view(step_windows(rd, snap), step)
+    cut = cutoff_ns(clock)
+    ranks = ranks_for(rd, snap, ranks_value)
+    t0 = ix.t0_ns
+    if cut is not None and view is not None and not view[0] <= (cut - t0) / 1e9 <= view[1]:
+        view, step_out = None, "all"  # replay follows its clock: show the whole run filling up
+    if view is not None:
+        x0, x1 = t0 + round(view[0] * 1e9), t0 + round(view[1] * 1e9)  # (t0 may be ~1e18)
+    elif clock["mode"] == "live" and (snap.t1_ns - t0) / 1e9 > LIVE_WINDOW_S:
+        x0, x1 = snap.t1_ns - round(LIVE_WINDOW_S * 1e9), snap.t1_ns
+    else:
+        x0, x1 = t0, max(snap.t1_ns, t0 + 1)
+    opts = set(options or [])
+    w = query(ix, ranks, x0, x1, cutoff_ns=cut, show_ideal="ideal" in opts,
+              show_comm="comm" in opts)
+    # the axis keeps the requested window; in replay it fills up as the clock advances
+    w = replace(w, x0_s=(x0 - t0) / 1e9, x1_s=(x1 - t0) / 1e9)
+    now_s = None if cut is None else (cut - t0) / 1e9
+    ideal = rd.ideal(snap)
+    note = "" if ideal.ok else f" · no ideal row: {ideal.reason.split(';')[0]}"
+    fig = timeline_figure(w, now_s=now_s, uirevision=f"{clock['run']}|{ranks_value}")
+    ms = (time.perf_counter() - t) * 1e3
+    status = (f"{w.count:,} spans in window · drawn as {w.mode} · {len(ranks)} ranks · "
+              f"{ms:.0f} ms{note}")
+    return fig, status, view, step_out
+
+
+def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.TL_GRAPH, "figure"), Output(ids.TL_STATUS, "children"),
+        Output(ids.TL_VIEW, "data"), Output(ids.TL_STEP, "value"), Output(ids.TL_KEY, "data"),
+        Input(ids.CLOCK, "data"), Input(ids.TL_GRAPH, "relayoutData"),
+        Input(ids.TL_RANKS, "value"), Input(ids.TL_OPTIONS, "value"), Input(ids.TL_STEP, "value"),
+        State(ids.TL_VIEW, "data"), State(ids.TL_KEY, "data"))
+    def _render(clock: dict[str, Any] | None, relayout: dict[str, Any] | None, ranks: str | None,
+                options: list[str] | None, step: str | None, view: list[float] | None,
+                last: list[Any] | None) -> tuple[Any, ...]:
+        key = render_key(svc, clock, ranks, options, view)
+        if ctx.triggered_id == ids.CLOCK and key is not None and key == last:
+            raise PreventUpdate
+        return (*render(svc, clock, relayout, ranks, options, view, ctx.triggered_id, step), key)

@@ -1,0 +1,262 @@
+"""Pure DataFrame transforms that shape counters and analysis tables for the figures of the
+Links, SMs and Experts pages. No Dash, no I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
+           "routing_long", "natural_key",
+           "metric_long", "device_kind", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER"]
+
+#: columns a time heatmap or area chart gets at most
+MAX_BINS = 600
+
+
+def _per_unique(values: pd.Series, fn: object) -> np.ndarray:
+    """``fn`` applied to each distinct value only (string ops on 100k rows are slow)."""
+    codes, uniques = pd.factorize(values.astype("str"), use_na_sentinel=False)
+    mapped = np.empty(len(uniques), dtype=object)
+    for i, u in enumerate(uniques):  # element by element: tuples stay single objects
+        mapped[i] = fn(u)  # type: ignore[operator]
+    return mapped[codes]
+
+
+def device_kind(device: pd.Series) -> np.ndarray:
+    """``nvlink``, ``nvlink:3`` -> nvlink; ``ib:mlx5_0:1`` -> ib; else the device."""
+    return _per_unique(device, lambda d: d.split(":")[0])
+
+
+def bin_mean(row: np.ndarray, start: np.ndarray, end: np.ndarray, value: np.ndarray,
+             n_rows: int, x0: int, x1: int, bins: int) -> np.ndarray:
+    """Time-weighted mean of piecewise-constant ``value`` (held over ``[start, end)``) in each
+    of ``bins`` equal bins of ``[x0, x1)``, per row: an ``n_rows x bins`` array."""
+    width = (x1 - x0) / bins
+    fs = np.clip((start - x0) / width, 0, bins)
+    fe = np.clip((end - x0) / width, 0, bins)
+    b0 = np.minimum(np.floor(fs).astype(np.int64), bins)
+    b1 = np.minimum(np.floor(fe).astype(np.int64), bins)
+    out = np.zeros((n_rows, bins + 2))
+    same = b0 == b1
+    np.add.at(out, (row[same], b0[same]), value[same] * (fe[same] - fs[same]))
+    d = ~same
+    r, v = row[d], value[d]
+    np.add.at(out, (r, b0[d]), v * (b0[d] + 1 - fs[d]))
+    np.add.at(out, (r, b1[d]), v * (fe[d] - b1[d]))
+    mid = np.zeros_like(out)
+    np.add.at(mid, (r, b0[d] + 1), v)
+    np.add.at(mid, (r, b1[d]), -v)
+    out += np.cumsum(mid, axis=1)
+    return out[:, :bins]
+
+
+def _label(df: pd.DataFrame, kind: str) -> np.ndarray:
+    """``node3 mlx5_2:1`` for IB ports, ``node3 gpu2`` / ``node3 gpu2 link5`` for NVLink."""
+    if len(df) == 0:
+        return np.empty(0, dtype=object)
+    g = df.groupby(["node", "gpu", "device"], dropna=False, sort=False, observed=True)
+    codes = g.ngroup().to_numpy()
+    names = []
+    for node, gpu, dev in g.size().index:
+        dev = str(dev)
+        if kind == "ib":
+            names.append(f"{node} {dev[3:]}")
+        else:
+            link = dev.partition(":")[2]
+            gtxt = "?" if pd.isna(gpu) else str(int(gpu))
+            names.append(f"{node} gpu{gtxt}" + (f" link{link}" if link else ""))
+    return np.array(names, dtype=object)[codes]
+
+
+def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None, t0_ns: int,
+              max_bins: int = MAX_BINS) -> pd.DataFrame:
+    """Share of ``peak`` per link of ``kind`` (rows, labelled ``node gpuN`` or ``node
+    mlx5_N:P``) over time (columns: seconds since ``t0_ns``); means over bins when there are
+    more than ``max_bins`` samples. Without a peak the values are bytes/s / max."""
+    c = counters.loc[(device_kind(counters["device"]) == kind)
+                     & (counters["metric"].astype("str") == metric)]
+    if len(c) == 0:
+        return pd.DataFrame()
+    labels = _label(c, kind)
+    ts = c["ts_ns"].to_numpy(dtype=np.int64)
+    uniq = np.unique(ts)
+    if len(uniq) > max_bins:
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        edges = lo + (np.arange(max_bins + 1) * (hi - lo)) // max_bins
+        b = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, max_bins - 1)
+        x = (edges[:-1] + edges[1:]) / 2
+        col = x[b]
+    else:
+        col = ts
+    df = pd.DataFrame({"label": labels, "col": col, "v": c["value"].to_numpy(dtype=float)})
+    wide = df.pivot_table(index="label", columns="col", values="v", aggfunc="mean", sort=True)
+    order = sorted(wide.index, key=natural_key)
+    wide = wide.loc[order]
+    scale = peak if peak else np.nanmax(wide.to_numpy()) or 1.0
+    wide = wide / scale
+    wide.columns = (wide.columns.to_numpy(dtype=np.float64) - t0_ns) / 1e9
+    return wide
+
+
+def natural_key(s: str) -> list[object]:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def link_long(counters: pd.DataFrame, kind: str, metric: str, node: str | None,
+              t0_ns: int) -> pd.DataFrame:
+    """Samples of one node's links of ``kind`` as t_s, series, value (bytes/s)."""
+    c = counters.loc[(device_kind(counters["device"]) == kind)
+                     & (counters["metric"].astype("str") == metric)]
+    if node is not None:
+        c = c.loc[c["node"].astype("str") == node]
+    if len(c) == 0:
+        return pd.DataFrame(columns=["t_s", "series", "value"])
+    out = pd.DataFrame({"t_s": (c["ts_ns"].to_numpy(dtype=np.int64) - t0_ns) / 1e9,
+                        "series": _label(c, kind),
+                        "value": c["value"].to_numpy(dtype=float)})
+    return out.sort_values(["series", "t_s"], kind="stable").reset_index(drop=True)
+
+
+def sm_binned(series: pd.DataFrame, ranks: list[int] | None, x0: int, x1: int, t0_ns: int,
+              bins: int = MAX_BINS) -> pd.DataFrame:
+    """Mean comm / compute SMs per time bin from :func:`profiler.analysis.sm_split_series`,
+    averaged over ``ranks`` (all when None). Columns: t_s, comm_sms, compute_sms."""
+    s = series if ranks is None else series.loc[series["rank"].isin(ranks)]
+    if len(s) == 0 or x1 <= x0:
+        return pd.DataFrame(columns=["t_s", "comm_sms", "compute_sms"])
+    n = int(s["rank"].nunique())
+    start = s["t_ns"].to_numpy(dtype=np.int64)
+    end = start + s["duration_ns"].to_numpy(dtype=np.int64)
+    zero = np.zeros(len(s), dtype=np.int64)
+    bins = max(1, min(bins, int((x1 - x0) // 1000) or 1))
+    comm = bin_mean(zero, start, end, s["comm_sms"].to_numpy(dtype=float), 1, x0, x1, bins)[0] / n
+    comp = bin_mean(zero, start, end, s["compute_sms"].to_numpy(dtype=float), 1, x0, x1, bins)[0] / n
+    width = (x1 - x0) / bins
+    t = (x0 + (np.arange(bins) + 0.5) * width - t0_ns) / 1e9
+    return pd.DataFrame({"t_s": t, "comm_sms": comm, "compute_sms": comp})
+
+
+def _steps(c: pd.DataFrame, counters: pd.DataFrame) -> np.ndarray:
+    """Step of each per-step counter row: the ``train/step`` value written at the same time
+    (the reference run writes it beside every per-step row), else the sample's order within
+    its device."""
+    tr = counters.loc[(counters["device"].astype("str") == "train")
+                      & (counters["metric"].astype("str") == "step"), ["ts_ns", "value"]]
+    by_ts = dict(zip(tr["ts_ns"].to_numpy().tolist(), tr["value"].to_numpy().tolist(), strict=True))
+    own = c.groupby(c["device"].astype("str"), sort=False)["ts_ns"].rank(method="dense")
+    fallback = own.to_numpy(dtype=np.int64) - 1
+    if not by_ts:
+        return fallback
+    mapped = c["ts_ns"].map(by_ts)
+    return np.where(mapped.notna(), mapped.fillna(-1).to_numpy(dtype=float), fallback).astype(np.int64)
+
+
+def _expert_parts(device: str) -> tuple[int, int]:
+    """``expert:L:E`` -> (L, E); ``expert:E`` -> (0, E)."""
+    parts = device.split(":")
+    return (int(parts[1]), int(parts[2])) if len(parts) >= 3 else (0, int(parts[1]))
+
+
+def expert_layers(counters: pd.DataFrame) -> list[int]:
+    """MoE layers that report per-expert counters (``expert:L:E``; ``expert:E`` is layer 0)."""
+    dev = pd.Series(counters["device"].astype("str").unique())
+    dev = dev[dev.str.startswith("expert:")]
+    return sorted({_expert_parts(d)[0] for d in dev})
+
+
+def expert_wide(counters: pd.DataFrame, metric: str = "tokens", layer: int = 0) -> pd.DataFrame:
+    """Experts (rows, int) by step (columns) of ``metric`` for one MoE layer."""
+    dev = counters["device"].astype("str")
+    c = counters.loc[dev.str.startswith("expert:").to_numpy(dtype=bool)
+                     & (counters["metric"].astype("str") == metric).to_numpy(dtype=bool)]
+    if len(c) == 0:
+        return pd.DataFrame()
+    parts = _per_unique(c["device"], _expert_parts)
+    lay = np.array([p[0] for p in parts], dtype=np.int64)
+    exp = np.array([p[1] for p in parts], dtype=np.int64)
+    keep = lay == layer
+    if not keep.any():
+        return pd.DataFrame()
+    df = pd.DataFrame({"expert": exp[keep], "step": _steps(c, counters)[keep],
+                       "v": c["value"].to_numpy(dtype=float)[keep]})
+    return df.pivot_table(index="expert", columns="step", values="v", aggfunc="mean", sort=True)
+
+
+def routing_long(counters: pd.DataFrame, metric: str = "nodes_per_token_mean") -> pd.DataFrame:
+    """x (step), series (``layer L``), value of a per-layer routing metric (``routing:L``;
+    plain ``routing`` is layer 0)."""
+    dev = counters["device"].astype("str")
+    c = counters.loc[(dev.str.startswith("routing")).to_numpy(dtype=bool)
+                     & (counters["metric"].astype("str") == metric).to_numpy(dtype=bool)]
+    if len(c) == 0:
+        return pd.DataFrame(columns=["x", "series", "value"])
+    layer = _per_unique(c["device"], lambda d: d.partition(":")[2] or "0")
+    return pd.DataFrame({"x": _steps(c, counters), "series": "layer " + layer.astype(str),
+                         "value": c["value"].to_numpy(dtype=float)}).sort_values(["series", "x"])
+
+
+def metric_long(counters: pd.DataFrame, device: str, metric: str) -> pd.DataFrame:
+    """x (step), series, value of one per-step metric (e.g. train/loss), mean per step."""
+    c = counters.loc[(counters["device"].astype("str") == device)
+                     & (counters["metric"].astype("str") == metric)]
+    if len(c) == 0:
+        return pd.DataFrame(columns=["x", "series", "value"])
+    g = pd.DataFrame({"x": _steps(c, counters), "value": c["value"].to_numpy(dtype=float)})
+    g = g.groupby("x", sort=True)["value"].mean().reset_index()
+    return pd.DataFrame({"x": g["x"].to_numpy(), "series": metric, "value": g["value"].to_numpy()})
+
+
+PHASE_ORDER = ("dispatch", "combine", "disp+comb", "PP", "other", "idle")
+
+
+def phase_buckets(summary: pd.DataFrame) -> pd.DataFrame:
+    """Fold the phase labels of :func:`profiler.analysis.phase_summary` (``dispatch+pp``,
+    ``combine+other_comm`` …) into :data:`PHASE_ORDER`: one EP phase, both (``disp+comb``),
+    PP only, other communication, or none (``idle``). Sample-weighted means; same columns as the input."""
+    if summary is None or len(summary) == 0:
+        return pd.DataFrame(columns=["device_kind", "phase", "mean_bytes_per_s",
+                                     "mean_share_of_peak", "samples"])
+
+    def bucket(label: str) -> str:
+        parts = set(str(label).split("+"))
+        if {"dispatch", "combine"} <= parts:
+            return "disp+comb"
+        for p in ("dispatch", "combine"):
+            if p in parts:
+                return p
+        if "pp" in parts:
+            return "PP"
+        return "other" if "other_comm" in parts else "idle"
+
+    df = summary.assign(phase=summary["phase"].map(bucket),
+                        _b=summary["mean_bytes_per_s"] * summary["samples"],
+                        _s=summary["mean_share_of_peak"] * summary["samples"])
+    g = df.groupby(["device_kind", "phase"], sort=False)[["_b", "_s", "samples"]].sum().reset_index()
+    g["mean_bytes_per_s"] = g["_b"] / g["samples"]
+    g["mean_share_of_peak"] = g["_s"] / g["samples"]
+    g["_o"] = g["phase"].map({p: i for i, p in enumerate(PHASE_ORDER)})
+    g = g.sort_values(["device_kind", "_o"])
+    return g[["device_kind", "phase", "mean_bytes_per_s", "mean_share_of_peak", "samples"]]
+
+
+def bias_bands(counters: pd.DataFrame, hottest: int = 3, layer: int = 0) -> pd.DataFrame:
+    """x (step), series, value: the spread of the routing bias over experts (min, 5th
+    percentile, median, 95th, max) and the trajectories of the ``hottest`` experts of the last
+    step (most tokens)."""
+    bias = expert_wide(counters, "bias", layer)
+    if bias.size == 0:
+        return pd.DataFrame(columns=["x", "series", "value"])
+    rows = []
+    for name, q in (("max", 1.0), ("p95", 0.95), ("median", 0.5), ("p5", 0.05), ("min", 0.0)):
+        v = bias.quantile(q, axis=0)
+        rows.append(pd.DataFrame({"x": bias.columns, "series": f"{name} over experts", "value": v.to_numpy()}))
+    tokens = expert_wide(counters, "tokens", layer)
+    if tokens.size:
+        for e in tokens.iloc[:, -1].sort_values(ascending=False).index[:hottest]:
+            if e in bias.index:
+                rows.append(pd.DataFrame({"x": bias.columns, "series": f"expert {e} (hot)",
+                                          "value": bias.loc[e].to_numpy()}))
+    return pd.concat(rows, ignore_index=True)

@@ -212,7 +212,7 @@ class RunWriter:
         self._stream_kw = stream_kw
         self._spans: dict[int, StreamWriter] = {}
         self._counters: dict[str, StreamWriter] = {}
-        manifest.write(self.path)
+        self.update_manifest()
 
     def spans(self, rank: int) -> StreamWriter:
         if rank not in self._spans:
@@ -239,7 +239,26 @@ class RunWriter:
             self.spans(int(rank)).write(part)
 
     def update_manifest(self) -> None:
-        self.manifest.write(self.path)
+        """Write the manifest, merging what other writers of the same run (a probe agent
+        beside a training job) put there: their ``probes``, ``extra`` and clock offsets are
+        kept unless this writer has the same key. Serialised with an advisory file lock."""
+        import fcntl
+
+        with open(self.path / ".manifest.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    disk = Manifest.read(self.path)
+                except RunFormatError:
+                    disk = None
+                m = self.manifest
+                if disk is not None:
+                    m.probes = {**disk.probes, **m.probes}
+                    m.extra = {**disk.extra, **m.extra}
+                    m.clock_offsets_ns = {**disk.clock_offsets_ns, **m.clock_offsets_ns}
+                m.write(self.path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def flush(self) -> None:
         for w in [*self._spans.values(), *self._counters.values()]:
@@ -249,7 +268,7 @@ class RunWriter:
         for w in [*self._spans.values(), *self._counters.values()]:
             w.close()
         self.manifest.status = status
-        self.manifest.write(self.path)
+        self.update_manifest()
 
     def __enter__(self) -> RunWriter:
         return self

@@ -196,3 +196,19 @@ def test_sealed_segment_damage_is_reported(tmp_path: Path) -> None:
 def test_schema_metadata_carries_version() -> None:
     assert SPAN_SCHEMA.metadata[b"dualscope_schema_version"] == b"1"
     assert isinstance(SPAN_SCHEMA.field("start_ns").type, pa.DataType)
+
+
+def test_two_writers_of_one_run_keep_each_others_manifest_keys(tmp_path: Path) -> None:
+    from profiler.manifest import ProbeStatus
+
+    run = tmp_path / "run"
+    job = RunWriter(run, Manifest(source="reference"))
+    agent = RunWriter(run, Manifest(source="probe"))
+    agent.manifest.probes["nvml@node0"] = ProbeStatus(False, "NVMLError_LibraryNotFound")
+    agent.manifest.extra["probe"] = {"interval_s": 0.1}
+    agent.close()
+    job.manifest.extra["steps"] = 3
+    job.close()
+    m = Manifest.read(run)
+    assert m.probes["nvml@node0"].reason == "NVMLError_LibraryNotFound"
+    assert m.extra == {"probe": {"interval_s": 0.1}, "steps": 3}

@@ -1,6 +1,6 @@
 """Pipeline-action and communication timers for a ``torch.distributed.pipelining`` job.
 
-Three timers with one interface:
+Timers with one interface:
 
 * :class:`NullTimers` -- instrumentation off: every method does nothing and
   :func:`instrument_pipeline` leaves the schedule untouched (no wrappers, no patches);
@@ -8,7 +8,9 @@ Three timers with one interface:
   host *is* where the work runs, so these are the measured times;
 * :class:`CudaTimers` -- compute and EP-communication spans bracketed by CUDA events on the
   stream they run on, resolved without synchronising (an event is read once it completed)
-  and put on the run clock through an anchor event re-taken at every flush.
+  and put on the run clock through an anchor event re-taken at every flush;
+* :class:`AlternatingTimers` -- benchmark mode: a real timer on even steps, nothing on odd
+  ones (bench/bench_reference.py compares adjacent steps of one run).
 
 What gets timed (each a row of the span schema, :mod:`profiler.schema`):
 
@@ -24,13 +26,14 @@ What gets timed (each a row of the span schema, :mod:`profiler.schema`):
   micro-batch and op of the action it ran under;
 * pipeline P2P (lane ``pp_comm``): :func:`p2p_timing` wraps the runtime's ``_batch_p2p`` /
   ``_wait_batch_p2p`` while a step runs; a span goes from the moment the send/recv was posted
-  to the first moment the host saw it complete (polled at every action boundary, or the
+  to the first moment the host saw it complete (polled at the end of every action, or the
   wait); time blocked in a wait is a ``host`` span of kind ``wait``.
 
 A :class:`RunClock` maps this process's monotonic clock to the run clock (Unix-epoch ns of
 rank 0 after the start-up clock-offset estimate); all stored times are already aligned.
 Rows are buffered as tuples and handed to the rank's :class:`~profiler.store.StreamWriter`
-every ``flush_s`` seconds as one Arrow batch.
+every ``flush_s`` seconds as one Arrow batch, by a flusher thread (``background=True``) or at
+action / step boundaries.
 
 torch is imported lazily (only :class:`CudaTimers` and :func:`p2p_timing` need it), so this
 module imports on any machine.

@@ -59,6 +59,7 @@ def run_info(reader: RunReader, *, top_kernels: int = 8) -> dict[str, Any]:
         "devices": sorted(counters["device"].unique().tolist()) if len(counters) else [],
         "metrics": sorted(counters["metric"].unique().tolist()) if len(counters) else [],
     }
+    info["train"] = _train_metrics(counters)
     files = reader.segment_files()
     info["segments"] = {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
     return info
@@ -91,4 +92,22 @@ def _kernel_summary(spans: pd.DataFrame, top: int) -> dict[str, Any]:
                 for n, r in by_name.iterrows()
             ],
         }
+    return out
+
+
+def _train_metrics(counters: pd.DataFrame) -> dict[str, Any]:
+    """Per-step metrics of a run that writes them (the reference run): device ``train``,
+    metrics ``step`` / ``loss`` / ``step_time_s`` stamped with the same (node, ts_ns).
+    Keys: ``loss`` (list of {step, loss} by step; empty when absent), ``step_time_s_median``."""
+    out: dict[str, Any] = {"loss": [], "step_time_s_median": None}
+    c = counters[counters["device"] == "train"] if len(counters) else counters
+    if not len(c):
+        return out
+    key = ["node", "ts_ns"]
+    steps = c.loc[c["metric"] == "step", [*key, "value"]].rename(columns={"value": "step"})
+    loss = c.loc[c["metric"] == "loss", [*key, "value"]].merge(steps, on=key).sort_values("step")
+    out["loss"] = [{"step": int(s), "loss": float(v)}
+                   for s, v in zip(loss["step"], loss["value"], strict=True)]
+    st = c.loc[c["metric"] == "step_time_s", "value"]
+    out["step_time_s_median"] = float(st.median()) if len(st) else None
     return out

@@ -107,6 +107,9 @@ def _conform(data: object, schema: pa.Schema) -> pa.Table:
     """Build a table with exactly ``schema``'s columns from a dict of columns, a DataFrame or
     a table; missing nullable columns are filled with nulls, extra columns are refused."""
     if isinstance(data, pa.Table):
+        if data.schema.equals(schema) and not any(  # fast path: already conforming
+                data.column(f.name).null_count for f in schema if not f.nullable):
+            return data
         table = data
     elif type(data).__name__ == "DataFrame":  # pandas, imported only by whoever made it
         table = pa.Table.from_pandas(data, preserve_index=False)

@@ -119,9 +119,7 @@ class StreamWriter:
         self._pending.append(table)
         self._pending_rows += table.num_rows
         now = time.monotonic()
-        if self._pending_rows >= self.batch_rows or now - self._last_flush >= self.flush_s:
-            self.flush()
-        elif self._writer is not None and now - self._opened_at >= self.rotate_s:
+        if self._pending_rows >= self.batch_rows or now - self._last_flush >= self.flush_s or self._writer is not None and now - self._opened_at >= self.rotate_s:
             self.flush()
 
     def flush(self) -> None:
@@ -178,7 +176,7 @@ class StreamWriter:
     def _ensure_open(self) -> ipc.RecordBatchStreamWriter:
         if self._writer is None:
             path = self._seg_path(self._seq, open_=True)
-            self._file = open(path, "xb")
+            self._file = open(path, "xb")  # noqa: SIM115 - stays open across flushes
             self._writer = ipc.new_stream(self._file, self.schema, options=_IPC_OPTIONS)
             self._opened_at = time.monotonic()
             if self.fsync:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.analysis import AnalysisParams, Frames, run_analyses
 from dashboard.commands import demo_cmd
+from profiler.analysis import AnalysisParams, Frames, run_analyses
 from profiler.errors import InputError
 from profiler.manifest import Manifest
 from profiler.store import RunReader

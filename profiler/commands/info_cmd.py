@@ -41,6 +41,11 @@ def command(run: str, as_json: bool) -> None:
         click.echo(f"{lane} kernels: {k['count']} on streams {k['streams']}, busy {k['busy_s']:.6f} s, "
                    f"SMs min/median/max {k['sms_min']}/{k['sms_median']}/{k['sms_max']}")
         print_table(f"top {lane} kernels", k["top"], ["name", "count", "sms", "busy_s"])
+    loss = info["train"]["loss"]
+    if loss:
+        click.echo(f"training: loss {loss[0]['loss']:.4f} -> {loss[-1]['loss']:.4f} over "
+                   f"{len(loss)} steps (step {loss[0]['step']}..{loss[-1]['step']}), median step "
+                   f"{info['train']['step_time_s_median']:.3f} s")
     c = info["counters"]
     click.echo(f"counters: {c['count']} samples; nodes {c['nodes']}; devices {c['devices']}")
     if info["probes"]:

@@ -1,0 +1,339 @@
+"""The torchrun entry point of the reference run::
+
+    python -m torch.distributed.run --nproc-per-node 4 ... -m profiler.reference.train \\
+        --config '{"out": "RUN", "pp": 2, "ep": 2, ...}'
+
+(``dualscope run-reference`` builds that command; see :mod:`profiler.reference.launch`.)
+
+Start-up, in order: process group (gloo on CPU, nccl with CUDA; a gloo group for control
+traffic either way), clock offsets (ping-pong, :mod:`.clock`), rank 0 writes
+``RUN/manifest.json`` (status ``live``; through ``RunWriter.update_manifest``, which keeps what
+a probe agent writing into the same run put there), a barrier, then every rank opens its own span
+stream ``RUN/spans/rank-NNNNN`` and counter stream ``RUN/counters/<host>.rank-NNNNN`` --
+processes never share a file, and directory creation is ``mkdir(exist_ok=True)``.
+
+Every step: ``schedule.step()`` with the pipeline P2P timed, gradient sync, router
+statistics and bias update, optimizer; then counters (see docs/reference.md, "Counters").
+Spans are flushed every ``flush_s`` (0.5 s) so a dashboard can tail the run live. On any
+exit -- finished, an exception, SIGTERM from torchrun after another rank died -- each rank
+flushes and seals what it has; rank 0 marks the manifest ``finished`` or ``failed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from probes.timers import (
+    AlternatingTimers,
+    CudaTimers,
+    HostTimers,
+    NullTimers,
+    RunClock,
+    instrument_pipeline,
+    p2p_timing,
+)
+
+from ..errors import InputError
+from ..manifest import Manifest, Parallel, ProbeStatus, Topology
+from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
+from ..store import RunWriter, StreamWriter, rank_dir_name
+from .capture import KernelCapture, NullCapture
+from .clock import estimate_offsets
+from .config import ReferenceConfig
+from .data import MarkovData
+from .parallelize import (
+    ParallelDims,
+    build_groups,
+    build_pipeline,
+    router_stats_and_update,
+    sync_grads,
+)
+
+__all__ = ["main"]
+
+COUNTERS_DOC = {
+    "train": "loss (mean next-token cross-entropy of the step, nats, over all micro-batches and "
+             "EP x DP replicas; written by the replica leader of the last stage), step "
+             "(the step number, same ts_ns as the other train rows), step_time_s (this rank's "
+             "wall time), step_cpu_s (CPU seconds this rank's process used in the step)",
+    "expert:L:E": "tokens (tokens routed to expert E of layer L in the step, whole EP x DP "
+                  "group), bias (its selection bias after the step's update)",
+    "routing:L": "nodes_per_token_mean (expert groups a token's top-k spans, mean), "
+                 "max_load_ratio (largest expert load / mean load)",
+}
+
+
+def _parse(argv: list[str] | None) -> ReferenceConfig:
+    p = argparse.ArgumentParser(prog="profiler.reference.train")
+    p.add_argument("--config", required=True, help="ReferenceConfig as JSON")
+    args = p.parse_args(argv)
+    return ReferenceConfig.from_json(args.config).validate()
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _manifest(cfg: ReferenceConfig, world: int, cuda: bool, device: torch.device,
+              offsets: dict[int, int], rtts: dict[int, int], hosts: list[str],
+              dims: ParallelDims, overlap: str, data: MarkovData) -> Manifest:
+    topo = Topology(nodes=cfg.nnodes)
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        topo.gpus_per_node, topo.sms_per_gpu, topo.gpu_name = (
+            cfg.nproc, props.multi_processor_count, props.name)
+    probes = {
+        "timers": ProbeStatus(
+            cfg.instrument,
+            (("CUDA events" if cuda else "host clock (CPU)")
+             + (", benchmark mode: even steps only" if cfg.instrument_ab else ""))
+            if cfg.instrument else "instrumentation off (--no-instrument)"),
+        "kernel_capture": ProbeStatus(
+            cuda and cfg.profile_every > 0 and cfg.instrument,
+            "no CUDA device: kernel capture needs a GPU" if not cuda
+            else "--profile-every 0" if not cfg.profile_every
+            else "instrumentation off (--no-instrument)" if not cfg.instrument
+            else f"torch.profiler every {cfg.profile_every} steps"),
+        "overlap_streams": ProbeStatus(
+            cuda and overlap == "streams",
+            "OVERLAP_F_B parts on two CUDA streams" if cuda and overlap == "streams" else
+            f"OVERLAP_F_B runs its parts {'sequentially' if overlap == 'sequential' else 'on two threads, no CUDA streams'} on {'GPU' if cuda else 'CPU'}"),
+    }
+    coords = {r: dict(zip(("pp", "dp", "ep"), dims.coords(r), strict=True)) for r in range(world)}
+    return Manifest(
+        source="reference",
+        description=(f"reference DeepSeekMoE run: {cfg.schedule} PP{cfg.pp} x EP{cfg.ep} x "
+                     f"DP{cfg.dp}, {cfg.n_microbatches} micro-batches, "
+                     f"{'nccl/CUDA' if cuda else 'gloo/CPU'}"),
+        topology=topo,
+        parallel=Parallel(world_size=world, pp=cfg.pp, ep=cfg.ep, dp=cfg.dp,
+                          schedule=cfg.schedule, microbatches=cfg.n_microbatches),
+        probes=probes,
+        clock_offsets_ns=offsets,
+        clock_offsets_applied=True,
+        extra={
+            "config": _asdict(cfg),
+            "torch_schedule": cfg.torch_schedule,
+            "torch_version": torch.__version__,
+            "backend": "nccl" if cuda else "gloo",
+            "device": "cuda" if cuda else "cpu",
+            "overlap": overlap,
+            "layout": "rank = (pp_rank * DP + dp_rank) * EP + ep_rank",
+            "rank_coords": {str(r): c for r, c in coords.items()},
+            "rank_nodes": {str(r): h for r, h in enumerate(hosts)},
+            "stages_of_pp_rank": {str(p): dims.stages_of(p, cfg.schedule) for p in range(cfg.pp)},
+            "clock_rtt_ns": {str(r): v for r, v in rtts.items()},
+            "data_entropy_nats": data.entropy_nats,
+            "counters": COUNTERS_DOC,
+        },
+    )
+
+
+def _asdict(cfg: ReferenceConfig) -> dict[str, Any]:
+    import json
+
+    return json.loads(cfg.to_json())
+
+
+def _pipeline_order(schedule: Any) -> dict[str, list[str]]:
+    order = getattr(schedule, "pipeline_order", None)
+    if not order and hasattr(schedule, "_get_pipeline_order"):
+        order = schedule._get_pipeline_order()
+    return {str(r): [str(a) for a in acts if a is not None] for r, acts in (order or {}).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = _parse(argv)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world != cfg.world_size:
+        raise InputError(f"torchrun started {world} processes but the config says "
+                         f"{cfg.world_size}; launch with dualscope run-reference")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but torch sees no CUDA device; use --device cpu")
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    overlap = cfg.overlap if cfg.overlap != "auto" else ("streams" if cuda else "sequential")
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    timeout = timedelta(seconds=cfg.timeout_s)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout,
+                            device_id=device if cuda else None)
+    ctrl = dist.new_group(backend="gloo", timeout=timeout) if cuda else None
+    clock = RunClock()
+    offsets, rtts = estimate_offsets(clock.local_ns, ctrl)
+    clock.offset_ns = offsets[rank]
+    host = socket.gethostname()
+    hosts: list[Any] = [None] * world
+    dist.all_gather_object(hosts, host, group=ctrl)
+
+    dims = ParallelDims(cfg.pp, cfg.ep, cfg.dp)
+    pp_rank, dp_rank, ep_rank = dims.coords(rank)
+    groups = build_groups(dims, rank, separate_bwd_group=overlap == "streams")
+    data = MarkovData(cfg.model.vocab_size, cfg.model.seq_len, cfg.seed)
+    run = Path(cfg.out)
+    # rank 0 owns the manifest; RunWriter merges it with what a probe agent writing into the
+    # same run put there (under a file lock). Every rank writes its own streams below.
+    mwriter = None
+    if rank == 0:
+        mwriter = RunWriter(run, _manifest(cfg, world, cuda, device, offsets, rtts, hosts,
+                                           dims, overlap, data))
+    dist.barrier(group=ctrl)
+
+    # the timers decide when to flush (every flush_s, on their flusher thread)
+    span_writer = StreamWriter(run / "spans" / rank_dir_name(rank), SPAN_SCHEMA,
+                               flush_s=3600.0, fsync=cfg.fsync)
+    counter_writer = StreamWriter(run / "counters" / f"{host}.rank-{rank:05d}", COUNTER_SCHEMA,
+                                  flush_s=cfg.flush_s, fsync=cfg.fsync)
+    gpu = local_rank if cuda else None
+    if not cfg.instrument:
+        timers: Any = NullTimers()
+    elif cuda:
+        timers = CudaTimers(rank, clock, span_writer, flush_s=cfg.flush_s, device=local_rank,
+                            background=True)
+    else:
+        timers = HostTimers(rank, clock, span_writer, flush_s=cfg.flush_s, background=True)
+    if cfg.instrument and cfg.instrument_ab:
+        timers = AlternatingTimers(timers)
+    status = "failed"
+    try:
+        status = _train(cfg, rank, dims, groups, device, cuda, overlap, clock, timers,
+                        counter_writer, data, host, gpu, mwriter,
+                        (pp_rank, dp_rank, ep_rank))
+        dist.barrier(group=ctrl)
+    finally:
+        # flush and seal first; a second SIGTERM from torchrun must not cut that short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with contextlib.suppress(Exception):
+            if timers.enabled:
+                timers.close()
+            else:
+                span_writer.close()
+        with contextlib.suppress(Exception):
+            counter_writer.close()
+        if mwriter is not None:
+            mwriter.close(status)
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+    return 0
+
+
+def _train(cfg: ReferenceConfig, rank: int, dims: ParallelDims, groups: Any,
+           device: torch.device, cuda: bool, overlap: str, clock: RunClock, timers: Any,
+           counters: StreamWriter, data: MarkovData, host: str, gpu: int | None,
+           mwriter: RunWriter | None, coords: tuple[int, int, int]) -> str:
+    from torch.distributed.pipelining.schedules import OVERLAP_F_B
+
+    from .overlap import StageStreams, make_overlap_fn
+
+    pp_rank, dp_rank, ep_rank = coords
+    torch.manual_seed(cfg.seed)
+    pipe = build_pipeline(cfg, dims, rank, groups, device, timers)
+    instrument_pipeline(pipe.stages, timers)
+    if cuda and overlap == "streams":
+        StageStreams(pipe.stages, device)
+    if cfg.schedule == "dualpipev":
+        pipe.schedule.register_custom_function(
+            OVERLAP_F_B, make_overlap_fn(pipe.schedule, timers, overlap, device))
+    if mwriter is not None:
+        mwriter.manifest.extra["pipeline_order"] = _pipeline_order(pipe.schedule)
+        mwriter.update_manifest()
+    params = [p for m in pipe.modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    capture: Any = NullCapture()
+    if cuda and cfg.profile_every > 0 and cfg.instrument:  # its spans go through the timers
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        capture = KernelCapture(cfg.profile_every, rank, timers, clock.offset_ns, sms)
+    shard = dp_rank * dims.ep + ep_rank
+    n_seqs = cfg.n_microbatches * cfg.microbatch_size
+    leader = ep_rank == 0 and dp_rank == 0
+    for step in range(cfg.steps):
+        t0 = clock.now_ns()
+        cpu0 = time.process_time()
+        timers.begin_step(step)
+        x, y = (t.to(device) for t in data.batch(step, shard, n_seqs))
+        losses: list[torch.Tensor] = []
+        args = (x,) if pipe.has_first else ()
+        kw: dict[str, Any] = {"target": y, "losses": losses} if pipe.has_last else {}
+        with capture.capture(step) if capture.wants(step) else contextlib.nullcontext():
+            with p2p_timing(timers):
+                pipe.schedule.step(*args, return_outputs=False, **kw)
+            with timers.host("grad_sync"):
+                sync_grads(pipe.modules, groups, dims, timers)
+            with timers.host("router_update"):
+                router = router_stats_and_update(pipe.modules, groups, timers)
+            with timers.host("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        loss = None
+        if pipe.has_last:
+            lt = torch.stack([v.detach().float() for v in losses]).mean().reshape(1)
+            if groups.replica is not None:
+                dist.all_reduce(lt, group=groups.replica)
+                lt /= len(groups.replica_ranks)
+            loss = float(lt.item())
+        timers.end_step()
+        t1 = clock.now_ns()
+        rows = _Rows(t1, host, gpu)
+        rows.add("train", "step", step)
+        rows.add("train", "step_time_s", (t1 - t0) / 1e9)
+        rows.add("train", "step_cpu_s", time.process_time() - cpu0)
+        if loss is not None and leader:
+            rows.add("train", "loss", loss)
+            print(f"[dualscope reference] step {step:4d}  loss {loss:.4f}  "
+                  f"step {(t1 - t0) / 1e9:.3f} s", flush=True)
+        if leader:
+            for layer, st in router.items():
+                for e, (n, b) in enumerate(zip(st["tokens"], st["bias"], strict=True)):
+                    rows.add(f"expert:{layer}:{e}", "tokens", n)
+                    rows.add(f"expert:{layer}:{e}", "bias", b)
+                mean = sum(st["tokens"]) / len(st["tokens"])
+                rows.add(f"routing:{layer}", "nodes_per_token_mean", st["nodes_per_token_mean"])
+                rows.add(f"routing:{layer}", "max_load_ratio",
+                         max(st["tokens"]) / mean if mean else float("nan"))
+        counters.write(rows.columns())
+    return "finished"
+
+
+class _Rows:
+    """Counter rows of one step, all stamped with the step's end time."""
+
+    def __init__(self, ts_ns: int, node: str, gpu: int | None) -> None:
+        self.ts_ns, self.node, self.gpu = ts_ns, node, gpu
+        self.device: list[str] = []
+        self.metric: list[str] = []
+        self.value: list[float] = []
+
+    def add(self, device: str, metric: str, value: float) -> None:
+        self.device.append(device)
+        self.metric.append(metric)
+        self.value.append(float(value))
+
+    def columns(self) -> dict[str, list[Any]]:
+        n = len(self.value)
+        return {"ts_ns": [self.ts_ns] * n, "node": [self.node] * n, "gpu": [self.gpu] * n,
+                "device": self.device, "metric": self.metric, "value": self.value}
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except InputError as e:
+        print(f"dualscope reference: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -12,7 +12,9 @@
    run's own op order) simulated with those costs and zero P2P latency, aligned to each
    measured step's window start.
 5. **Attribution.** For each step and pipeline three more timelines replay the run's own op
-   order: (1) with every action's measured duration, (2) plus the median measured P2P wait.
+   order: (1) with every action's measured compute duration (counted from the later of its
+   start and its input's arrival), (2) plus the step's P2P latency (the median delay from an
+   input's arrival to the start of an action that was waiting for it).
    Per rank, with bubble = window − busy as in DESIGN.md:
 
    - ``slow_stage_ns`` = bubble(1) − ideal: slower-than-peer stages and per-op variation (and
@@ -216,37 +218,56 @@ def _measured_schedule(acts: pd.DataFrame, layout: pd.DataFrame, pp: int, m: int
     return sched, np.concatenate(durs) if durs else np.empty(0), real
 
 
-def _p2p_wait(acts: pd.DataFrame, num_stages: int) -> float:
-    """Median wait (ns) between a cross-rank producer's end and its consumer's start, over
-    the actions whose rank was idle waiting for that input; 0 when none waited."""
+def _dependencies(acts: pd.DataFrame, num_stages: int) -> np.ndarray:
+    """Per action (rows of one step and pipeline): when its latest cross-rank input was
+    produced (ns; -1 when none)."""
     fwd_end: dict[tuple[int, int], tuple[int, int]] = {}
     bwd_end: dict[tuple[int, int], tuple[int, int]] = {}
-    for r, o, s, mb, bs, bm, e in zip(acts["rank"], acts["op"], acts["stage"], acts["microbatch"],
-                                      acts["b_stage"], acts["b_microbatch"], acts["end_ns"],
-                                      strict=True):
+    rows = list(zip(acts["rank"], acts["op"], acts["stage"], acts["microbatch"], acts["b_stage"],
+                    acts["b_microbatch"], acts["start_ns"], acts["end_ns"], strict=True))
+    for r, o, s, mb, bs, bm, _st, e in rows:
         if o in ("F", "FB"):
             fwd_end[(s, mb)] = (r, e)
         if o in ("B", "I"):
             bwd_end[(s, mb)] = (r, e)
         if o == "FB":
             bwd_end[(bs, bm)] = (r, e)
-    waits = []
-    prev_end: dict[int, int] = {}
-    for r, o, s, mb, bs, bm, st, e in zip(acts["rank"], acts["op"], acts["stage"],
-                                          acts["microbatch"], acts["b_stage"],
-                                          acts["b_microbatch"], acts["start_ns"], acts["end_ns"],
-                                          strict=True):
+    ready = np.full(len(rows), -1, dtype=np.int64)
+    for i, (r, o, s, mb, bs, bm, _st, _e) in enumerate(rows):
         deps = []
         if o in ("F", "FB") and s > 0:
             deps.append(fwd_end.get((s - 1, mb)))
         bst, bmb = (bs, bm) if o == "FB" else (s, mb)
         if o in ("B", "I", "FB") and bst < num_stages - 1:
             deps.append(bwd_end.get((bst + 1, bmb)))
-        for d in deps:
-            if d is not None and d[0] != r and prev_end.get(r, -1) <= d[1] <= st:
-                waits.append(st - d[1])
-        prev_end[r] = e
-    return float(np.median(waits)) if waits else 0.0
+        cross = [d[1] for d in deps if d is not None and d[0] != r]
+        if cross:
+            ready[i] = max(cross)
+    return ready
+
+
+def _replay_inputs(acts: pd.DataFrame, num_stages: int) -> tuple[np.ndarray, float]:
+    """Per action (rows sorted by rank, start): its compute duration (ns), and the step's P2P
+    latency (ns).
+
+    An action's compute is counted from the later of its start and its input's arrival (a
+    runtime that waits for the receive inside the action holds that wait in its span). The P2P
+    latency is the median, over the input-bound actions (their input arrived after their rank's
+    previous action ended), of the time from the input's arrival to the action's start. Gaps
+    of actions that were not waiting for an input are host time, which the replay leaves out."""
+    ready = _dependencies(acts, num_stages)
+    rank = acts["rank"].to_numpy()
+    start = acts["start_ns"].to_numpy(np.int64)
+    end = acts["end_ns"].to_numpy(np.int64)
+    prev_end = np.empty_like(end)
+    prev_end[1:] = end[:-1]
+    first = np.ones(len(rank), dtype=bool)
+    first[1:] = rank[1:] != rank[:-1]
+    prev_end[first] = -1
+    begin = np.maximum(start, ready)
+    bound = (ready >= 0) & (ready >= prev_end)
+    latency = float(np.median((begin - ready)[bound])) if bound.any() else 0.0
+    return (end - begin).astype(float), latency
 
 
 def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
@@ -281,12 +302,14 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     rank_rows, step_rows, ideal_parts = [], [], []
     for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):
         lay = layout[layout["pipeline"] == pipe]
-        sched, durs, real = _measured_schedule(g, lay, pp, m, num_stages)
+        g = g.sort_values(["rank", "start_ns"], kind="stable")
+        compute_ns, wait = _replay_inputs(g, num_stages)
+        sched, durs, real = _measured_schedule(g.assign(dur_ns=compute_ns), lay, pp, m,
+                                               num_stages)
         ideal = _ideal(ideal_sched or sched, cost_obj, ideal_cache)
         win_start, win_end = int(g["start_ns"].min()), int(g["end_ns"].max())
         window = win_end - win_start
         busy = _busy(spans, steps_all, step, real, win_start, win_end)
-        wait = _p2p_wait(g, num_stages)
         try:
             rep1 = simulate(sched, cost_obj, op_costs=durs, unit_ns=1.0)
             rep2 = simulate(sched, cost_obj, op_costs=durs, p2p=wait, unit_ns=1.0)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis.intervals import union_length
-from .analysis.params import assign_steps
+from .analysis.params import assign_steps, position_stage
 from .errors import InputError
 from .manifest import Manifest
 from .schedules import BUILDERS, Op, Schedule, build
@@ -102,13 +102,15 @@ class Comparison:
 # ---------------------------------------------------------------------------------------
 
 
-def measured_actions(spans: pd.DataFrame) -> pd.DataFrame:
+def measured_actions(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.DataFrame:
     """Pipeline actions of a run. Columns: ``rank``, ``step`` (-1 when unknown), ``op``,
     ``stage``, ``microbatch``, ``b_stage``, ``b_microbatch`` (backward part of an F&B, -1
-    otherwise), ``start_ns``, ``end_ns``, ``dur_ns`` (ns)."""
+    otherwise), ``start_ns``, ``end_ns``, ``dur_ns`` (ns). ``steps``: the step of every span
+    (:func:`assign_steps`) when the caller has it already."""
     if len(spans) == 0:
         return _empty_actions()
-    steps = assign_steps(spans)
+    if steps is None:
+        steps = assign_steps(spans)
     mask = ((spans["lane"] == "compute") & spans["op"].notna() & spans["stage"].notna()
             & spans["microbatch"].notna()).to_numpy(dtype=bool)
     if not mask.any():
@@ -143,17 +145,14 @@ def _empty_actions() -> pd.DataFrame:
 
 
 def _layout(actions: pd.DataFrame) -> pd.DataFrame:
-    """Per rank: ``pipeline``, ``pp_rank``. A rank's position is the stage at which it runs
-    the first micro-batch (rank r of 1F1B, ZB1P, DualPipe and DualPipeV runs micro-batch 0 at
-    stage r; DualPipe's ranks r and P-1-r hold the same stages, so stage sets cannot tell them
-    apart). Ranks at the same position are replicas (expert / data parallel): the n-th of them
-    by rank id belongs to pipeline n."""
-    first_mb = actions["microbatch"].min()
-    key = actions[actions["microbatch"] == first_mb].groupby("rank")["stage"].min()
+    """Per rank: ``pipeline``, ``pp_rank``. The position is :func:`position_stage` (the stage
+    at which the rank runs its first micro-batch); ranks at the same position are replicas
+    (expert / data parallel): the n-th of them by rank id belongs to pipeline n."""
+    key = position_stage(actions)
     missing = sorted(set(actions["rank"]) - set(key.index))
     if missing:
-        raise InputError(f"ranks {missing[:8]} ran no action of micro-batch {first_mb}; cannot "
-                         "place them in the pipeline (is the run cut short?)")
+        raise InputError(f"ranks {missing[:8]} ran no staged action; cannot place them in the "
+                         "pipeline (is the run cut short?)")
     lay = key.rename("stage0").reset_index().sort_values(["stage0", "rank"])
     lay["pp_rank"] = lay["stage0"].rank(method="dense").astype("int64") - 1
     lay["pipeline"] = lay.groupby("pp_rank").cumcount().astype("int64")
@@ -273,7 +272,8 @@ def _replay_inputs(acts: pd.DataFrame, num_stages: int) -> tuple[np.ndarray, flo
 def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
             schedule: str = "auto") -> Comparison:
     """Compare a run's measured timeline with the ideal one of its schedule (module doc)."""
-    actions = measured_actions(spans)
+    steps_all = assign_steps(spans)
+    actions = measured_actions(spans, steps_all)
     if actions.empty:
         raise InputError("the run has no compute spans labelled with op, stage and micro-batch; "
                          "compare needs pipeline actions (torch.distributed.pipelining 'PP:0F3' "
@@ -297,7 +297,6 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
             name = "measured"
     ideal_cache: dict[str, Any] = {}
 
-    steps_all = assign_steps(spans)
     acts = actions.merge(layout, on="rank")
     rank_rows, step_rows, ideal_parts = [], [], []
     for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):

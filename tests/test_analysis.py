@@ -211,3 +211,15 @@ def test_empty_spans_give_empty_tables():
     res = run_analyses(Frames(empty, params=AnalysisParams(sms_per_gpu=132)))
     for name in ("bubbles", "overlap", "sm_seconds", "op_scores", "stragglers"):
         assert len(res[name]) == 0, name
+
+
+def test_layout_without_mesh_places_dualpipe_ranks_by_their_first_microbatch() -> None:
+    """DualPipe's ranks r and PP-1-r hold the same stages; their position comes from the stage
+    at which they run micro-batch 0 (rank r runs it at stage r)."""
+    from profiler.analysis import bubbles
+    from profiler.schedules import build
+    from profiler.simulate import Costs, simulate
+
+    spans = simulate(build("dualpipe", 8, 16), Costs(1, 2, 1, 3)).spans
+    table = bubbles(spans)  # no pp / world size known
+    assert table.set_index("rank")["pp_rank"].to_dict() == {r: r for r in range(8)}

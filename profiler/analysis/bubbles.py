@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import group_codes, merged_gaps, union
-from .params import AnalysisParams, assign_steps, pipeline_layout
+from .params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 
 __all__ = ["bubble_parts", "combine_bubbles", "bubbles", "bubbles_by_stage"]
 
@@ -35,7 +35,8 @@ _FORWARD = ("F", "FB")
 
 PART_COLUMNS = [
     "rank", "step", "first_start_ns", "last_end_ns", "busy_ns", "warmup_inner_ns",
-    "steady_inner_ns", "cooldown_inner_ns", "stage_min", "stages", "compute_spans",
+    "steady_inner_ns", "cooldown_inner_ns", "stage_min", "position_stage", "stages",
+    "compute_spans",
 ]
 TABLE_COLUMNS = [
     "rank", "step", "pipeline", "pp_rank", "stages", "window_start_ns", "window_end_ns",
@@ -52,7 +53,8 @@ def bubble_parts(spans: pd.DataFrame) -> pd.DataFrame:
     start and last compute end); ``busy_ns`` (ns, union of compute spans);
     ``warmup_inner_ns``, ``steady_inner_ns``, ``cooldown_inner_ns`` (ns, idle between the
     rank's first and last compute, split as in the module doc); ``stage_min`` (smallest stage
-    held, nullable); ``stages`` (stages held, comma separated); ``compute_spans`` (count).
+    held, nullable); ``position_stage`` (stage of the rank's first micro-batch: its place in
+    the pipeline, see :func:`~.params.position_stage`; nullable); ``stages`` (stages held, comma separated); ``compute_spans`` (count).
     """
     is_comp = (spans["lane"] == "compute").to_numpy(dtype=bool)
     if not is_comp.any():
@@ -65,6 +67,7 @@ def bubble_parts(spans: pd.DataFrame) -> pd.DataFrame:
         "end_ns": comp["end_ns"].to_numpy(dtype=np.int64),
         "op": comp["op"].to_numpy(dtype=object, na_value=None),
         "stage": comp["stage"].astype("Int64"),
+        "microbatch": comp["microbatch"].astype("Int64"),
     })
     codes, keys = group_codes(frame, ["rank", "step"])
     n = len(keys)
@@ -110,18 +113,20 @@ def bubble_parts(spans: pd.DataFrame) -> pd.DataFrame:
     )
     out = out.merge(stage_info, left_on=["rank", "step"], right_index=True, how="left")
     out["stage_min"] = out["stage_min"].astype("Int64")
+    out["position_stage"] = out["position_stage"].astype("Int64")
     stages = out["stages"].astype(object)
     out["stages"] = stages.where(stages.notna(), "").astype("str")
     return out[PART_COLUMNS].reset_index(drop=True)
 
 
 def _stages(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (rank, step): ``stage_min`` and ``stages`` ("0,15"), joined without a Python call
+    """Per (rank, step): ``stage_min``, ``position_stage`` and ``stages`` ("0,15"), joined without a Python call
     per group: one vectorised concatenation per position in the (short) sorted stage list."""
     staged = frame.loc[frame["stage"].notna(), ["rank", "step", "stage"]].drop_duplicates()
     if len(staged) == 0:
         empty = pd.MultiIndex.from_arrays([[], []], names=["rank", "step"])
         return pd.DataFrame({"stage_min": pd.Series([], dtype="Int64", index=empty),
+                             "position_stage": pd.Series([], dtype="Int64", index=empty),
                              "stages": pd.Series([], dtype="str", index=empty)})
     staged = staged.sort_values(["rank", "step", "stage"], kind="stable")
     pos = staged.groupby(["rank", "step"], sort=False).cumcount()
@@ -135,12 +140,15 @@ def _stages(frame: pd.DataFrame) -> pd.DataFrame:
         nxt = wide[k]
         joined = joined.where(nxt.isna(), joined + "," + nxt.astype("str"))
     first = staged.drop_duplicates(["rank", "step"]).set_index(["rank", "step"])["stage"]
-    return pd.DataFrame({"stage_min": first, "stages": joined})
+    return pd.DataFrame({"stage_min": first,
+                         "position_stage": position_stage(frame, ["rank", "step"]),
+                         "stages": joined})
 
 
 def _empty_parts() -> pd.DataFrame:
     out = pd.DataFrame({c: np.empty(0, dtype=np.int64) for c in PART_COLUMNS})
     out["stage_min"] = out["stage_min"].astype("Int64")
+    out["position_stage"] = out["position_stage"].astype("Int64")
     out["stages"] = out["stages"].astype("str")
     return out
 
@@ -195,8 +203,8 @@ def bubbles(spans: pd.DataFrame, *, params: AnalysisParams | None = None,
     :func:`combine_bubbles`. ``layout`` defaults to :func:`pipeline_layout` of ``params``."""
     parts = bubble_parts(spans)
     if layout is None:
-        stage_min = parts.groupby("rank")["stage_min"].min() if len(parts) else None
-        layout = pipeline_layout(spans["rank"].unique(), params or AnalysisParams(), stage_min)
+        position = parts.groupby("rank")["position_stage"].min() if len(parts) else None
+        layout = pipeline_layout(spans["rank"].unique(), params or AnalysisParams(), position)
     return combine_bubbles(parts, layout)
 
 

@@ -8,7 +8,7 @@ parallel config); :func:`pipeline_layout` says which ranks form one pipeline;
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +21,7 @@ __all__ = [
     "AnalysisParams",
     "COMM_LANES",
     "pipeline_layout",
+    "position_stage",
     "assign_steps",
     "rank_node_map",
     "natural_key",
@@ -109,25 +110,38 @@ def rank_node_map(
     return {r: ordered[r // gpn] for r in ranks if r // gpn < len(ordered)}
 
 
+def position_stage(frame: pd.DataFrame, keys: Sequence[str] = ("rank",)) -> pd.Series:
+    """Per group of ``keys``: the smallest stage among its rows of its smallest micro-batch
+    (the smallest stage when no row has a micro-batch). Needs columns ``stage`` and
+    ``microbatch`` (nullable). This is a rank's position in its pipeline: rank r of 1F1B, ZB1P,
+    DualPipe and DualPipeV runs micro-batch 0 at stage r, whereas the smallest stage held
+    cannot tell DualPipe's ranks r and PP-1-r apart (both hold stages r and PP-1-r)."""
+    keys = list(keys)
+    staged = frame.loc[frame["stage"].notna(), [*keys, "stage", "microbatch"]]
+    mb = staged["microbatch"].astype("Float64")
+    first_mb = mb.groupby([staged[k] for k in keys]).transform("min")
+    keep = (mb == first_mb).fillna(False) | first_mb.isna()
+    return staged.loc[keep.to_numpy(dtype=bool)].groupby(keys)["stage"].min().astype("Int64")
+
+
 def pipeline_layout(
-    ranks: Iterable[int], params: AnalysisParams, stage_min: pd.Series | None = None
+    ranks: Iterable[int], params: AnalysisParams, position: pd.Series | None = None
 ) -> pd.DataFrame:
     """Which pipeline each rank belongs to and its position in it.
 
     Columns: ``rank``; ``pipeline`` (pipeline id); ``pp_rank`` (position 0..PP-1 in the
     pipeline). With ``pp`` and ``world_size`` known (and world divisible by pp), PP is the
     outermost mesh dimension: ``pipeline = rank % (world/pp)``, ``pp_rank = rank // (world/pp)``.
-    Otherwise all ranks form one pipeline and ``pp_rank`` is the rank's smallest stage
-    (``stage_min``, indexed by rank) — rank r of 1F1B, DualPipe and DualPipeV all hold stage r
-    as their smallest — or the rank's order when stages are unknown.
+    Otherwise all ranks form one pipeline and ``pp_rank`` is the dense order of ``position``
+    (indexed by rank: :func:`position_stage`), or the rank's order when stages are unknown.
     """
     r = np.array(sorted({int(x) for x in ranks}), dtype=np.int64)
     pp, world = params.pp, params.world_size
     if pp and world and world % pp == 0 and (len(r) == 0 or r.max() < world):
         per = world // pp
         return pd.DataFrame({"rank": r, "pipeline": r % per, "pp_rank": r // per})
-    if stage_min is not None and len(r):
-        sm = stage_min.reindex(r)
+    if position is not None and len(r):
+        sm = position.reindex(r)
         if sm.notna().all():
             pos = sm.rank(method="dense").to_numpy(dtype=np.int64) - 1
             return pd.DataFrame({"rank": r, "pipeline": 0, "pp_rank": pos})

@@ -85,8 +85,8 @@ def reduce_units(parts: Sequence[Mapping[str, pd.DataFrame]], *, params: Analysi
     """Join the maps of all rank groups into the result tables (see :func:`run_analyses`)."""
     bparts = _concat(parts, "bubble_parts")
     assert bparts is not None
-    stage_min = bparts.groupby("rank")["stage_min"].min() if len(bparts) else None
-    layout = pipeline_layout(ranks, params, stage_min)
+    position = bparts.groupby("rank")["position_stage"].min() if len(bparts) else None
+    layout = pipeline_layout(ranks, params, position)
     result: dict[str, pd.DataFrame] = {}
     status: list[dict[str, Any]] = []
 

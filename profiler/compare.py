@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis.intervals import union_length
+from .analysis.bubbles import bubble_parts
 from .analysis.params import assign_steps, position_stage
 from .errors import InputError
 from .manifest import Manifest
@@ -274,6 +274,7 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     """Compare a run's measured timeline with the ideal one of its schedule (module doc)."""
     steps_all = assign_steps(spans)
     actions = measured_actions(spans, steps_all)
+    parts = bubble_parts(spans, steps_all)
     if actions.empty:
         raise InputError("the run has no compute spans labelled with op, stage and micro-batch; "
                          "compare needs pipeline actions (torch.distributed.pipelining 'PP:0F3' "
@@ -306,9 +307,11 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
         sched, durs, real = _measured_schedule(g.assign(dur_ns=compute_ns), lay, pp, m,
                                                num_stages)
         ideal = _ideal(ideal_sched or sched, cost_obj, ideal_cache)
-        win_start, win_end = int(g["start_ns"].min()), int(g["end_ns"].max())
+        # the DESIGN.md window and busy time, as the bubble analysis measures them
+        mine = parts[(parts["step"] == step) & parts["rank"].isin(real)]
+        win_start, win_end = int(mine["first_start_ns"].min()), int(mine["last_end_ns"].max())
         window = win_end - win_start
-        busy = _busy(spans, steps_all, step, real, win_start, win_end)
+        busy = mine.set_index("rank")["busy_ns"].reindex(real).fillna(0).to_numpy(float)
         try:
             rep1 = simulate(sched, cost_obj, op_costs=durs, unit_ns=1.0)
             rep2 = simulate(sched, cost_obj, op_costs=durs, p2p=wait, unit_ns=1.0)
@@ -380,16 +383,3 @@ def _ideal(schedule: Schedule, costs: Costs, cache: dict[str, Any]) -> Any:
     if key:
         cache[key] = res
     return res
-
-
-def _busy(spans: pd.DataFrame, steps: np.ndarray, step: int, real: list[int], lo: int,
-          hi: int) -> np.ndarray:
-    """Union of each pipeline rank's compute spans of ``step`` inside [lo, hi) (ns)."""
-    comp = (spans["lane"] == "compute").to_numpy(dtype=bool) & (steps == step)
-    sub = spans.loc[comp, ["rank", "start_ns", "end_ns"]]
-    pos = {r: i for i, r in enumerate(real) if r >= 0}
-    sub = sub[sub["rank"].isin(pos)]
-    group = sub["rank"].map(pos).to_numpy(dtype=np.int64)
-    s = np.clip(sub["start_ns"].to_numpy(np.int64), lo, hi)
-    e = np.clip(sub["end_ns"].to_numpy(np.int64), lo, hi)
-    return union_length(group, s, e, len(real)).astype(float)

@@ -45,7 +45,7 @@ TABLE_COLUMNS = [
 ]
 
 
-def bubble_parts(spans: pd.DataFrame) -> pd.DataFrame:
+def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.DataFrame:
     """Per-rank part of the bubble analysis; any set of whole ranks.
 
     One row per (rank, step) with compute spans. Columns: ``rank``; ``step`` (-1: unknown,
@@ -62,7 +62,8 @@ def bubble_parts(spans: pd.DataFrame) -> pd.DataFrame:
     comp = spans.loc[is_comp]
     frame = pd.DataFrame({
         "rank": comp["rank"].to_numpy(dtype=np.int64),
-        "step": assign_steps(spans)[is_comp],  # ProfilerStep marks live on the host lane
+        # ProfilerStep marks live on the host lane; ``steps`` when the caller has them already
+        "step": (assign_steps(spans) if steps is None else steps)[is_comp],
         "start_ns": comp["start_ns"].to_numpy(dtype=np.int64),
         "end_ns": comp["end_ns"].to_numpy(dtype=np.int64),
         "op": comp["op"].to_numpy(dtype=object, na_value=None),

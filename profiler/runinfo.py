@@ -22,7 +22,8 @@ def run_info(reader: RunReader, *, top_kernels: int = 8) -> dict[str, Any]:
     (files, bytes).
     """
     m = reader.manifest
-    spans = reader.spans()
+    spans = reader.spans(columns=["lane", "kind", "name", "step", "start_ns", "end_ns", "sms",
+                                  "stream"])  # only what the summary reads
     counters = reader.counters()
     info: dict[str, Any] = {
         "run": {

@@ -23,6 +23,7 @@ from profiler.schema import COUNTER_SCHEMA
 __all__ = [
     "NAN",
     "Collector",
+    "CollectorBase",
     "NullCollector",
     "ProbeStatus",
     "Rows",
@@ -182,10 +183,38 @@ class Collector(Protocol):
         ``_total`` counters; only valid intervals are counted."""
 
 
-class NullCollector:
+class CollectorBase:
+    """The defaults every collector shares: its parts' states live on a :class:`StatusBoard`
+    (``self._board``), which answers :meth:`statuses` and :attr:`status_version`; no labels,
+    facts or cumulative totals. A collector overrides only what it has more of."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._board = StatusBoard()
+
+    def statuses(self) -> dict[str, ProbeStatus]:
+        return self._board.statuses()
+
+    @property
+    def status_version(self) -> int:
+        return self._board.version
+
+    def labels(self) -> dict[int | str, dict[str, str]]:
+        return {}
+
+    def facts(self) -> dict[str, Any]:
+        return {}
+
+    def totals(self) -> dict[tuple[int | None, str, str], float]:
+        return {}
+
+
+class NullCollector(CollectorBase):
     """The do-nothing stand-in for a collector whose ``start()`` raised :class:`Unavailable`."""
 
     def __init__(self, name: str, reason: str) -> None:
+        super().__init__()
         self.name = name
         self.reason = reason
 
@@ -207,12 +236,3 @@ class NullCollector:
 
     def describe(self) -> list[str]:
         return [f"unavailable: {self.reason}"]
-
-    def labels(self) -> dict[int | str, dict[str, str]]:
-        return {}
-
-    def facts(self) -> dict[str, Any]:
-        return {}
-
-    def totals(self) -> dict[tuple[int | None, str, str], float]:
-        return {}

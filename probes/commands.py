@@ -115,6 +115,7 @@ def run_selftest(*, ib_sysfs: str = DEFAULT_ROOT, kernels_from: str | None = Non
     click.echo(f"dualscope probe self-test on {socket.gethostname()}")
     level = log.level
     log.setLevel(logging.ERROR)  # the states are printed below, once
+    collectors: list[Any] = []
     try:
         collectors = start_collectors(build_collectors(
             ib_sysfs=ib_sysfs, kernels_from=kernels_from, sms_per_gpu=sms_per_gpu, nvml=nvml))
@@ -147,7 +148,7 @@ def run_selftest(*, ib_sysfs: str = DEFAULT_ROOT, kernels_from: str | None = Non
                                                 "deep_ep not imported)"))
         _print_values(rows)
     finally:
-        for c in locals().get("collectors", []):
+        for c in collectors:
             c.close()
         log.setLevel(level)
 

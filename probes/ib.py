@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import NAN, Rows, StatusBoard, Unavailable
+from .base import NAN, CollectorBase, Rows, Unavailable
 
 __all__ = ["IbCollector", "parse_rate", "DEFAULT_ROOT", "SATURATED_32"]
 
@@ -87,7 +87,7 @@ class _Port:
                 else self.peak, "state": self.state}
 
 
-class IbCollector:
+class IbCollector(CollectorBase):
     """Samples every port of every HCA under ``root``. ``clock`` returns monotonic ns."""
 
     name = "ib"
@@ -95,13 +95,13 @@ class IbCollector:
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, *,
                  clock: Callable[[], int] = time.monotonic_ns, rescan_s: float = 10.0,
                  static_every_s: float = 60.0) -> None:
+        super().__init__()
         self.root = Path(root)
         self._clock = clock
         self._rescan_ns = int(rescan_s * 1e9)
         self._static_ns = int(static_every_s * 1e9)
         self._ports: list[_Port] = []
         self._known: set[str] = set()
-        self._board = StatusBoard()
         self._rescan_due = 0
         self._static_due = 0
 
@@ -116,7 +116,7 @@ class IbCollector:
             raise Unavailable(f"no InfiniBand port under {self.root} (no <hca>/ports/<n>)")
         self._rescan_due = self._clock() + self._rescan_ns
         for p in self._ports:  # prime: the first sample then has an interval
-            self._read_port(p, self._clock(), None)
+            self._read_port(p, None)
 
     def close(self) -> None:
         for p in self._ports:
@@ -201,9 +201,9 @@ class IbCollector:
             for p in self._ports:
                 rows.add(None, p.device, "peak_bytes_per_s", p.peak)
         for p in self._ports:
-            self._read_port(p, now, rows)
+            self._read_port(p, rows)
 
-    def _read_port(self, p: _Port, now: int, rows: Rows | None) -> None:
+    def _read_port(self, p: _Port, rows: Rows | None) -> None:
         fds, prev, prev_t, totals = p.fds, p.prev, p.prev_t, p.totals
         values: list[int | None] = [None] * len(fds)
         for i, fd in enumerate(fds):
@@ -252,13 +252,6 @@ class IbCollector:
     def totals(self) -> dict[tuple[int | None, str, str], float]:
         return {(None, p.device, c[2]): p.totals[i] for p in self._ports
                 for i, c in enumerate(COUNTERS)}
-
-    def statuses(self) -> dict[str, Any]:
-        return self._board.statuses()
-
-    @property
-    def status_version(self) -> int:
-        return self._board.version
 
     def labels(self) -> dict[int | str, dict[str, str]]:
         return {p.device: {"hca": p.hca, "port": p.port, "link_layer": p.link_layer}

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import NAN, Rows, StatusBoard, Unavailable
+from .base import NAN, CollectorBase, Rows, Unavailable
 
 __all__ = ["NvmlCollector"]
 
@@ -146,7 +146,7 @@ class _Gpm:
                 nv.nvmlGpmSampleFree(s)
 
 
-class NvmlCollector:
+class NvmlCollector(CollectorBase):
     """Samples every GPU NVML sees. ``nvml``: the module to use (default: ``pynvml``,
     imported in :meth:`start`, so importing this file never needs a GPU)."""
 
@@ -156,6 +156,7 @@ class NvmlCollector:
                  gpm_min_interval_s: float = 0.1, context_every_s: float = 1.0,
                  static_every_s: float = 60.0, fast_path: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self._nv = nvml
         self._want_gpm = gpm
         self._gpm_min = gpm_min_interval_s
@@ -164,7 +165,6 @@ class NvmlCollector:
         self._fast = fast_path
         self._clock = clock
         self._gpus: list[_Gpu] = []
-        self._board = StatusBoard()
         self._initialised = False
         self._static_due = 0.0
         self._context_due = 0.0
@@ -569,13 +569,6 @@ class NvmlCollector:
             out.update(zip(zip([g.index] * len(g.devices), g.devices, g.total_names,
                                strict=True), total[g.sl], strict=True))
         return out
-
-    def statuses(self) -> dict[str, Any]:
-        return self._board.statuses()
-
-    @property
-    def status_version(self) -> int:
-        return self._board.version
 
     def labels(self) -> dict[int | str, dict[str, str]]:
         return {g.index: {"UUID": g.uuid, "modelName": g.name} for g in self._gpus}

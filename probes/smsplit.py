@@ -38,7 +38,7 @@ from profiler.classify import classify_kernels
 from profiler.errors import DualscopeError
 from profiler.store import RunReader
 
-from .base import Rows, StatusBoard, Unavailable
+from .base import CollectorBase, Rows, Unavailable
 
 __all__ = ["CAP_ENV", "SmSplitCollector", "declared_caps", "interval_means", "kernel_spans"]
 
@@ -122,7 +122,7 @@ def interval_means(series: pd.DataFrame, *, interval_ns: int) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
-class SmSplitCollector:
+class SmSplitCollector(CollectorBase):
     """Tails the kernel spans of run ``source`` and writes ``comm_sms`` / ``compute_sms``
     rows (device ``sm``, gpu = the span's local device, else its rank) every ``every_s``."""
 
@@ -131,6 +131,7 @@ class SmSplitCollector:
     def __init__(self, source: str | os.PathLike[str] | None, *, sms_per_gpu: int | None = None,
                  interval_s: float = 0.1, every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.source = source
         self.sms_per_gpu = sms_per_gpu
         self.interval_ns = max(1, int(interval_s * 1e9))
@@ -139,7 +140,6 @@ class SmSplitCollector:
         self._reader: RunReader | None = None
         self._consumed: dict[int, int] = {}
         self._due = 0.0
-        self._board = StatusBoard()
 
     def start(self) -> None:
         if self.source is None:
@@ -201,21 +201,5 @@ class SmSplitCollector:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     # -- reporting ---------------------------------------------------------------------------
-    def statuses(self) -> dict[str, Any]:
-        return self._board.statuses()
-
-    @property
-    def status_version(self) -> int:
-        return self._board.version
-
-    def labels(self) -> dict[int | str, dict[str, str]]:
-        return {}
-
-    def facts(self) -> dict[str, Any]:
-        return {}
-
-    def totals(self) -> dict[tuple[int | None, str, str], float]:
-        return {}
-
     def describe(self) -> list[str]:
         return [f"kernel spans from {self.source}, {self.sms_per_gpu} SMs per GPU"]

@@ -87,9 +87,6 @@ class RunClock:
         """Now on the run clock."""
         return self._wall0 + time.perf_counter_ns() - self._perf0 + self.offset_ns
 
-    def to_run(self, local_ns: int) -> int:
-        return local_ns + self.offset_ns
-
 
 def action_name(stage: int, op: str, microbatch: int) -> str:
     """An action as torch names it (``0F3``, ``3I0``): stage, op, micro-batch."""
@@ -229,6 +226,16 @@ class HostTimers(Timers):
         return prev
 
     # -- spans -----------------------------------------------------------------------------
+    def _span(self, row: tuple[Any, ...]) -> Iterator[None]:
+        """Time the block (delegated to with ``yield from``) and record ``row`` with its
+        start and end; here on the host clock, :class:`CudaTimers` times it on the GPU."""
+        t0 = self.clock.now_ns()
+        try:
+            yield
+        finally:
+            t1 = self.clock.now_ns()
+            self._append(row[:8] + (t0, t1) + row[10:])
+
     @contextlib.contextmanager
     def action(self, name: str, *, stage: int | None, microbatch: int | None, op: str | None,
                annotation: str | None = None) -> Iterator[None]:
@@ -238,29 +245,23 @@ class HostTimers(Timers):
         entry = (stage, microbatch, op, name)
         stack.append(entry)
         prev_bwd = self._enter_backward(own_op, entry)
-        t0 = self.clock.now_ns()
+        row = self._row("compute", "action", name, stage, microbatch, op, 0, 0,
+                        annotation=annotation, tid=threading.get_ident())
         try:
-            yield
+            yield from self._span(row)
         finally:
-            t1 = self.clock.now_ns()
             if own_op in _BACKWARD_OPS:  # only what this action set (threads share it)
                 self._bwd_ctx = prev_bwd
             stack.pop()
-            self._append(self._row("compute", "action", name, stage, microbatch, op, t0, t1,
-                                   annotation=annotation, tid=threading.get_ident()))
             self.poll()  # once per action: P2P completion is observed at action ends
             self._maybe_flush()
 
     @contextlib.contextmanager
     def comm(self, name: str, *, nbytes: int, pg: str, lane: str = "comm") -> Iterator[None]:
         stage, mb, op, ann = self._context()
-        t0 = self.clock.now_ns()
-        try:
-            yield
-        finally:
-            t1 = self.clock.now_ns()
-            self._append(self._row(lane, "comm", name, stage, mb, op, t0, t1, nbytes=nbytes,
-                                   pg=pg, annotation=ann, tid=threading.get_ident()))
+        row = self._row(lane, "comm", name, stage, mb, op, 0, 0, nbytes=nbytes, pg=pg,
+                        annotation=ann, tid=threading.get_ident())
+        yield from self._span(row)
 
     @contextlib.contextmanager
     def host(self, name: str, kind: str = "model") -> Iterator[None]:
@@ -486,7 +487,8 @@ class CudaTimers(HostTimers):
         ev.synchronize()
         self._anchor = (ev, self.clock.now_ns())
 
-    def _gpu_span(self, template: tuple[Any, ...]) -> Iterator[None]:
+    def _span(self, template: tuple[Any, ...]) -> Iterator[None]:
+        """GPU-side span: events recorded on the current stream, resolved at flush time."""
         stream = self._torch.cuda.current_stream()
         start, end = self._event(), self._event()
         start.record(stream)
@@ -498,33 +500,6 @@ class CudaTimers(HostTimers):
                 self.device,) + template[15:]
             with self._lock:
                 self._pending_ev.append((start, end, self._anchor, row))
-
-    @contextlib.contextmanager
-    def action(self, name: str, *, stage: int | None, microbatch: int | None, op: str | None,
-               annotation: str | None = None) -> Iterator[None]:
-        stack = self._stack()
-        own_op = op
-        stage, microbatch, op, annotation = _inherit(stack, stage, microbatch, op, annotation)
-        entry = (stage, microbatch, op, name)
-        stack.append(entry)
-        prev_bwd = self._enter_backward(own_op, entry)
-        row = self._row("compute", "action", name, stage, microbatch, op, 0, 0,
-                        annotation=annotation, tid=threading.get_ident())
-        try:
-            yield from self._gpu_span(row)
-        finally:
-            if own_op in _BACKWARD_OPS:  # only what this action set (threads share it)
-                self._bwd_ctx = prev_bwd
-            stack.pop()
-            self.poll()
-            self._maybe_flush()
-
-    @contextlib.contextmanager
-    def comm(self, name: str, *, nbytes: int, pg: str, lane: str = "comm") -> Iterator[None]:
-        stage, mb, op, ann = self._context()
-        row = self._row(lane, "comm", name, stage, mb, op, 0, 0, nbytes=nbytes, pg=pg,
-                        annotation=ann, tid=threading.get_ident())
-        yield from self._gpu_span(row)
 
     def _resolve(self, wait: bool) -> None:
         with self._lock:

@@ -234,8 +234,7 @@ class RunData:
         return self.derived("ports", snap, run, (cut,))
 
     def ideal(self, snap: Snapshot) -> IdealTimeline:
-        return self.derived("ideal", snap,
-                            lambda: ideal_timeline(snap.spans, snap.manifest, self.layout(snap)))
+        return self.derived("ideal", snap, lambda: ideal_timeline(snap.spans, snap.manifest))
 
     def timeline_index(self, snap: Snapshot) -> TimelineIndex:
         def run() -> TimelineIndex:

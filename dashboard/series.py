@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from profiler.synthetic import bin_time_mean
+
 __all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
            "routing_long", "natural_key",
            "metric_long", "device_kind", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER"]
@@ -31,24 +33,9 @@ def device_kind(device: pd.Series) -> np.ndarray:
 def bin_mean(row: np.ndarray, start: np.ndarray, end: np.ndarray, value: np.ndarray,
              n_rows: int, x0: int, x1: int, bins: int) -> np.ndarray:
     """Time-weighted mean of piecewise-constant ``value`` (held over ``[start, end)``) in each
-    of ``bins`` equal bins of ``[x0, x1)``, per row: an ``n_rows x bins`` array."""
-    width = (x1 - x0) / bins
-    fs = np.clip((start - x0) / width, 0, bins)
-    fe = np.clip((end - x0) / width, 0, bins)
-    b0 = np.minimum(np.floor(fs).astype(np.int64), bins)
-    b1 = np.minimum(np.floor(fe).astype(np.int64), bins)
-    out = np.zeros((n_rows, bins + 2))
-    same = b0 == b1
-    np.add.at(out, (row[same], b0[same]), value[same] * (fe[same] - fs[same]))
-    d = ~same
-    r, v = row[d], value[d]
-    np.add.at(out, (r, b0[d]), v * (b0[d] + 1 - fs[d]))
-    np.add.at(out, (r, b1[d]), v * (fe[d] - b1[d]))
-    mid = np.zeros_like(out)
-    np.add.at(mid, (r, b0[d] + 1), v)
-    np.add.at(mid, (r, b1[d]), -v)
-    out += np.cumsum(mid, axis=1)
-    return out[:, :bins]
+    of ``bins`` equal bins of ``[x0, x1)``, per row: an ``n_rows x bins`` array
+    (:func:`profiler.synthetic.bin_time_mean`, which bins the synthetic run's counters)."""
+    return bin_time_mean(start, end, value, row, n_rows, x0, (x1 - x0) / bins, bins)
 
 
 def _label(df: pd.DataFrame, kind: str) -> np.ndarray:

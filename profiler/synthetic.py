@@ -40,7 +40,7 @@ from .schedules.ops import Schedule
 from .simulate import Costs, simulate
 from .store import RunWriter, compact
 
-__all__ = ["SyntheticConfig", "generate", "write_run"]
+__all__ = ["SyntheticConfig", "generate", "write_run", "bin_time_mean"]
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,11 @@ def _expand(ops: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _bin_sum(start: np.ndarray, end: np.ndarray, weight: np.ndarray, row: np.ndarray,
-             n_rows: int, t0: int, dt: int, n_bins: int) -> np.ndarray:
-    """Σ weight × overlap(span, bin) / dt per (row, bin): the mean of a rate over each bin."""
+def bin_time_mean(start: np.ndarray, end: np.ndarray, weight: np.ndarray, row: np.ndarray,
+                  n_rows: int, t0: int, dt: float, n_bins: int) -> np.ndarray:
+    """Σ weight × overlap(span, bin) / dt per (row, bin) over ``n_bins`` bins of width ``dt``
+    from ``t0``: the time-weighted mean of a value held over ``[start, end)`` in each bin, as
+    an ``n_rows x n_bins`` array (the dashboard bins its SM split with it too)."""
     out = np.zeros((n_rows, n_bins + 2))
     s = np.clip((start - t0) / dt, 0, n_bins)
     e = np.clip((end - t0) / dt, 0, n_bins)
@@ -216,8 +218,8 @@ def _counters(cfg: SyntheticConfig, spans: pd.DataFrame, t0: int, t1: int,
                      cfg.nvlink_bytes_per_s)
     ib_w = np.where(is_pp, np.where(cross_node, 0.9 * ib_rate, 0.0), ib_rate)
     W = cfg.world_size
-    nvl = _bin_sum(s, e, nvl_w, rank, W, t0, dt, n_bins)
-    ib = _bin_sum(s, e, ib_w, rank, W, t0, dt, n_bins)
+    nvl = bin_time_mean(s, e, nvl_w, rank, W, t0, dt, n_bins)
+    ib = bin_time_mean(s, e, ib_w, rank, W, t0, dt, n_bins)
     ts = t0 + (np.arange(n_bins, dtype=np.int64) + 1) * dt
     frames = []
     for g in range(W):

@@ -5,14 +5,21 @@ its callbacks). The callbacks themselves are plain module functions taking the
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from dash import html
+from dash.exceptions import PreventUpdate
 
 from profiler.errors import DualscopeError
 
 from ..clock import cutoff_ns
 from ..data import DataService, RunData, Snapshot, quantize_cutoff
+from ..layout import error_card, pick_run_card
 
-__all__ = ["NoRun", "open_run", "describe_error", "render_key"]
+__all__ = ["NoRun", "open_run", "open_page", "describe_error", "render_key", "render_if_changed"]
+
+T = TypeVar("T")
 
 
 class NoRun(Exception):
@@ -24,6 +31,23 @@ def open_run(svc: DataService, clock: dict[str, Any] | None) -> tuple[RunData, S
     if not run:
         raise NoRun("no run open")
     return svc.snapshot(run)
+
+
+def open_page(svc: DataService, q: dict[str, str],
+              load: Callable[[RunData, Snapshot], T] | None = None
+              ) -> tuple[RunData, Snapshot, T | None] | html.Div:
+    """The prologue of a page's ``layout``: ``(rd, snap, load(rd, snap))`` for the run the
+    query names, or the card to show instead: "no run open" when it names none, an error card
+    when the run (or what ``load`` reads from it) cannot be read."""
+    run = q.get("run")
+    if not run:
+        return pick_run_card()
+    try:
+        rd, snap = svc.snapshot(run)
+        extra = load(rd, snap) if load is not None else None
+    except Exception as e:
+        return error_card(*describe_error(e))
+    return rd, snap, extra
 
 
 def describe_error(e: BaseException) -> tuple[str, str]:
@@ -45,3 +69,14 @@ def render_key(svc: DataService, clock: dict[str, Any] | None, *inputs: Any) -> 
     assert clock is not None
     return [clock["run"], clock.get("compare"), snap.version, snap.manifest.status,
             quantize_cutoff(cutoff_ns(clock), snap), *inputs]
+
+
+def render_if_changed(svc: DataService, clock: dict[str, Any] | None, last: list[Any] | None,
+                      render: Callable[..., tuple[Any, ...]], *inputs: Any) -> tuple[Any, ...]:
+    """A page callback's body: ``(*render(svc, clock, *inputs), key)``, or
+    :class:`~dash.exceptions.PreventUpdate` when the :func:`render_key` equals ``last`` (the
+    key the page drew last)."""
+    key = render_key(svc, clock, *inputs)
+    if key is not None and key == last:
+        raise PreventUpdate
+    return (*render(svc, clock, *inputs), key)

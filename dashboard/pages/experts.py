@@ -11,15 +11,14 @@ from typing import Any
 
 import numpy as np
 from dash import Dash, Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 
 from .. import ids
 from ..clock import cutoff_ns
 from ..data import DataService, clip_to_cutoff
 from ..figures import empty_figure, expert_heatmap_figure, lines_figure
-from ..layout import error_card, fmt_num, graph, kpi, panel, pick_run_card
+from ..layout import error_card, fmt_num, graph, kpi, panel
 from ..series import bias_bands, expert_layers, expert_wide, metric_long, routing_long
-from . import NoRun, describe_error, open_run, render_key
+from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
 PATH = "/experts"
 TITLE = "Experts"
@@ -30,14 +29,11 @@ _CONFIG = {"displaylogo": False, "displayModeBar": False}
 
 
 def layout(svc: DataService, q: dict[str, str]) -> html.Div:
-    run = q.get("run")
-    if not run:
-        return pick_run_card()
-    try:
-        _rd, snap = svc.snapshot(run)
-        layers = expert_layers(snap.counters)
-    except Exception as e:
-        return error_card(*describe_error(e))
+    opened = open_page(svc, q, lambda _rd, snap: expert_layers(snap.counters))
+    if isinstance(opened, html.Div):
+        return opened
+    _rd, _snap, layers = opened
+    assert layers is not None
     return html.Div(className="experts-page", children=[
         dcc.Store(id=ids.EX_KEY),
         html.Div(id=ids.EX_KPIS, className="kpi-grid kpi-grid-4"),
@@ -103,7 +99,4 @@ def register(app: Dash, svc: DataService) -> None:
                   Input(ids.CLOCK, "data"), Input(ids.EX_LAYER, "value"), State(ids.EX_KEY, "data"))
     def _render(clock: dict[str, Any] | None, layer: int | None,
                 last: list[Any] | None) -> tuple[Any, ...]:
-        key = render_key(svc, clock, layer)
-        if key is not None and key == last:
-            raise PreventUpdate
-        return (*render(svc, clock, layer), key)
+        return render_if_changed(svc, clock, last, render, layer)

@@ -17,9 +17,9 @@ from .. import ids
 from ..clock import cutoff_ns
 from ..data import DataService, clip_to_cutoff
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
-from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel, pick_run_card
+from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
 from ..series import device_kind, link_long, link_wide, natural_key, phase_buckets
-from . import NoRun, describe_error, open_run
+from . import NoRun, describe_error, open_page, open_run
 
 PATH = "/links"
 TITLE = "Links"
@@ -32,14 +32,11 @@ _CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d
 
 
 def layout(svc: DataService, q: dict[str, str]) -> html.Div:
-    run = q.get("run")
-    if not run:
-        return pick_run_card()
-    try:
-        rd, snap = svc.snapshot(run)
-        ports = rd.ports(snap)
-    except Exception as e:
-        return error_card(*describe_error(e))
+    opened = open_page(svc, q, lambda rd, snap: rd.ports(snap))
+    if isinstance(opened, html.Div):
+        return opened
+    _rd, snap, ports = opened
+    assert ports is not None
     kinds: Any = device_kind(snap.counters["device"]) if len(snap.counters) else []
     link_rows = snap.counters.loc[np.isin(kinds, ["nvlink", "ib"])] if len(snap.counters) else snap.counters
     link_nodes = sorted(link_rows["node"].astype("str").unique(), key=natural_key) if len(link_rows) else []
@@ -148,7 +145,7 @@ def render(svc: DataService, clock: dict[str, Any] | None, node: str | None,
             return (no_update, no_update, no_update, no_update,
                     [nv, list(range(len(cursor["nvl"])))], no_update,
                     [ib, list(range(len(cursor["ib"])))], no_update, cur)
-    spans, counters = clip_to_cutoff(snap.spans, snap.counters, cut)
+    _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
     topo = snap.manifest.topology
     run = clock["run"]
     nvl_long = link_long(counters, "nvlink", metric, node, t0)

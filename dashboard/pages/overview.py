@@ -8,7 +8,6 @@ from typing import Any
 
 import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 
 from .. import ids
 from ..clock import cutoff_ns
@@ -21,7 +20,7 @@ from ..figures import (
     step_time_figure,
 )
 from ..layout import alert_list, error_card, fmt_num, fmt_pct, fmt_rate, fmt_s, graph, kpi, panel
-from . import NoRun, describe_error, open_run, render_key
+from . import NoRun, describe_error, open_run, render_if_changed
 
 PATH = "/overview"
 TITLE = "Overview"
@@ -230,7 +229,4 @@ def register(app: Dash, svc: DataService) -> None:
         Input(ids.OV_TH_Z, "value"), State(ids.OV_KEY, "data"))
     def _render(clock: dict[str, Any] | None, b: float | None, w: float | None,
                 z: float | None, last: list[Any] | None) -> tuple[Any, ...]:
-        key = render_key(svc, clock, b, w, z)
-        if key is not None and key == last:
-            raise PreventUpdate
-        return (*render(svc, clock, b, w, z), key)
+        return render_if_changed(svc, clock, last, render, b, w, z)

@@ -7,7 +7,6 @@ from typing import Any
 
 import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 
 from profiler.analysis import sm_split_series
 
@@ -15,9 +14,9 @@ from .. import ids
 from ..clock import cutoff_ns
 from ..data import DataService
 from ..figures import empty_figure, sm_area_figure, sm_seconds_figure
-from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel, pick_run_card
+from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel
 from ..series import sm_binned
-from . import NoRun, describe_error, open_run, render_key
+from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
 PATH = "/sms"
 TITLE = "SMs"
@@ -37,13 +36,10 @@ def declared_cap(extra: dict[str, Any]) -> float | None:
 
 
 def layout(svc: DataService, q: dict[str, str]) -> html.Div:
-    run = q.get("run")
-    if not run:
-        return pick_run_card()
-    try:
-        _rd, snap = svc.snapshot(run)
-    except Exception as e:
-        return error_card(*describe_error(e))
+    opened = open_page(svc, q)
+    if isinstance(opened, html.Div):
+        return opened
+    _rd, snap, _ = opened
     ranks = sorted(int(r) for r in snap.spans["rank"].unique()) if len(snap.spans) else []
     opts = [{"label": f"mean of all {len(ranks)} GPUs", "value": "all"}] + [
         {"label": f"rank {r}", "value": str(r)} for r in ranks]
@@ -118,7 +114,4 @@ def register(app: Dash, svc: DataService) -> None:
                   Input(ids.CLOCK, "data"), Input(ids.SM_GPU, "value"), State(ids.SM_KEY, "data"))
     def _render(clock: dict[str, Any] | None, gpu: str | None,
                 last: list[Any] | None) -> tuple[Any, ...]:
-        key = render_key(svc, clock, gpu)
-        if key is not None and key == last:
-            raise PreventUpdate
-        return (*render(svc, clock, gpu), key)
+        return render_if_changed(svc, clock, last, render, gpu)

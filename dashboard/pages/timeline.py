@@ -20,8 +20,7 @@ from ..aggregate import query
 from ..clock import cutoff_ns
 from ..data import DataService, RunData, Snapshot, steps_table
 from ..figures import empty_figure, timeline_figure
-from ..layout import error_card, pick_run_card
-from . import NoRun, describe_error, open_run, render_key
+from . import NoRun, describe_error, open_page, open_run, render_key
 
 PATH = "/timeline"
 TITLE = "Timeline"
@@ -122,15 +121,12 @@ def _step_view(steps: pd.DataFrame, value: str | None) -> list[float] | None:
 
 
 def layout(svc: DataService, q: dict[str, str]) -> html.Div:
-    run = q.get("run")
-    if not run:
-        return pick_run_card()
-    try:
-        rd, snap = svc.snapshot(run)
-        opts, default = rank_options(rd, snap)
-        steps = step_windows(rd, snap)
-    except Exception as e:
-        return error_card(*describe_error(e))
+    opened = open_page(svc, q, lambda rd, snap: (rank_options(rd, snap), step_windows(rd, snap)))
+    if isinstance(opened, html.Div):
+        return opened
+    _rd, snap, loaded = opened
+    assert loaded is not None
+    (opts, default), steps = loaded
     step_opts, step_default = step_options(steps, snap.live)
     return html.Div(className="timeline-page", children=[
         html.Div(className="controls", children=[

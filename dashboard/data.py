@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.analysis import AnalysisParams, Frames, pipeline_layout, rank_node_map, run_analyses
+from profiler.analysis import (
+    AnalysisParams,
+    Frames,
+    pipeline_layout,
+    position_stage,
+    rank_node_map,
+    run_analyses,
+)
 from profiler.analysis.bandwidth import label_samples, phase_intervals
 from profiler.manifest import Manifest
 from profiler.store import RunReader
@@ -217,10 +224,8 @@ class RunData:
         def run() -> pd.DataFrame:
             ranks = sorted(int(r) for r in snap.spans["rank"].unique()) if len(snap.spans) else []
             comp = snap.spans.loc[snap.spans["lane"] == "compute"]
-            stage_min = comp.groupby("rank")["stage"].min() if len(comp) else None
-            if stage_min is not None:
-                stage_min = stage_min.astype("Float64")
-            return pipeline_layout(ranks, self.params(snap), stage_min)
+            position = position_stage(comp).astype("Float64") if len(comp) else None
+            return pipeline_layout(ranks, self.params(snap), position)
 
         return self.derived("layout", snap, run)
 

@@ -19,7 +19,7 @@ from .bandwidth import bandwidth_by_phase, link_bandwidth, phase_summary, span_p
 from .bubbles import bubble_parts, bubbles, bubbles_by_stage, combine_bubbles
 from .intervals import gaps, union, union_length
 from .overlap import overlap
-from .params import AnalysisParams, assign_steps, pipeline_layout, rank_node_map
+from .params import AnalysisParams, assign_steps, pipeline_layout, position_stage, rank_node_map
 from .sm_split import sm_seconds, sm_split_series
 from .stragglers import op_duration_parts, stragglers
 from .summary import Frames, analyze_unit, reduce_units, run_analyses
@@ -43,6 +43,7 @@ __all__ = [
     "overlap",
     "phase_summary",
     "pipeline_layout",
+    "position_stage",
     "rank_node_map",
     "reduce_units",
     "run_analyses",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from profiler.synthetic import bin_time_mean
+from profiler.analysis.intervals import bin_time_mean
 
 __all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
            "routing_long", "natural_key",
@@ -34,7 +34,7 @@ def bin_mean(row: np.ndarray, start: np.ndarray, end: np.ndarray, value: np.ndar
              n_rows: int, x0: int, x1: int, bins: int) -> np.ndarray:
     """Time-weighted mean of piecewise-constant ``value`` (held over ``[start, end)``) in each
     of ``bins`` equal bins of ``[x0, x1)``, per row: an ``n_rows x bins`` array
-    (:func:`profiler.synthetic.bin_time_mean`, which bins the synthetic run's counters)."""
+    (:func:`profiler.analysis.intervals.bin_time_mean`)."""
     return bin_time_mean(start, end, value, row, n_rows, x0, (x1 - x0) / bins, bins)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .analysis.intervals import bin_time_mean
 from .errors import InputError
 from .manifest import Manifest, Parallel, ProbeStatus, Topology
 from .schedules import build
@@ -40,7 +41,7 @@ from .schedules.ops import Schedule
 from .simulate import Costs, simulate
 from .store import RunWriter, compact
 
-__all__ = ["SyntheticConfig", "generate", "write_run", "bin_time_mean"]
+__all__ = ["SyntheticConfig", "generate", "write_run"]
 
 
 @dataclass(frozen=True)
@@ -175,29 +176,6 @@ def _expand(ops: pd.DataFrame) -> pd.DataFrame:
                 "sms": -2 if lane == _C else (-3 if lane == _M else -1),
             }))
     return pd.concat(parts, ignore_index=True)
-
-
-def bin_time_mean(start: np.ndarray, end: np.ndarray, weight: np.ndarray, row: np.ndarray,
-                  n_rows: int, t0: int, dt: float, n_bins: int) -> np.ndarray:
-    """Σ weight × overlap(span, bin) / dt per (row, bin) over ``n_bins`` bins of width ``dt``
-    from ``t0``: the time-weighted mean of a value held over ``[start, end)`` in each bin, as
-    an ``n_rows x n_bins`` array (the dashboard bins its SM split with it too)."""
-    out = np.zeros((n_rows, n_bins + 2))
-    s = np.clip((start - t0) / dt, 0, n_bins)
-    e = np.clip((end - t0) / dt, 0, n_bins)
-    b0, b1 = np.floor(s).astype(np.int64), np.floor(e).astype(np.int64)
-    same = b0 == b1
-    np.add.at(out, (row[same], b0[same]), weight[same] * (e[same] - s[same]))
-    diff = ~same
-    r, w = row[diff], weight[diff]
-    np.add.at(out, (r, b0[diff]), w * (b0[diff] + 1 - s[diff]))
-    np.add.at(out, (r, b1[diff]), w * (e[diff] - b1[diff]))
-    # full bins in between: a difference array along the bins
-    mid = np.zeros((n_rows, n_bins + 2))
-    np.add.at(mid, (r, b0[diff] + 1), w)
-    np.add.at(mid, (r, b1[diff]), -w)
-    out += np.cumsum(mid, axis=1)
-    return out[:, :n_bins]
 
 
 def _counters(cfg: SyntheticConfig, spans: pd.DataFrame, t0: int, t1: int,

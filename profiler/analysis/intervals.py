@@ -84,3 +84,26 @@ def merged_gaps(
     """:func:`gaps` of intervals that :func:`union` already merged."""
     same = g[1:] == g[:-1]
     return g[1:][same], e[:-1][same], s[1:][same]
+
+
+def bin_time_mean(start: np.ndarray, end: np.ndarray, weight: np.ndarray, row: np.ndarray,
+                  n_rows: int, t0: int, dt: float, n_bins: int) -> np.ndarray:
+    """Σ weight × overlap(span, bin) / dt per (row, bin) over ``n_bins`` bins of width ``dt``
+    from ``t0``: the time-weighted mean of a value held over ``[start, end)`` in each bin, as
+    an ``n_rows x n_bins`` array (the synthetic run bins its link counters with it, the dashboard its series)."""
+    out = np.zeros((n_rows, n_bins + 2))
+    s = np.clip((start - t0) / dt, 0, n_bins)
+    e = np.clip((end - t0) / dt, 0, n_bins)
+    b0, b1 = np.floor(s).astype(np.int64), np.floor(e).astype(np.int64)
+    same = b0 == b1
+    np.add.at(out, (row[same], b0[same]), weight[same] * (e[same] - s[same]))
+    diff = ~same
+    r, w = row[diff], weight[diff]
+    np.add.at(out, (r, b0[diff]), w * (b0[diff] + 1 - s[diff]))
+    np.add.at(out, (r, b1[diff]), w * (e[diff] - b1[diff]))
+    # full bins in between: a difference array along the bins
+    mid = np.zeros((n_rows, n_bins + 2))
+    np.add.at(mid, (r, b0[diff] + 1), w)
+    np.add.at(mid, (r, b1[diff]), -w)
+    out += np.cumsum(mid, axis=1)
+    return out[:, :n_bins]

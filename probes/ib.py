@@ -192,8 +192,9 @@ class IbCollector(CollectorBase):
         now = self._clock()
         if now >= self._rescan_due:  # new ports, changed rates, files replaced or back
             self._rescan_due = now + self._rescan_ns
+            known = list(self._ports)  # ports found now are read and opened by _discover
             self._discover()
-            for p in self._ports:
+            for p in known:
                 self._read_attributes(p)
                 self._open_fds(p)
         if now >= self._static_due:

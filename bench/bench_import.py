@@ -2,7 +2,7 @@
 
     python bench/bench_import.py --traces bench/data/kineto-200mb --hta
 
-Each tool runs in its own child process (dualscope: ``python -m profiler.cli import DIR --out
+Each tool runs in its own child process (dualscope: ``python -m dualscope import DIR --out
 TMP``; HTA: ``TraceAnalysis(trace_dir=DIR)``, which parses every rank and aligns them), so its
 time and memory are measured apart from this driver and from each other:
 
@@ -309,7 +309,7 @@ def run_dualscope(args: argparse.Namespace, env: dict[str, str], mem_limit: int,
     tmp = Path(tempfile.mkdtemp(prefix="bench-import-"))
     try:
         run_dir = tmp / "run"
-        cmd = [sys.executable, "-m", "profiler.cli", "import", str(args.traces), "--out",
+        cmd = [sys.executable, "-m", "dualscope", "import", str(args.traces), "--out",
                str(run_dir), "--json", *args.import_arg]
         m = measure(cmd, env=env, poll_s=args.poll_s, mem_limit=mem_limit,
                     timeout_s=args.timeout_s, log=Path(f"{log}.dualscope.log"))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 def _run(out: Path, args: list[str], extra: list[str]) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "profiler.cli", "run-reference", "--out", str(out), *args,
+    cmd = [sys.executable, "-m", "dualscope", "run-reference", "--out", str(out), *args,
            *extra, "--json"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

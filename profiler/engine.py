@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis.alignment import alignment_events, apply_offsets, clock_offsets
-from .analysis.params import AnalysisParams, natural_key, pipeline_layout, rank_node_map
-from .analysis.summary import SPAN_COLUMNS_USED, analyze_unit, reduce_units
+from .analysis.alignment import alignment_events, apply_offsets
+from .analysis.params import AnalysisParams, natural_key, rank_node_map
+from .analysis.summary import SPAN_COLUMNS_USED, analyze_unit, reduce_units, solve_offsets
 from .errors import InputError
 from .store import RunReader
 
@@ -167,10 +167,7 @@ def analyze_run(path: str | os.PathLike[str], *, ranks: Sequence[int] | None = N
             events = run(unit_events, [u for u in units if u.ranks], path)
             merged = {k: pd.concat([e[k] for e in events], ignore_index=True)
                       for k in ("collectives", "p2p")}
-            offsets = clock_offsets(merged, layout=pipeline_layout(present, p))
-            known = offsets.dropna(subset=["offset_ns"])
-            per_rank = dict(zip(known["rank"].astype(int), known["offset_ns"].astype(int),
-                                strict=True))
+            offsets, per_rank = solve_offsets(merged, present, p)
         parts = run(unit_analyses, units, path, p, rank_nodes, per_rank)
     return reduce_units(parts, params=p, ranks=present, has_counters=bool(nodes),
                         has_node_map=bool(rank_nodes), offsets=offsets)

@@ -105,7 +105,7 @@ def write_toy_run(path: Path, *, pp: int = 4, dp: int = 2, gpus_per_node: int = 
 
 
 def _analyze(cli_env, python, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "profiler.cli", "analyze", *args], env=cli_env,
+    return subprocess.run([python, "-m", "dualscope", "analyze", *args], env=cli_env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -117,14 +117,14 @@ def test_cli_compare_json(tmp_path: Path, python: str, cli_env: dict[str, str]) 
     run = tmp_path / "run"
     with RunWriter(run, Manifest(source="model", parallel=Parallel(schedule="dualpipe", pp=4))) as w:
         w.write_spans(_run("dualpipe", 4, 8, steps=2))
-    out = subprocess.run([python, "-m", "profiler.cli", "compare", str(run), "--json"],
+    out = subprocess.run([python, "-m", "dualscope", "compare", str(run), "--json"],
                          env=cli_env, capture_output=True, text=True, check=True)
     data = json.loads(out.stdout)
     assert data["summary"]["schedule"] == "dualpipe"
     assert data["summary"]["excess_ns_mean"] == pytest.approx(0, abs=1)
-    human = subprocess.run([python, "-m", "profiler.cli", "compare", str(run)], env=cli_env,
+    human = subprocess.run([python, "-m", "dualscope", "compare", str(run)], env=cli_env,
                            capture_output=True, text=True, check=True)
     assert "replay error" in human.stdout
-    bad = subprocess.run([python, "-m", "profiler.cli", "compare", str(tmp_path / "nope")],
+    bad = subprocess.run([python, "-m", "dualscope", "compare", str(tmp_path / "nope")],
                          env=cli_env, capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.commands import demo_cmd
+from dualscope.commands import demo_cmd
 from profiler.analysis import AnalysisParams, Frames, run_analyses
 from profiler.errors import InputError
 from profiler.manifest import Manifest
@@ -48,7 +48,7 @@ def test_dashboard_command_serves_on_loopback(tmp_path: Path, cli_env: dict[str,
                                               python: str) -> None:
     write_run(tmp_path / "tiny", TINY)
     port = _free_port()
-    proc = subprocess.Popen([python, "-m", "profiler", "dashboard", str(tmp_path), "--port",
+    proc = subprocess.Popen([python, "-m", "dualscope", "dashboard", str(tmp_path), "--port",
                              str(port)], cwd=ROOT, env=cli_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:
@@ -63,7 +63,7 @@ def test_dashboard_command_serves_on_loopback(tmp_path: Path, cli_env: dict[str,
 
 def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path, cli_env: dict[str, str],
                                                     python: str) -> None:
-    r = subprocess.run([python, "-m", "profiler", "dashboard", str(tmp_path / "nope")], cwd=ROOT,
+    r = subprocess.run([python, "-m", "dualscope", "dashboard", str(tmp_path / "nope")], cwd=ROOT,
                        env=cli_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "does not exist" in r.stderr
 
@@ -71,7 +71,7 @@ def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path, cli_env: dic
 def test_demo_prints_url_and_serves_the_samples(tmp_path: Path, cli_env: dict[str, str],
                                                 python: str) -> None:
     port = _free_port()
-    proc = subprocess.Popen([python, "-m", "profiler", "demo", "--no-live", "--port", str(port),
+    proc = subprocess.Popen([python, "-m", "dualscope", "demo", "--no-live", "--port", str(port),
                              "--runs-dir", str(tmp_path / "demo")], cwd=ROOT, env=cli_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -149,7 +149,7 @@ def _assert_no_crossing(trace: dict[str, Any]) -> None:
 
 
 def _export(python: str, cli_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "profiler.cli", "export", *args], env=cli_env,
+    return subprocess.run([python, "-m", "dualscope", "export", *args], env=cli_env,
                           capture_output=True, text=True, timeout=120)
 
 

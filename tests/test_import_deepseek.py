@@ -111,7 +111,7 @@ def test_annotations_and_memory(run: tuple[Path, pd.DataFrame]) -> None:
 def test_cli_summary_json(tmp_path: Path, cli_env: dict[str, str], python: str) -> None:
     out = tmp_path / "ds"
     proc = subprocess.run(
-        [python, "-m", "profiler.cli", "import", str(DEEPSEEK_TRACE), "--out", str(out), "--json"],
+        [python, "-m", "dualscope", "import", str(DEEPSEEK_TRACE), "--out", str(out), "--json"],
         env=cli_env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kineto"
 
 
 def _import(args: list[str], cli_env: dict[str, str], python: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "profiler.cli", "import", *args],
+    return subprocess.run([python, "-m", "dualscope", "import", *args],
                           env=cli_env, capture_output=True, text=True, timeout=120)
 
 

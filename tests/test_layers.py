@@ -1,50 +1,177 @@
-"""The dependency direction dashboard -> profiler <- probes, checked on the source."""
+"""The layers, checked on the source (docs/architecture.md):
+
+    dualscope (application: CLI root, reference run, demo)
+        -> dashboard -> profiler <- probes
+
+``profiler`` imports none of the others, ``probes`` and ``dashboard`` only ``profiler``, and
+nothing imports ``dualscope``. Every import counts: top-level, lazy (inside a function), and a
+module path written as a string (``"probes.commands:command"``, ``["-m", "dashboard.app"]``,
+``importlib.import_module("probes.nvml")``). Within each package the module import graph has no
+cycle, lazy imports included.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("dualscope", "dashboard", "profiler", "probes")
+#: package -> the packages it may import
+ALLOWED = {
+    "dualscope": {"dashboard", "profiler", "probes"},
+    "dashboard": {"profiler"},
+    "probes": {"profiler"},
+    "profiler": set(),
+}
+#: a whole string that is a dotted module path of ours, optionally ``:attribute``
+_MODULE_STRING = re.compile(
+    r"^(?P<pkg>" + "|".join(PACKAGES) + r")((\.[A-Za-z_]\w*)+(:\w+)?|:\w+)$")
 
 
-def _imports(package: str) -> set[tuple[str, str]]:
-    found = set()
-    for path in (ROOT / package).rglob("*.py"):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve_relative(module: str, is_pkg: bool, level: int, name: str | None) -> str:
+    base = module.split(".")
+    if not is_pkg:
+        base = base[:-1]
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([name] if name else []))
+
+
+def _references(path: Path) -> list[tuple[str, int, str]]:
+    """(referenced module, line, how) for every import and module-path string in a file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    me = _module_name(path)
+    is_pkg = path.name == "__init__.py"
+    out: list[tuple[str, int, str]] = []
+    # a logger's name (``getLogger("dualscope.probes")``) is a namespace, not a module path
+    logger_names = {id(a) for n in ast.walk(tree) if isinstance(n, ast.Call)
+                    and getattr(n.func, "attr", getattr(n.func, "id", "")) == "getLogger"
+                    for a in n.args}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno, "import") for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                mod = _resolve_relative(me, is_pkg, node.level, node.module)
             else:
-                continue
-            for name in names:
-                found.add((str(path.relative_to(ROOT)), name.split(".")[0]))
-    return found
+                mod = node.module or ""
+            out.append((mod, node.lineno, "import"))
+            # ``from pkg import submodule`` names a module too
+            out += [(f"{mod}.{a.name}", node.lineno, "import-name") for a in node.names]
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and id(node) not in logger_names):
+            m = _MODULE_STRING.match(node.value.strip())
+            if m:
+                out.append((node.value.strip().split(":")[0], node.lineno, "string"))
+    return out
 
 
-def test_profiler_imports_neither_probes_nor_dashboard() -> None:
-    bad = {(f, m) for f, m in _imports("profiler") if m in ("probes", "dashboard")}
-    # the reference run may use probes through a narrow interface (DESIGN.md)
-    bad = {(f, m) for f, m in bad if not f.startswith("profiler/reference/")}
-    assert not bad, f"profiler must not import probes/dashboard: {sorted(bad)}"
+def _files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
 
 
-def test_dashboard_never_imports_probes() -> None:
-    bad = {(f, m) for f, m in _imports("dashboard") if m == "probes"}
-    assert not bad, sorted(bad)
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_upward_or_sideways_import(package: str) -> None:
+    bad = []
+    for path in _files(package):
+        for mod, line, how in _references(path):
+            top = mod.split(".")[0]
+            if top in PACKAGES and top != package and top not in ALLOWED[package]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} {how} {mod}")
+    assert not bad, f"{package} may import only {sorted(ALLOWED[package])}: " + "; ".join(bad)
 
 
-def test_probes_never_import_dashboard() -> None:
-    bad = {(f, m) for f, m in _imports("probes") if m == "dashboard"}
-    assert not bad, sorted(bad)
+def test_layer_check_sees_strings_and_lazy_imports(tmp_path: Path) -> None:
+    """The checker itself: a lazy import and a module path in a string are both found."""
+    src = ROOT / "profiler" / "_layer_probe_tmp.py"
+    src.write_text('def f():\n    import probes.nvml\n    return "dashboard.commands.serve_cmd:command"\n'
+                   'X = ["-m", "dualscope"]\nY = "probes"  # a plain word, not a module path\n')
+    try:
+        refs = {(m, how) for m, _, how in _references(src)}
+    finally:
+        src.unlink()
+    assert ("probes.nvml", "import") in refs
+    assert ("dashboard.commands.serve_cmd", "string") in refs
+    assert not any(m == "probes" for m, _ in refs)
+
+
+def _graph(package: str) -> dict[str, set[str]]:
+    mods = {_module_name(p): p for p in _files(package)}
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, path in mods.items():
+        for ref, _, _ in _references(path):
+            # the longest of our modules that the reference names (a name may be an attribute)
+            parts = ref.split(".")
+            for k in range(len(parts), 0, -1):
+                cand = ".".join(parts[:k])
+                if cand in mods and cand != m:
+                    graph[m].add(cand)
+                    break
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycle(package: str) -> None:
+    # a package's __init__ re-exporting its own modules is not a cycle of concepts: drop the
+    # edges from a module to the __init__ of a package that contains it
+    graph = _graph(package)
+    for m, deps in graph.items():
+        graph[m] = {d for d in deps if not m.startswith(d + ".")}
+    assert not _cycles(graph), _cycles(graph)
 
 
 def test_core_imports_without_gpu_or_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, profiler.cli, profiler.store, profiler.schema; "
+    code = ("import sys, dualscope.cli, profiler.store, profiler.schema, probes.base; "
             "assert 'torch' not in sys.modules and 'pynvml' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

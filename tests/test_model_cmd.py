@@ -15,7 +15,7 @@ PAPER = ["--schedule", "dualpipe", "--pp", "8", "--microbatches", "20",
 
 
 def _run(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([python, "-m", "profiler.cli", "model", *args], env=env,
+    return subprocess.run([python, "-m", "dualscope", "model", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -205,7 +205,7 @@ def test_agent_subprocess_ib_tree_metrics_and_sigterm(tmp_path, cli_env, python)
     run = tmp_path / "run"
     host = socket.gethostname()
     proc = subprocess.Popen(
-        [python, "-m", "profiler.cli", "probe", "--out", str(run), "--interval", "0.05",
+        [python, "-m", "dualscope", "probe", "--out", str(run), "--interval", "0.05",
          "--metrics-port", "0", "--ib-sysfs", str(tree.root)],
         cwd=ROOT, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -270,7 +270,7 @@ def test_agent_subprocess_ib_tree_metrics_and_sigterm(tmp_path, cli_env, python)
     assert (tx0.value.to_numpy()[1:] * dt).sum() == pytest.approx(12000, rel=0.05)
     sat = c[(c.device == "ib:mlx5_1:1") & (c.metric == "tx_bytes_per_s")].value
     assert sat.isna().sum() >= 2 and sat.max() < 4 * 1000 / 0.01  # no 2^32-sized spike
-    info = subprocess.run([python, "-m", "profiler.cli", "info", str(run)], cwd=ROOT,
+    info = subprocess.run([python, "-m", "dualscope", "info", str(run)], cwd=ROOT,
                           env=cli_env, capture_output=True, text=True, check=True).stdout
     assert f"nvml@{host}" in info and "ib:mlx5_0:1" in info
 
@@ -279,7 +279,7 @@ def test_selftest_subprocess(tmp_path, cli_env, python) -> None:
     tree = IbTree(tmp_path / "ib")
     tree.add_port("mlx5_0", 1)
     tree.add_port("mlx5_1", 1, link_layer="Ethernet")
-    r = subprocess.run([python, "-m", "profiler.cli", "probe", "--selftest", "--ib-sysfs",
+    r = subprocess.run([python, "-m", "dualscope", "probe", "--selftest", "--ib-sysfs",
                         str(tree.root)], cwd=ROOT, env=cli_env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _cli(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "profiler.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "dualscope", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

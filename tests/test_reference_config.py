@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from profiler.cli import main
+from dualscope.cli import main
+from dualscope.reference import launch as launch_mod
+from dualscope.reference.config import ModelConfig, ReferenceConfig, min_microbatches
+from dualscope.reference.launch import check_torch, torchrun_command, worker_env
 from profiler.errors import InputError
-from profiler.reference import launch as launch_mod
-from profiler.reference.config import ModelConfig, ReferenceConfig, min_microbatches
-from profiler.reference.launch import check_torch, torchrun_command, worker_env
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -24,11 +24,11 @@ def _worker(out: Path) -> None:
     import torch.distributed as dist
 
     sys.path.insert(0, str(ROOT))
+    from dualscope.reference.clock import estimate_offsets
+    from dualscope.reference.config import ModelConfig
+    from dualscope.reference.model import MoE
+    from dualscope.reference.parallelize import ExpertParallel
     from probes.timers import HostTimers, RunClock
-    from profiler.reference.clock import estimate_offsets
-    from profiler.reference.config import ModelConfig
-    from profiler.reference.model import MoE
-    from profiler.reference.parallelize import ExpertParallel
 
     class Sink:
         def __init__(self) -> None:

@@ -10,11 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dualscope.reference.config import ModelConfig  # noqa: E402
+from dualscope.reference.data import MarkovData  # noqa: E402
+from dualscope.reference.model import Expert, MoE, build_stage, loss_fn  # noqa: E402
+from dualscope.reference.routing import Gate  # noqa: E402
 from probes.timers import HostTimers, NullTimers, RunClock, instrument_pipeline, p2p_timing  # noqa: E402
-from profiler.reference.config import ModelConfig  # noqa: E402
-from profiler.reference.data import MarkovData  # noqa: E402
-from profiler.reference.model import Expert, MoE, build_stage, loss_fn  # noqa: E402
-from profiler.reference.routing import Gate  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 
 def _reference(out: Path, *args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "profiler.cli", "run-reference", "--out", str(out), *args],
+        [sys.executable, "-m", "dualscope", "run-reference", "--out", str(out), *args],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout,
     )
 
@@ -129,7 +129,7 @@ def test_expert_load_statistics(run: tuple[Path, dict[str, Any]]) -> None:
 
 
 def test_info_reads_the_run(run: tuple[Path, dict[str, Any]]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "profiler.cli", "info", str(run[0]), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "dualscope", "info", str(run[0]), "--json"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
@@ -169,7 +169,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
             cmd = Path(f"/proc/{d}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"profiler.reference.train" not in cmd:
+        if b"dualscope.reference.train" not in cmd:
             continue
         env = dict(x.split(b"=", 1) for x in raw.split(b"\0") if b"=" in x)
         if env.get(b"RANK") == str(rank).encode() and _descends(int(d), launcher):
@@ -195,7 +195,7 @@ def test_killed_rank_leaves_a_readable_run(tmp_path: Path) -> None:
     The run directory stays readable and holds every rank's flushed spans."""
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "profiler.cli", "run-reference", "--out", str(out), *ARGS[:6],
+        [sys.executable, "-m", "dualscope", "run-reference", "--out", str(out), *ARGS[:6],
          "--schedule", "zbv", "--microbatches", "4", "--steps", "1000"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

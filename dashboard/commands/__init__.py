@@ -1,2 +1,2 @@
-"""The dashboard-facing CLI commands (``dualscope dashboard``, ``dualscope demo``); the
-CLI in :mod:`profiler.cli` loads them by name, so ``profiler`` never imports ``dashboard``."""
+"""The dashboard's CLI command (``dualscope dashboard``); the application's CLI in
+:mod:`dualscope.cli` loads it by name."""

@@ -3,13 +3,13 @@
 :func:`analyze_unit` is the map: it takes the spans of a set of whole ranks (and the counters
 of their nodes) and returns per-rank results and partial results; it never needs another
 rank's data. :func:`reduce_units` joins the maps: step windows and bubbles, straggler
-z-scores, bandwidth phase summary. :func:`run_analyses` runs both on frames already in memory
-or, for a run directory, through :mod:`profiler.engine` (local or Dask).
+z-scores, bandwidth phase summary. :func:`run_analyses` runs both on frames already in memory;
+for a run directory :func:`profiler.engine.analyze_run` reads the files and runs the same map
+and reduce (locally or on Dask). This module does no I/O and never imports the engine.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,8 @@ from .params import AnalysisParams, pipeline_layout, rank_node_map
 from .sm_split import sm_seconds, sm_split_series
 from .stragglers import op_duration_parts, stragglers
 
-__all__ = ["Frames", "SPAN_COLUMNS_USED", "analyze_unit", "reduce_units", "run_analyses"]
+__all__ = ["Frames", "SPAN_COLUMNS_USED", "analyze_unit", "reduce_units", "run_analyses",
+           "solve_offsets"]
 
 #: span columns the analyses read (the engine reads only these)
 SPAN_COLUMNS_USED = ["rank", "lane", "kind", "name", "step", "stage", "microbatch", "op",
@@ -129,25 +130,33 @@ def reduce_units(parts: Sequence[Mapping[str, pd.DataFrame]], *, params: Analysi
     return result
 
 
-def run_analyses(source: Any, *, ranks: Sequence[int] | None = None, align: bool = False,
-                 params: AnalysisParams | None = None, **engine_kw: Any) -> dict[str, pd.DataFrame]:
-    """Run every analysis and return ``{name: DataFrame}``.
+def solve_offsets(events: Mapping[str, pd.DataFrame], ranks: Sequence[int],
+                  params: AnalysisParams) -> tuple[pd.DataFrame, dict[int, int]]:
+    """Clock offsets from the alignment events of all ranks (see
+    :func:`~profiler.analysis.alignment.clock_offsets`): the table, and ``rank -> offset_ns``
+    for the ranks whose offset is known. The one align step of the local and Dask paths."""
+    offsets = clock_offsets(events, layout=pipeline_layout(ranks, params))
+    known = offsets.dropna(subset=["offset_ns"])
+    per_rank = dict(zip(known["rank"].astype(int), known["offset_ns"].astype(int), strict=True))
+    return offsets, per_rank
 
-    ``source`` is a :class:`Frames`, a ``RunReader`` or a run directory path; a run goes
-    through :func:`profiler.engine.analyze_run` (``engine_kw``: engine, scheduler, workers,
-    ranks_per_task). ``align`` estimates clock offsets and applies them before the other
-    analyses. Tables: ``bubbles``, ``bubbles_by_stage``, ``overlap``, ``sm_seconds``
-    (``sm_series`` when ``params.sm_series``), ``link_bandwidth``, ``bandwidth_by_phase``,
+
+def run_analyses(source: Frames, *, ranks: Sequence[int] | None = None,
+                 align: bool = False) -> dict[str, pd.DataFrame]:
+    """Run every analysis on frames in memory and return ``{name: DataFrame}`` (for a run
+    directory use :func:`profiler.engine.analyze_run`, which returns the same tables).
+
+    ``align`` estimates clock offsets and applies them before the other analyses. Tables:
+    ``bubbles``, ``bubbles_by_stage``, ``overlap``, ``sm_seconds`` (``sm_series`` when
+    ``params.sm_series``), ``link_bandwidth``, ``bandwidth_by_phase``,
     ``bandwidth_phase_summary``, ``op_scores``, ``stragglers``, ``clock_offsets`` (with
     ``align``), ``layout`` (rank, pipeline, pp_rank) and ``status`` (``analysis``,
     ``available``, ``rows``, ``reason``: why a table is missing or empty). Each table's
     columns and units are documented on the function that makes it.
     """
     if not isinstance(source, Frames):
-        from ..engine import analyze_run
-
-        path = getattr(source, "path", source)
-        return analyze_run(os.fspath(path), ranks=ranks, align=align, params=params, **engine_kw)
+        raise TypeError(f"run_analyses takes Frames, got {type(source).__name__}; for a run "
+                        "directory use profiler.engine.analyze_run")
     p = source.params or AnalysisParams()
     spans = source.spans
     if ranks is not None:
@@ -158,9 +167,8 @@ def run_analyses(source: Any, *, ranks: Sequence[int] | None = None, align: bool
     rank_nodes = rank_node_map(all_ranks, nodes, p)
     offsets = None
     if align:
-        layout = pipeline_layout(all_ranks, p)
-        offsets = clock_offsets(alignment_events(spans), layout=layout)
-        spans = apply_offsets(spans, offsets)
+        offsets, per_rank = solve_offsets(alignment_events(spans), all_ranks, p)
+        spans = apply_offsets(spans, per_rank)
     part = analyze_unit(spans, counters, params=p, rank_nodes=rank_nodes)
     return reduce_units([part], params=p, ranks=all_ranks,
                         has_counters=counters is not None and len(counters) > 0,

@@ -1,1 +1,1 @@
-"""One module per CLI command; :mod:`profiler.cli` loads them lazily."""
+"""One module per profiler CLI command; :mod:`dualscope.cli` (the application layer) loads them lazily."""

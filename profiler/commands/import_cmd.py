@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,37 @@ from pathlib import Path
 import click
 import orjson
 
-__all__ = ["command"]
+__all__ = ["command", "gc_paused", "system_arrow_pool"]
+
+
+@contextmanager
+def system_arrow_pool() -> Iterator[None]:
+    """Build Arrow data with the system allocator while importing: Arrow's default (mimalloc)
+    pool keeps the segments of each rank's freed tables, which adds ~35 MB to the peak of a
+    rank-by-rank import; the system pool plus the importer's ``malloc_trim`` returns them.
+    A process-wide setting, so the command makes it, not the library; restored on exit."""
+    import pyarrow as pa
+
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector around one file's parse: parsing creates millions
+    of containers that are never cyclic, and generation scans over them cost a third of the
+    parse time. Process-wide, so only the command asks for it."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @contextmanager
@@ -71,9 +102,10 @@ def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
     from ..importers.discover import find_trace_files
 
     n_files = len(find_trace_files(list(traces)))
-    with _progress(n_files) as advance:
+    with _progress(n_files) as advance, system_arrow_pool():
         summary = import_kineto(traces, out, comm_patterns=comm_patterns,
-                                keep_cpu_ops=keep_cpu_ops, progress=advance)
+                                keep_cpu_ops=keep_cpu_ops, progress=advance,
+                                around_parse=gc_paused)
     d = summary.to_dict()
     if as_json:
         click.echo(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import gc
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
 
 from ..classify import compile_patterns
 from ..errors import InputError
@@ -136,12 +133,15 @@ def import_kineto(
     comm_patterns: Sequence[str] = (),
     keep_cpu_ops: bool = False,
     progress: Callable[[Path, int], None] | None = None,
+    around_parse: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> ImportSummary:
     """Import Kineto / Chrome traces (files or folders of them) into a new run at ``out``.
 
     ``comm_patterns``: regular expressions forcing kernels to communication;
     ``keep_cpu_ops``: also keep non-communication cpu_ops (kind ``cpu_op``, lane ``host``);
-    ``progress(path, size_bytes)`` is called after each file. Nothing is left at ``out`` (nor
+    ``progress(path, size_bytes)`` is called after each file; ``around_parse()`` is entered
+    around each file's parse (the ``import`` command pauses the garbage collector there; a
+    library call changes no process-wide state by itself). Nothing is left at ``out`` (nor
     beside it) when any input is bad: raises :class:`InputError` naming the file.
     """
     try:
@@ -160,7 +160,7 @@ def import_kineto(
     backend: set[str] = set()
     gpus: dict[str, Any] = {}
     sms_default = False
-    with atomic_run_dir(out) as tmp, _system_arrow_pool():
+    with atomic_run_dir(out) as tmp:
         # one rank is written whole, then its stream is sealed: no time-based rotation
         writer = RunWriter(tmp, manifest, rotate_s=3600.0, flush_s=3600.0, batch_rows=1 << 20)
         for path in files:
@@ -185,7 +185,7 @@ def import_kineto(
                 world.setdefault(ws, path)
             if isinstance(dist.get("backend"), str):
                 backend.add(dist["backend"])
-            raw = _extract(src, keep_cpu_ops)
+            raw = _extract(src, keep_cpu_ops, around_parse or nullcontext)
             del src, meta
             for d, info in raw.devices.items():
                 gpus.setdefault("sms", Counter())[info.sms] += 1
@@ -238,35 +238,9 @@ def _trim_heap() -> None:
         trim(0)
 
 
-@contextmanager
-def _system_arrow_pool() -> Iterator[None]:
-    """Build Arrow data with the system allocator while importing: Arrow's default (mimalloc)
-    pool keeps the segments of each rank's freed tables, which adds ~35 MB to the peak of a
-    rank-by-rank import; the system pool plus :func:`_trim_heap` returns them. Restored on
-    exit (process-wide setting: do not run two imports in threads of one process)."""
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: parsing creates millions of containers that are
-    never cyclic, and generation scans over them cost a third of the parse time."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def _extract(src: TraceSource, keep_cpu_ops: bool) -> RawTrace:
-    with _gc_paused():
+def _extract(src: TraceSource, keep_cpu_ops: bool,
+             around_parse: Callable[[], AbstractContextManager[object]]) -> RawTrace:
+    with around_parse():
         try:
             raw = extract(src.path, src.meta, src.chunks(), keep_cpu_ops=keep_cpu_ops)
         except ChunkingFailed:

@@ -1,9 +1,9 @@
 """The torchrun entry point of the reference run::
 
-    python -m torch.distributed.run --nproc-per-node 4 ... -m profiler.reference.train \\
+    python -m torch.distributed.run --nproc-per-node 4 ... -m dualscope.reference.train \\
         --config '{"out": "RUN", "pp": 2, "ep": 2, ...}'
 
-(``dualscope run-reference`` builds that command; see :mod:`profiler.reference.launch`.)
+(``dualscope run-reference`` builds that command; see :mod:`dualscope.reference.launch`.)
 
 Start-up, in order: process group (gloo on CPU, nccl with CUDA; a gloo group for control
 traffic either way), clock offsets (ping-pong, :mod:`.clock`), rank 0 writes
@@ -44,11 +44,11 @@ from probes.timers import (
     instrument_pipeline,
     p2p_timing,
 )
+from profiler.errors import InputError
+from profiler.manifest import Manifest, Parallel, ProbeStatus, Topology
+from profiler.schema import COUNTER_SCHEMA, SPAN_SCHEMA
+from profiler.store import RunWriter, StreamWriter, rank_dir_name
 
-from ..errors import InputError
-from ..manifest import Manifest, Parallel, ProbeStatus, Topology
-from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
-from ..store import RunWriter, StreamWriter, rank_dir_name
 from .capture import KernelCapture, NullCapture
 from .clock import estimate_offsets
 from .config import ReferenceConfig
@@ -76,7 +76,7 @@ COUNTERS_DOC = {
 
 
 def _parse(argv: list[str] | None) -> ReferenceConfig:
-    p = argparse.ArgumentParser(prog="profiler.reference.train")
+    p = argparse.ArgumentParser(prog="dualscope.reference.train")
     p.add_argument("--config", required=True, help="ReferenceConfig as JSON")
     args = p.parse_args(argv)
     return ReferenceConfig.from_json(args.config).validate()

@@ -138,7 +138,7 @@ class _AllToAll(torch.autograd.Function):
 
 
 class ExpertParallel:
-    """Dispatcher (see :class:`profiler.reference.model.Dispatcher`) over an EP group.
+    """Dispatcher (see :class:`dualscope.reference.model.Dispatcher`) over an EP group.
 
     ``timers`` (a :class:`probes.timers.Timers`) times every exchange as a ``comm`` span:
     ``dispatch_layout`` (the counts), ``dispatch`` and ``combine`` in forward, and the same

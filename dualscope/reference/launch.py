@@ -3,7 +3,7 @@
 Single node::
 
     python -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 4 \\
-        -m profiler.reference.train --config '{...}'
+        -m dualscope.reference.train --config '{...}'
 
 Multi-node: the same command on every node with ``--nnodes N --node-rank i
 --rdzv-endpoint HOST:PORT`` passed through to torchrun (c10d rendezvous, id ``--rdzv-id``).
@@ -19,7 +19,8 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-from ..errors import InputError
+from profiler.errors import InputError
+
 from .config import ReferenceConfig
 
 __all__ = ["check_torch", "torchrun_command", "worker_env", "launch", "TORCH_HINT"]
@@ -54,7 +55,7 @@ def torchrun_command(cfg: ReferenceConfig, *, node_rank: int | None = None,
                          "rendezvous every node joins); pass the same one on every node")
     else:
         cmd.append("--standalone")
-    cmd += ["-m", "profiler.reference.train", "--config", cfg.to_json()]
+    cmd += ["-m", "dualscope.reference.train", "--config", cfg.to_json()]
     return cmd
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import InputError
+from profiler.errors import InputError
 
 __all__ = [
     "SCHEDULES",

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
-from ..errors import DualscopeError, InputError
+from profiler.errors import DualscopeError, InputError
+from profiler.report import print_json
+
 from ..reference.config import OVERLAP_MODES, SCHEDULES, ModelConfig, ReferenceConfig
 from ..reference.launch import check_torch, launch, torchrun_command
-from ..report import print_json
 
 __all__ = ["command", "train_summary"]
 
@@ -114,7 +115,7 @@ def _quote(s: str) -> str:
 
 def train_summary(run: str) -> dict[str, Any]:
     """Per-step loss and step times of a reference run, from its ``train`` counters."""
-    from ..store import RunReader
+    from profiler.store import RunReader
 
     reader = RunReader(run)
     c = reader.counters()

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from ..classify import PG_ARG_KEYS, classify_kernels
+from profiler.classify import PG_ARG_KEYS, classify_kernels
 
 __all__ = ["NullCapture", "KernelCapture", "kernel_spans"]
 

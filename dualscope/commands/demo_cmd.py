@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from .serve_cmd import serve
+from dashboard.commands.serve_cmd import serve
 
 __all__ = ["command", "samples_dir", "prepare_runs_dir", "live_command"]
 
@@ -63,7 +63,7 @@ def live_command(runs_dir: Path, steps: int) -> tuple[list[str], str]:
     installed, else the synthetic generator in real time."""
     if importlib.util.find_spec("torch") is not None:
         out = runs_dir / LIVE_NAME
-        return ([sys.executable, "-m", "profiler", "run-reference", "--nproc", "4", "--pp", "2",
+        return ([sys.executable, "-m", "dualscope", "run-reference", "--nproc", "4", "--pp", "2",
                  "--ep", "2", "--schedule", "dualpipev", "--steps", str(steps), "--device", "cpu",
                  "--out", str(out)], LIVE_NAME)
     out = runs_dir / LIVE_SYNTHETIC_NAME

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import DualscopeError
+from profiler import __version__
+from profiler.errors import DualscopeError
 
 __all__ = ["main", "cli"]
 
@@ -22,12 +22,12 @@ COMMANDS: dict[str, str] = {
     "info": "profiler.commands.info_cmd:command",
     "compare": "profiler.commands.compare_cmd:command",
     "compact": "profiler.commands.info_cmd:compact_command",
-    "run-reference": "profiler.commands.reference_cmd:command",
+    "run-reference": "dualscope.commands.reference_cmd:command",
     "model": "profiler.commands.model_cmd:command",
     "analyze": "profiler.commands.analyze_cmd:command",
     "probe": "probes.commands:command",
     "dashboard": "dashboard.commands.serve_cmd:command",
-    "demo": "dashboard.commands.demo_cmd:command",
+    "demo": "dualscope.commands.demo_cmd:command",
 }
 
 

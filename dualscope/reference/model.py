@@ -9,7 +9,7 @@ Embedding -> N transformer blocks -> RMSNorm -> LM head. Each block is
 * **DeepSeekMoE**: one shared expert plus ``experts`` fine-grained routed experts (SwiGLU);
   the gate (:mod:`.routing`) picks ``top_k`` per token. Routed experts live on the EP ranks;
   *how* tokens reach them is the job of a dispatcher (:class:`LocalDispatch` here, the
-  all-to-all :class:`~profiler.reference.parallelize.ExpertParallel` under EP).
+  all-to-all :class:`~dualscope.reference.parallelize.ExpertParallel` under EP).
 
 The model is cut into pipeline stages (:class:`StageModule`): stage 0 holds the embedding,
 the last stage the norm and head, every stage ``layers_per_stage`` blocks. Every component is

@@ -1,0 +1,3 @@
+from dualscope.cli import main
+
+main()

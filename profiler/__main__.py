@@ -1,3 +1,0 @@
-from profiler.cli import main
-
-main()

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 
 from profiler.analysis.intervals import bin_time_mean
+from profiler.counters import device_kinds
 
 __all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
            "routing_long", "natural_key",
-           "metric_long", "device_kind", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER"]
+           "metric_long", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER"]
 
 #: columns a time heatmap or area chart gets at most
 MAX_BINS = 600
@@ -23,11 +24,6 @@ def _per_unique(values: pd.Series, fn: object) -> np.ndarray:
     for i, u in enumerate(uniques):  # element by element: tuples stay single objects
         mapped[i] = fn(u)  # type: ignore[operator]
     return mapped[codes]
-
-
-def device_kind(device: pd.Series) -> np.ndarray:
-    """``nvlink``, ``nvlink:3`` -> nvlink; ``ib:mlx5_0:1`` -> ib; else the device."""
-    return _per_unique(device, lambda d: d.split(":")[0])
 
 
 def bin_mean(row: np.ndarray, start: np.ndarray, end: np.ndarray, value: np.ndarray,
@@ -61,7 +57,7 @@ def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None
     """Share of ``peak`` per link of ``kind`` (rows, labelled ``node gpuN`` or ``node
     mlx5_N:P``) over time (columns: seconds since ``t0_ns``); means over bins when there are
     more than ``max_bins`` samples. Without a peak the values are bytes/s / max."""
-    c = counters.loc[(device_kind(counters["device"]) == kind)
+    c = counters.loc[(device_kinds(counters["device"], family=True) == kind)
                      & (counters["metric"].astype("str") == metric)]
     if len(c) == 0:
         return pd.DataFrame()
@@ -95,7 +91,7 @@ def natural_key(s: str) -> list[object]:
 def link_long(counters: pd.DataFrame, kind: str, metric: str, node: str | None,
               t0_ns: int) -> pd.DataFrame:
     """Samples of one node's links of ``kind`` as t_s, series, value (bytes/s)."""
-    c = counters.loc[(device_kind(counters["device"]) == kind)
+    c = counters.loc[(device_kinds(counters["device"], family=True) == kind)
                      & (counters["metric"].astype("str") == metric)]
     if node is not None:
         c = c.loc[c["node"].astype("str") == node]

@@ -38,9 +38,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from profiler.counters import IB, NVLINK_LINK, device_kind, ib_port, link_index
 from profiler.errors import InputError
 
-from .metrics import device_kind, lookup
+from .metrics import lookup
 
 __all__ = ["Exporter"]
 
@@ -239,15 +240,15 @@ class Exporter:
     # -- labels --------------------------------------------------------------------------------
     @staticmethod
     def _label_names(kind: str) -> tuple[str, ...]:
-        if kind == "ib":
+        if kind == IB:
             return _IB_LABELS
-        if kind == "nvlink:L":
+        if kind == NVLINK_LINK:
             return _GPU_LINK_LABELS
         return _GPU_LABELS
 
     def _label_values(self, names: tuple[str, ...], gpu: int | None, device: str,
                       labels: dict[int | str, dict[str, str]]) -> list[str]:
-        ib = device_kind(device) == "ib"
+        ib = device_kind(device) == IB
         extra = labels.get(device if ib else (gpu if gpu is not None else -1), {})
         out = []
         for n in names:
@@ -256,10 +257,10 @@ class Exporter:
             elif n == "gpu":
                 out.append("" if gpu is None else str(gpu))
             elif n == "link":
-                out.append(device.split(":", 1)[1])
+                out.append(str(link_index(device)))
             elif n in ("hca", "port") and n not in extra:
-                parts = device.split(":")
-                out.append(parts[1] if n == "hca" else parts[-1])
+                hca, port = ib_port(device) or ("", "")
+                out.append(hca if n == "hca" else port)
             else:
                 out.append(extra.get(n, ""))
         return out

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from profiler.counters import ib_device
+
 from .base import NAN, CollectorBase, Rows, Unavailable
 
 __all__ = ["IbCollector", "parse_rate", "DEFAULT_ROOT", "SATURATED_32"]
@@ -62,7 +64,7 @@ def _read_text(path: str) -> str:
 class _Port:
     def __init__(self, hca: str, port: str, path: Path) -> None:
         self.hca, self.port = hca, port
-        self.device = f"ib:{hca}:{port}"
+        self.device = ib_device(hca, port)
         self.name = f"{hca}:{port}"
         self.path = path
         self.files = [str(path / "counters" / c[0]) for c in COUNTERS]

@@ -40,6 +40,17 @@ from typing import Any
 
 import numpy as np
 
+from profiler.counters import (
+    GPU,
+    NVLINK,
+    PCIE,
+    PEAK_BYTES_PER_S,
+    RX_BYTES_PER_S,
+    SM,
+    TX_BYTES_PER_S,
+    nvlink_device,
+)
+
 from .base import NAN, CollectorBase, Rows, Unavailable
 
 __all__ = ["NvmlCollector"]
@@ -51,14 +62,14 @@ _LOST_CODES = {15, 16, 28}  # GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND
 _DROP_CODES = {3, 4, 13}  # NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND
 #: (GPM metric id, device, metric, scale) for the whole-GPU GPM metrics
 _GPM_BASE = (
-    (2, "sm", "sm_util_ratio", 0.01),
-    (3, "sm", "sm_occupancy_ratio", 0.01),
-    (5, "sm", "tensor_util_ratio", 0.01),
-    (10, "gpu", "dram_bw_util_ratio", 0.01),
-    (61, "nvlink", "gpm_tx_bytes_per_s", _MIB),
-    (60, "nvlink", "gpm_rx_bytes_per_s", _MIB),
+    (2, SM, "sm_util_ratio", 0.01),
+    (3, SM, "sm_occupancy_ratio", 0.01),
+    (5, SM, "tensor_util_ratio", 0.01),
+    (10, GPU, "dram_bw_util_ratio", 0.01),
+    (61, NVLINK, "gpm_tx_bytes_per_s", _MIB),
+    (60, NVLINK, "gpm_rx_bytes_per_s", _MIB),
 )
-_CONTEXT = (("gpu", "gpu_util_ratio"), ("sm", "sm_clock_hz"), ("gpu", "power_w"))
+_CONTEXT = ((GPU, "gpu_util_ratio"), (SM, "sm_clock_hz"), (GPU, "power_w"))
 _SET = ctypes.Structure.__setattr__
 _VALUE_NAMES = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
                 6: "usVal"}
@@ -115,8 +126,8 @@ class _Gpm:
         specs: list[tuple[int, str, str, float]] = list(_GPM_BASE)
         for link in links:
             rx, tx = _gpm_link_ids(link)
-            specs += [(tx, f"nvlink:{link}", "tx_bytes_per_s", _MIB),
-                      (rx, f"nvlink:{link}", "rx_bytes_per_s", _MIB)]
+            specs += [(tx, nvlink_device(link), TX_BYTES_PER_S, _MIB),
+                      (rx, nvlink_device(link), RX_BYTES_PER_S, _MIB)]
         self.n_base = len(_GPM_BASE)
         self.devices = [s[1] for s in specs]
         self.metrics = [s[2] for s in specs]
@@ -261,18 +272,18 @@ class NvmlCollector(CollectorBase):
         tx, rx = nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
         slots: list[tuple[int, int, str, str, str, float]] = []
         for link in g.links:
-            slots += [(tx, link, f"nvlink:{link}", "tx_bytes_per_s", "tx_bytes", _KIB),
-                      (rx, link, f"nvlink:{link}", "rx_bytes_per_s", "rx_bytes", _KIB)]
+            slots += [(tx, link, nvlink_device(link), TX_BYTES_PER_S, "tx_bytes", _KIB),
+                      (rx, link, nvlink_device(link), RX_BYTES_PER_S, "rx_bytes", _KIB)]
         if g.links:  # a GPU with no NVLink writes link_count 0 and no NVLink rates
-            slots += [(tx, _UINT_MAX, "nvlink", "tx_bytes_per_s", "tx_bytes", _KIB),
-                      (rx, _UINT_MAX, "nvlink", "rx_bytes_per_s", "rx_bytes", _KIB),
-                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, _UINT_MAX, "nvlink",
+            slots += [(tx, _UINT_MAX, NVLINK, TX_BYTES_PER_S, "tx_bytes", _KIB),
+                      (rx, _UINT_MAX, NVLINK, RX_BYTES_PER_S, "rx_bytes", _KIB),
+                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, _UINT_MAX, NVLINK,
                        "raw_tx_bytes_per_s", "raw_tx_bytes", _KIB),
-                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX, _UINT_MAX, "nvlink",
+                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX, _UINT_MAX, NVLINK,
                        "raw_rx_bytes_per_s", "raw_rx_bytes", _KIB)]
-        slots += [(nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0, "pcie", "pcie_tx_bytes_per_s",
+        slots += [(nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0, PCIE, "pcie_tx_bytes_per_s",
                    "pcie_tx_bytes", 1.0),
-                  (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0, "pcie", "pcie_rx_bytes_per_s",
+                  (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0, PCIE, "pcie_rx_bytes_per_s",
                    "pcie_rx_bytes", 1.0)]
         g.fields = [(s[0], s[1]) for s in slots]
         g.devices = [s[2] for s in slots]
@@ -338,10 +349,10 @@ class NvmlCollector(CollectorBase):
             self._static_due = now + self._static_every
             for g in self._gpus:
                 n = len(g.links)
-                rows.add(g.index, "nvlink", "link_count", float(n))
-                rows.add(g.index, "nvlink", "peak_bytes_per_s", n * g.link_speed_bps)
+                rows.add(g.index, NVLINK, "link_count", float(n))
+                rows.add(g.index, NVLINK, PEAK_BYTES_PER_S, n * g.link_speed_bps)
                 for link in g.links:
-                    rows.add(g.index, f"nvlink:{link}", "peak_bytes_per_s", g.link_speed_bps)
+                    rows.add(g.index, nvlink_device(link), PEAK_BYTES_PER_S, g.link_speed_bps)
         self._read_fields(rows)
         if now >= self._context_due:
             self._context_due = now + self._context_every
@@ -407,7 +418,7 @@ class NvmlCollector(CollectorBase):
                 for g in self._gpus:
                     if back[g.sl].any():
                         part = "nvml" if g.devices[int(np.flatnonzero(back[g.sl])[0])] == \
-                            "pcie" else "nvlink"
+                            PCIE else "nvlink"
                         self._board.note(part, f"reset{g.index}", f"gpu {g.index}: a "
                                          "cumulative counter went backwards (reset); that "
                                          "interval is NaN, never traffic")

@@ -77,7 +77,8 @@ COUNTER_COLUMNS: tuple[Column, ...] = (
     Column("node", pa.string(), False, "", "host name of the node"),
     Column("gpu", pa.int32(), True, "", "local GPU index; null for node-level devices (IB)"),
     Column("device", pa.string(), False, "",
-           "what was measured: nvlink, nvlink:L, ib:HCA:PORT, sm, gpu, pcie ..."),
+           "what was measured: nvlink, nvlink:L, ib:HCA:PORT, sm, gpu, pcie, train, "
+           "expert:L:E, routing:L (profiler.counters declares every device and metric)"),
     Column("metric", pa.string(), False, "",
            "metric name with its SI unit, e.g. tx_bytes_per_s, sm_util_ratio"),
     Column("value", pa.float64(), True, "(in metric)", "NaN when the sample is unavailable"),

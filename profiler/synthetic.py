@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis.intervals import bin_time_mean
+from .counters import NVLINK, TRAIN, expert_device, ib_device, routing_device
 from .errors import InputError
 from .manifest import Manifest, Parallel, ProbeStatus, Topology
 from .schedules import build
@@ -203,9 +204,9 @@ def _counters(cfg: SyntheticConfig, spans: pd.DataFrame, t0: int, t1: int,
     for g in range(W):
         node, gpu = f"node{g // cfg.gpus_per_node}", g % cfg.gpus_per_node
         noise = rng.normal(1.0, 0.02, size=(4, n_bins)).clip(0.9, 1.1)
-        for device, gpu_col, rates in (("nvlink", gpu, nvl[g]), (f"ib:mlx5_{gpu}:1", None, ib[g])):
+        for device, gpu_col, rates in ((NVLINK, gpu, nvl[g]), (ib_device(f"mlx5_{gpu}", 1), None, ib[g])):
             for k, metric in enumerate(("tx_bytes_per_s", "rx_bytes_per_s")):
-                lane_noise = noise[k + (2 if device != "nvlink" else 0)]
+                lane_noise = noise[k + (2 if device != NVLINK else 0)]
                 frames.append(pd.DataFrame({
                     "ts_ns": ts, "node": node, "gpu": gpu_col, "device": device,
                     "metric": metric, "value": np.round(rates * lane_noise / 1e7) * 1e7,
@@ -234,11 +235,11 @@ def _expert_counters(cfg: SyntheticConfig, step: int, ts: int, state: dict[str, 
     for e in range(E):
         for metric, value in (("tokens", tokens[e]), ("bias", bias[e])):
             rows["ts_ns"].append(ts)
-            rows["device"].append(f"expert:0:{e}")
+            rows["device"].append(expert_device(0, e))
             rows["metric"].append(metric)
             rows["value"].append(float(value))
-    for device, metric, value in (("routing:0", "nodes_per_token_mean", nodes),
-                                  ("train", "loss", loss), ("train", "step", float(step))):
+    for device, metric, value in ((routing_device(0), "nodes_per_token_mean", nodes),
+                                  (TRAIN, "loss", loss), (TRAIN, "step", float(step))):
         rows["ts_ns"].append(ts)
         rows["device"].append(device)
         rows["metric"].append(metric)
@@ -321,7 +322,7 @@ def manifest_for(cfg: SyntheticConfig) -> Manifest:
         "degraded_ib_port": {
             "rank": cfg.degraded_rank,
             "node": f"node{cfg.degraded_rank // cfg.gpus_per_node}",
-            "device": f"ib:mlx5_{cfg.degraded_rank % cfg.gpus_per_node}:1",
+            "device": ib_device(f"mlx5_{cfg.degraded_rank % cfg.gpus_per_node}", 1),
             "bandwidth_share": cfg.degraded_ib_share,
         },
     }

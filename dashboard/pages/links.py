@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
+from profiler.counters import IB, NVLINK, device_kinds
+
 from .. import ids
 from ..clock import cutoff_ns
 from ..data import DataService, clip_to_cutoff
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
-from ..series import device_kind, link_long, link_wide, natural_key, phase_buckets
+from ..series import link_long, link_wide, natural_key, phase_buckets
 from . import NoRun, describe_error, open_page, open_run
 
 PATH = "/links"
@@ -37,8 +39,8 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
         return opened
     _rd, snap, ports = opened
     assert ports is not None
-    kinds: Any = device_kind(snap.counters["device"]) if len(snap.counters) else []
-    link_rows = snap.counters.loc[np.isin(kinds, ["nvlink", "ib"])] if len(snap.counters) else snap.counters
+    kinds: Any = device_kinds(snap.counters["device"], family=True) if len(snap.counters) else []
+    link_rows = snap.counters.loc[np.isin(kinds, [NVLINK, IB])] if len(snap.counters) else snap.counters
     link_nodes = sorted(link_rows["node"].astype("str").unique(), key=natural_key) if len(link_rows) else []
     # open on the node of the weakest link: what an operator looks for first
     worst = ports.sort_values("share").iloc[0]["node"] if len(ports) and ports["share"].notna().any() else None

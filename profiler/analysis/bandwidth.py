@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ..counters import IB, NVLINK, NVLINK_LINK, device_kinds
 from .intervals import group_codes, union
 from .params import COMM_LANES, AnalysisParams
 
@@ -100,11 +101,10 @@ def label_samples(counters: pd.DataFrame, intervals: pd.DataFrame) -> pd.Series:
 
 
 def _peaks(device: pd.Series, params: AnalysisParams) -> np.ndarray:
-    d = device.astype("str")
+    kind = device_kinds(device)
     nan = np.nan
     return np.select(
-        [(d == "nvlink").to_numpy(), d.str.startswith("nvlink:").to_numpy(dtype=bool),
-         d.str.startswith("ib").to_numpy(dtype=bool)],
+        [kind == NVLINK, kind == NVLINK_LINK, kind == IB],
         [params.nvlink_peak_bytes_per_s or nan, params.nvlink_link_peak_bytes_per_s or nan,
          params.ib_peak_bytes_per_s or nan],
         nan,
@@ -162,14 +162,15 @@ def bandwidth_by_phase(counters: pd.DataFrame, spans: pd.DataFrame, *,
 def phase_summary(by_phase: pd.DataFrame) -> pd.DataFrame:
     """Aggregate :func:`bandwidth_by_phase` over nodes and GPUs.
 
-    One row per (``device_kind`` = device before the first ``:``, ``metric``, ``phase``).
+    One row per (``device_kind`` (:func:`profiler.counters.device_kind`: ``nvlink``,
+    ``nvlink:L``, ``ib``, ...), ``metric``, ``phase``).
     Columns: ``samples`` (count); ``mean_bytes_per_s`` (bytes/s, sample-weighted mean);
     ``max_bytes_per_s`` (bytes/s); ``mean_share_of_peak`` (0..1, sample-weighted mean of the
     per-device mean shares; NaN when the peak is unknown).
     """
     df = by_phase.loc[by_phase["samples"] > 0]
     df = df.assign(
-        device_kind=df["device"].astype("str").str.split(":").str[0],
+        device_kind=device_kinds(df["device"]),
         _sum=df["mean_bytes_per_s"] * df["samples"],
         _share=df["mean_share_of_peak"] * df["samples"],
     )

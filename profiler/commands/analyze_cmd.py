@@ -117,7 +117,9 @@ def _render(res: dict[str, pd.DataFrame], top: int) -> None:
                     _rows(sm.nlargest(top, "comm_share")))
     bw = res.get("link_bandwidth")
     if bw is not None and len(bw):
-        kind = bw.assign(device_kind=bw["device"].astype("str").str.split(":").str[0])
+        from ..counters import device_kinds
+
+        kind = bw.assign(device_kind=device_kinds(bw["device"]))
         agg = kind.groupby(["device_kind", "metric"], as_index=False).agg(
             devices=("device", "size"), mean_bytes_per_s=("mean_bytes_per_s", "mean"),
             p95_bytes_per_s=("p95_bytes_per_s", "mean"), max_bytes_per_s=("max_bytes_per_s", "max"),

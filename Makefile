@@ -30,12 +30,16 @@ $(CHROMIUM):
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
 
-## Install everything and run the whole test suite
-test: $(STAMP) $(CHROMIUM)
+CODE := dualscope profiler probes dashboard tests bench sample_traces
+
+## Install everything, then lint, type-check and run the whole test suite
+test: $(STAMP) $(CHROMIUM) lint
 	$(BIN)/python -m pytest -q
 
+## ruff and mypy, failing on any finding (also the pre-commit hooks)
 lint: $(STAMP)
-	$(BIN)/ruff check profiler probes dashboard tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

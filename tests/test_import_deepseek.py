@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import DEEPSEEK_TRACE, require
 
 from profiler.importers import import_kineto
 from profiler.store import RunReader
 
-DEEPSEEK_TRACE = Path(__file__).resolve().parents[2] / "shared" / "external" / "deepseek_train_ep64.json"
 
-pytestmark = pytest.mark.skipif(
-    not DEEPSEEK_TRACE.is_file(),
-    reason=f"{DEEPSEEK_TRACE} is absent (DeepSeek's profile-data train.json is not bundled)",
-)
+@pytest.fixture(autouse=True, scope="module")
+def _needs_trace() -> None:
+    require(DEEPSEEK_TRACE.is_file(), str(DEEPSEEK_TRACE),
+            "DeepSeek's profile-data train.json is not bundled; check out ../shared beside the "
+            "repository")
 
 
 @pytest.fixture(scope="module")

@@ -41,121 +41,30 @@ from typing import Any
 import numpy as np
 
 from profiler.counters import (
-    GPU,
     NVLINK,
     PCIE,
     PEAK_BYTES_PER_S,
     RX_BYTES_PER_S,
-    SM,
     TX_BYTES_PER_S,
     nvlink_device,
 )
 
 from .base import NAN, CollectorBase, Rows, Unavailable
+from .nvml_gpu import (
+    CONTEXT,
+    DROP_CODES,
+    KIB,
+    LOST_CODES,
+    UINT_MAX,
+    VALUE_NAMES,
+    GpmBuffers,
+    GpuState,
+    one_field,
+)
+
+_SET = ctypes.Structure.__setattr__
 
 __all__ = ["NvmlCollector"]
-
-_UINT_MAX = 0xFFFFFFFF  # scopeId meaning "all links"
-_KIB = 1024.0
-_MIB = 1024.0 * 1024.0
-_LOST_CODES = {15, 16, 28}  # GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND
-_DROP_CODES = {3, 4, 13}  # NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND
-#: (GPM metric id, device, metric, scale) for the whole-GPU GPM metrics
-_GPM_BASE = (
-    (2, SM, "sm_util_ratio", 0.01),
-    (3, SM, "sm_occupancy_ratio", 0.01),
-    (5, SM, "tensor_util_ratio", 0.01),
-    (10, GPU, "dram_bw_util_ratio", 0.01),
-    (61, NVLINK, "gpm_tx_bytes_per_s", _MIB),
-    (60, NVLINK, "gpm_rx_bytes_per_s", _MIB),
-)
-_CONTEXT = ((GPU, "gpu_util_ratio"), (SM, "sm_clock_hz"), (GPU, "power_w"))
-_SET = ctypes.Structure.__setattr__
-_VALUE_NAMES = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
-                6: "usVal"}
-
-
-def _gpm_link_ids(link: int) -> tuple[int, int]:
-    """GPM metric ids (rx, tx) of one NVLink: 62 + 2n / 63 + 2n up to link 17, then 212 + ..."""
-    if link < 18:
-        return 62 + 2 * link, 63 + 2 * link
-    return 212 + 2 * (link - 18), 213 + 2 * (link - 18)
-
-
-def _one_field(nv: ModuleType, handle: Any, field: int) -> float | None:
-    """One scalar field through the public wrapper (start-up only); None if it fails."""
-    try:
-        fv = nv.nvmlDeviceGetFieldValues(handle, [(field, 0)])[0]
-    except nv.NVMLError:
-        return None
-    if fv.nvmlReturn != nv.NVML_SUCCESS:
-        return None
-    return float(getattr(fv.value, _VALUE_NAMES.get(fv.valueType, "ullVal")))
-
-
-class _Gpu:
-    """What the collector knows about one GPU (one object per GPU, updated in place)."""
-
-    def __init__(self, index: int, handle: Any, uuid: str, name: str) -> None:
-        self.index, self.handle, self.uuid, self.name = index, handle, uuid, name
-        self.links: list[int] = []
-        self.link_speed_bps = NAN
-        self.fields: list[tuple[int, int]] = []
-        #: per field slot: device, rate metric, cumulative name, scale to bytes
-        self.devices: list[str] = []
-        self.metrics: list[str] = []
-        self.total_names: list[str] = []
-        self.scale: list[float] = []
-        #: this GPU's slots in the collector's arrays (all GPUs' fields, end to end)
-        self.sl = slice(0, 0)
-        #: the fast path: (C function, count, byref into the collector's shared array)
-        self.c_args: tuple[Any, ...] = ()
-        self.fetch_failed = False
-        self.lost = False
-        self.dropped: set[str] = set()
-        self.repeats_total = False
-        self.equal_streak = 0
-        self.gpm: _Gpm | None = None
-
-
-class _Gpm:
-    """Two GPM sample buffers, one reusable ``c_nvmlGpmMetricsGet_t`` and a numpy view of
-    its metrics (id, nvmlReturn, value)."""
-
-    def __init__(self, nv: ModuleType, handle: Any, links: list[int], now: float) -> None:
-        specs: list[tuple[int, str, str, float]] = list(_GPM_BASE)
-        for link in links:
-            rx, tx = _gpm_link_ids(link)
-            specs += [(tx, nvlink_device(link), TX_BYTES_PER_S, _MIB),
-                      (rx, nvlink_device(link), RX_BYTES_PER_S, _MIB)]
-        self.n_base = len(_GPM_BASE)
-        self.devices = [s[1] for s in specs]
-        self.metrics = [s[2] for s in specs]
-        self.ids = [s[0] for s in specs]
-        self.scale = np.array([s[3] for s in specs])
-        self.s1 = nv.nvmlGpmSampleAlloc()
-        self.s2 = nv.nvmlGpmSampleAlloc()
-        nv.nvmlGpmSampleGet(handle, self.s1)
-        self.t1 = now
-        mg = nv.c_nvmlGpmMetricsGet_t()
-        mg.version = nv.NVML_GPM_METRICS_GET_VERSION
-        mg.numMetrics = len(specs)
-        metrics = mg.metrics
-        for i, mid in enumerate(self.ids):
-            metrics[i].metricId = mid
-        m = nv.c_nvmlGpmMetric_t
-        dtype = np.dtype({"names": ["metricId", "nvmlReturn", "value"],
-                          "formats": ["<u4", "<u4", "<f8"],
-                          "offsets": [m.metricId.offset, m.nvmlReturn.offset, m.value.offset],
-                          "itemsize": ctypes.sizeof(m)})
-        self.view = np.frombuffer(metrics, dtype=dtype, count=len(specs))
-        self.mg = mg
-
-    def free(self, nv: ModuleType) -> None:
-        for s in (self.s1, self.s2):
-            with contextlib.suppress(nv.NVMLError):
-                nv.nvmlGpmSampleFree(s)
-
 
 class NvmlCollector(CollectorBase):
     """Samples every GPU NVML sees. ``nvml``: the module to use (default: ``pynvml``,
@@ -175,7 +84,7 @@ class NvmlCollector(CollectorBase):
         self._static_every = static_every_s
         self._fast = fast_path
         self._clock = clock
-        self._gpus: list[_Gpu] = []
+        self._gpus: list[GpuState] = []
         self._initialised = False
         self._static_due = 0.0
         self._context_due = 0.0
@@ -212,7 +121,7 @@ class NvmlCollector(CollectorBase):
             for i in range(count):
                 try:
                     h = nv.nvmlDeviceGetHandleByIndex(i)
-                    self._gpus.append(_Gpu(i, h, str(nv.nvmlDeviceGetUUID(h)),
+                    self._gpus.append(GpuState(i, h, str(nv.nvmlDeviceGetUUID(h)),
                                            str(nv.nvmlDeviceGetName(h))))
                 except nv.NVMLError as e:  # one GPU we may not open: the others still count
                     self._board.note("nvml", f"open{i}", f"gpu {i}: cannot open it ({e}, "
@@ -252,10 +161,10 @@ class NvmlCollector(CollectorBase):
         self._initialised = False
 
     # -- discovery ---------------------------------------------------------------------------
-    def _open_links(self, g: _Gpu) -> None:
+    def _open_links(self, g: GpuState) -> None:
         nv = self._nv
         assert nv is not None
-        present = _one_field(nv, g.handle, nv.NVML_FI_DEV_NVLINK_LINK_COUNT)
+        present = one_field(nv, g.handle, nv.NVML_FI_DEV_NVLINK_LINK_COUNT)
         for link in range(nv.NVML_NVLINK_MAX_LINKS if present is None else int(present)):
             try:
                 if nv.nvmlDeviceGetNvLinkState(g.handle, link) == nv.NVML_FEATURE_ENABLED:
@@ -267,20 +176,20 @@ class NvmlCollector(CollectorBase):
                                  f"gpu {g.index}: nvmlDeviceGetNvLinkState({link}) failed: {e}")
         if not g.links:
             self._board.note("nvlink", f"nolinks{g.index}", f"gpu {g.index}: no active NVLink")
-        speed = _one_field(nv, g.handle, nv.NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON)
+        speed = one_field(nv, g.handle, nv.NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON)
         g.link_speed_bps = NAN if speed is None else speed * 1e6
         tx, rx = nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
         slots: list[tuple[int, int, str, str, str, float]] = []
         for link in g.links:
-            slots += [(tx, link, nvlink_device(link), TX_BYTES_PER_S, "tx_bytes", _KIB),
-                      (rx, link, nvlink_device(link), RX_BYTES_PER_S, "rx_bytes", _KIB)]
+            slots += [(tx, link, nvlink_device(link), TX_BYTES_PER_S, "tx_bytes", KIB),
+                      (rx, link, nvlink_device(link), RX_BYTES_PER_S, "rx_bytes", KIB)]
         if g.links:  # a GPU with no NVLink writes link_count 0 and no NVLink rates
-            slots += [(tx, _UINT_MAX, NVLINK, TX_BYTES_PER_S, "tx_bytes", _KIB),
-                      (rx, _UINT_MAX, NVLINK, RX_BYTES_PER_S, "rx_bytes", _KIB),
-                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, _UINT_MAX, NVLINK,
-                       "raw_tx_bytes_per_s", "raw_tx_bytes", _KIB),
-                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX, _UINT_MAX, NVLINK,
-                       "raw_rx_bytes_per_s", "raw_rx_bytes", _KIB)]
+            slots += [(tx, UINT_MAX, NVLINK, TX_BYTES_PER_S, "tx_bytes", KIB),
+                      (rx, UINT_MAX, NVLINK, RX_BYTES_PER_S, "rx_bytes", KIB),
+                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, UINT_MAX, NVLINK,
+                       "raw_tx_bytes_per_s", "raw_tx_bytes", KIB),
+                      (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX, UINT_MAX, NVLINK,
+                       "raw_rx_bytes_per_s", "raw_rx_bytes", KIB)]
         slots += [(nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0, PCIE, "pcie_tx_bytes_per_s",
                    "pcie_tx_bytes", 1.0),
                   (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0, PCIE, "pcie_rx_bytes_per_s",
@@ -324,7 +233,7 @@ class NvmlCollector(CollectorBase):
                 g.c_args = (fn, ctypes.c_int32(len(g.fields)),
                             ctypes.byref(self._values, g.sl.start * size))
 
-    def _open_gpm(self, g: _Gpu) -> None:
+    def _open_gpm(self, g: GpuState) -> None:
         nv = self._nv
         assert nv is not None
         if not self._want_gpm:
@@ -336,7 +245,7 @@ class NvmlCollector(CollectorBase):
                                  f"gpu {g.index} ({g.name}): GPM not supported on this GPU "
                                  "(it needs Hopper or newer)")
                 return
-            g.gpm = _Gpm(nv, g.handle, g.links, self._clock())
+            g.gpm = GpmBuffers(nv, g.handle, g.links, self._clock())
         except nv.NVMLError as e:
             self._board.note("gpm", f"err{g.index}",
                              f"gpu {g.index}: GPM unavailable: {e} ({type(e).__name__})")
@@ -362,7 +271,7 @@ class NvmlCollector(CollectorBase):
             if g.gpm is not None and not g.lost and now - g.gpm.t1 >= self._gpm_min - 1e-6:
                 self._read_gpm(g, rows, now)
 
-    def _fetch(self, g: _Gpu) -> None:
+    def _fetch(self, g: GpuState) -> None:
         """Fill ``g``'s part of the shared array (C call, or the public wrapper + copy)."""
         nv = self._nv
         assert nv is not None
@@ -402,7 +311,7 @@ class NvmlCollector(CollectorBase):
                 for i in np.flatnonzero(~ok[g.sl]):
                     self._field_failed(g, int(i), int(ret[g.sl.start + i]))
             vtype, value = arr["valueType"], arr["value"]
-            v = np.array([float(value[_VALUE_NAMES.get(int(t), "ullVal")][i]) if good else NAN
+            v = np.array([float(value[VALUE_NAMES.get(int(t), "ullVal")][i]) if good else NAN
                           for i, (t, good) in enumerate(zip(vtype, ok, strict=True))])
             self._ull_only = bool(ok.all() and (vtype == 3).all())
         else:
@@ -439,7 +348,7 @@ class NvmlCollector(CollectorBase):
             self._per_gpu(g, rates[g.sl], delta[g.sl], None if good is None else good[g.sl], rows)
         self._total += delta
 
-    def _per_gpu(self, g: _Gpu, rates: np.ndarray, delta: np.ndarray,
+    def _per_gpu(self, g: GpuState, rates: np.ndarray, delta: np.ndarray,
                  good: np.ndarray | None, rows: Rows) -> None:
         """One GPU's rows, with its all-links fallback and repeated-total check (in place)."""
         n_link = 2 * len(g.links)
@@ -460,7 +369,7 @@ class NvmlCollector(CollectorBase):
                 return
         rows.extend(g.index, g.devices, g.metrics, values)
 
-    def _check_repeats(self, g: _Gpu, delta: np.ndarray, good: np.ndarray | None,
+    def _check_repeats(self, g: GpuState, delta: np.ndarray, good: np.ndarray | None,
                        n_link: int) -> None:
         """Every link moved by the same non-zero amount as the all-links counter (or, without
         that counter, three samples running): the driver repeats the GPU total per link."""
@@ -480,10 +389,10 @@ class NvmlCollector(CollectorBase):
                              f"gpu {g.index}: the driver reports the GPU total on every link; "
                              f"per-link rates {'from GPM' if g.gpm else 'unavailable (NaN)'}")
 
-    def _read_context(self, g: _Gpu, rows: Rows) -> None:
+    def _read_context(self, g: GpuState, rows: Rows) -> None:
         nv = self._nv
         assert nv is not None
-        for (device, metric), fn in zip(_CONTEXT, ("util", "clock", "power"), strict=True):
+        for (device, metric), fn in zip(CONTEXT, ("util", "clock", "power"), strict=True):
             value = NAN
             if fn not in g.dropped and not g.lost:
                 try:
@@ -497,7 +406,7 @@ class NvmlCollector(CollectorBase):
                     self._call_failed(g, fn, e)
             rows.add(g.index, device, metric, value)
 
-    def _read_gpm(self, g: _Gpu, rows: Rows, now: float) -> None:
+    def _read_gpm(self, g: GpuState, rows: Rows, now: float) -> None:
         nv = self._nv
         gpm = g.gpm
         assert nv is not None and gpm is not None
@@ -527,10 +436,10 @@ class NvmlCollector(CollectorBase):
         rows.extend(g.index, gpm.devices[:n], gpm.metrics[:n], values)
 
     # -- failures ----------------------------------------------------------------------------
-    def _field_failed(self, g: _Gpu, slot: int, ret: int) -> None:
+    def _field_failed(self, g: GpuState, slot: int, ret: int) -> None:
         nv = self._nv
         assert nv is not None
-        if ret in _LOST_CODES:
+        if ret in LOST_CODES:
             self._lose(g, nv.NVMLError(ret))
             return
         device, metric = g.devices[slot], g.metrics[slot]
@@ -538,13 +447,13 @@ class NvmlCollector(CollectorBase):
                          f"f{g.index}:{device}:{metric}:{ret}",
                          f"gpu {g.index}: the {device} {metric} field returned {nv.NVMLError(ret)}")
 
-    def _call_failed(self, g: _Gpu, fn: str, e: Exception) -> None:
+    def _call_failed(self, g: GpuState, fn: str, e: Exception) -> None:
         code = getattr(e, "value", None)
-        if code in _LOST_CODES:
+        if code in LOST_CODES:
             self._lose(g, e)
             return
         part = "gpm" if fn == "gpm" else ("nvlink" if fn == "nvmlDeviceGetFieldValues" else "nvml")
-        if code in _DROP_CODES:
+        if code in DROP_CODES:
             g.dropped.add(fn)
             if fn == "gpm" and g.gpm is not None:
                 assert self._nv is not None
@@ -557,7 +466,7 @@ class NvmlCollector(CollectorBase):
             self._board.note(part, f"err{g.index}:{fn}:{code}",
                              f"gpu {g.index}: {fn} failed ({e}, {type(e).__name__}); NaN")
 
-    def _lose(self, g: _Gpu, e: Exception) -> None:
+    def _lose(self, g: GpuState, e: Exception) -> None:
         if g.lost:
             return
         g.lost = True

@@ -1,0 +1,240 @@
+"""Writing a run: :class:`StreamWriter` (one segment stream), :class:`RunWriter` (a run
+directory: manifest plus streams) and :func:`atomic_run_dir` (see :mod:`profiler.store`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from ..errors import InputError, RunFormatError
+from ..manifest import Manifest, fsync_dir
+from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
+from .segments import IPC_OPTIONS, OPEN, SEALED, next_seq, rank_dir_name, safe_name
+
+__all__ = ["StreamWriter", "RunWriter", "atomic_run_dir"]
+
+
+class StreamWriter:
+    """Append-only writer of one segment stream (one rank's spans or one node's counters).
+
+    ``write()`` takes a dict of columns, a DataFrame or an Arrow table in the stream's schema.
+    Rows are flushed as one record batch when ``batch_rows`` are buffered or ``flush_s``
+    seconds passed since the last flush; the open segment is sealed every ``rotate_s``.
+    Not thread-safe: one writer per stream, used from one thread.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        schema: pa.Schema,
+        *,
+        rotate_s: float = 5.0,
+        flush_s: float = 1.0,
+        batch_rows: int = 65_536,
+        fsync: bool = True,
+    ) -> None:
+        if rotate_s <= 0 or flush_s < 0 or batch_rows <= 0:
+            raise ValueError("rotate_s and batch_rows must be positive, flush_s non-negative")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.rotate_s = rotate_s
+        self.flush_s = flush_s
+        self.batch_rows = batch_rows
+        self.fsync = fsync
+        self._conform = spans_table if schema.equals(SPAN_SCHEMA) else counters_table
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._seq = next_seq(self.directory)
+        self._file: Any = None
+        self._writer: ipc.RecordBatchStreamWriter | None = None
+        self._opened_at = 0.0
+        self._last_flush = time.monotonic()
+        self._closed = False
+        self.rows_written = 0
+
+    # -- public -------------------------------------------------------------------------
+    def write(self, data: object) -> None:
+        if self._closed:
+            raise ValueError(f"writer for {self.directory} is closed")
+        table = self._conform(data)
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        now = time.monotonic()
+        if self._pending_rows >= self.batch_rows or now - self._last_flush >= self.flush_s or self._writer is not None and now - self._opened_at >= self.rotate_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows as one record batch and hand them to the OS (and the disk)."""
+        self._last_flush = time.monotonic()
+        if self._pending_rows:
+            table = pa.concat_tables(self._pending).combine_chunks()
+            self._pending.clear()
+            self._pending_rows = 0
+            writer = self._ensure_open()
+            for batch in table.to_batches(max_chunksize=self.batch_rows):
+                writer.write_batch(batch)
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+            self.rows_written += table.num_rows
+        if self._writer is not None and time.monotonic() - self._opened_at >= self.rotate_s:
+            self.rotate()
+
+    def rotate(self) -> None:
+        """Seal the open segment (if any); the next write opens a new one."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        path = self._seg_path(self._seq, open_=True)
+        os.replace(path, self._seg_path(self._seq, open_=False))
+        if self.fsync:
+            fsync_dir(self.directory)
+        self._writer = None
+        self._file = None
+        self._seq += 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self.rotate()
+        self._closed = True
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+    def _seg_path(self, seq: int, *, open_: bool) -> Path:
+        return self.directory / f"seg-{seq:06d}{OPEN if open_ else SEALED}"
+
+    def _ensure_open(self) -> ipc.RecordBatchStreamWriter:
+        if self._writer is None:
+            path = self._seg_path(self._seq, open_=True)
+            self._file = open(path, "xb")  # noqa: SIM115 - stays open across flushes
+            self._writer = ipc.new_stream(self._file, self.schema, options=IPC_OPTIONS)
+            self._opened_at = time.monotonic()
+            if self.fsync:
+                fsync_dir(self.directory)
+        return self._writer
+
+
+class RunWriter:
+    """Writes one run directory: the manifest plus span and counter streams.
+
+    The manifest's ``status`` is ``live`` until :meth:`close`, which flushes and seals every
+    stream and marks it ``finished``.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], manifest: Manifest, **stream_kw: Any):
+        self.path = Path(run_dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest = manifest
+        self._stream_kw = stream_kw
+        self._spans: dict[int, StreamWriter] = {}
+        self._counters: dict[str, StreamWriter] = {}
+        self.update_manifest()
+
+    def spans(self, rank: int) -> StreamWriter:
+        if rank not in self._spans:
+            self._spans[rank] = StreamWriter(
+                self.path / "spans" / rank_dir_name(rank), SPAN_SCHEMA, **self._stream_kw
+            )
+        return self._spans[rank]
+
+    def counters(self, node: str) -> StreamWriter:
+        if node not in self._counters:
+            self._counters[node] = StreamWriter(
+                self.path / "counters" / safe_name(node), COUNTER_SCHEMA, **self._stream_kw
+            )
+        return self._counters[node]
+
+    def write_spans(self, data: object) -> None:
+        """Write spans of any ranks; rows are routed to each rank's stream."""
+        table = spans_table(data)
+        if table.num_rows == 0:
+            return
+        ranks = pc.unique(table.column("rank")).to_pylist()
+        for rank in ranks:
+            part = table if len(ranks) == 1 else table.filter(pc.equal(table.column("rank"), rank))
+            self.spans(int(rank)).write(part)
+
+    def update_manifest(self) -> None:
+        """Write the manifest, merging what other writers of the same run (a probe agent
+        beside a training job) put there: their ``probes``, ``extra`` and clock offsets are
+        kept unless this writer has the same key. Serialised with an advisory file lock."""
+        import fcntl
+
+        with open(self.path / ".manifest.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    disk = Manifest.read(self.path)
+                except RunFormatError:
+                    disk = None
+                m = self.manifest
+                if disk is not None:
+                    m.probes = {**disk.probes, **m.probes}
+                    m.extra = {**disk.extra, **m.extra}
+                    m.clock_offsets_ns = {**disk.clock_offsets_ns, **m.clock_offsets_ns}
+                m.write(self.path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def flush(self) -> None:
+        for w in [*self._spans.values(), *self._counters.values()]:
+            w.flush()
+
+    def close(self, status: str = "finished") -> None:
+        for w in [*self._spans.values(), *self._counters.values()]:
+            w.close()
+        self.manifest.status = status
+        self.update_manifest()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close("finished" if exc_type is None else "failed")
+
+
+@contextlib.contextmanager
+def atomic_run_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` on success,
+    remove it on any error, so a failed command leaves no half-written run."""
+    target = Path(target)
+    if target.exists():
+        raise InputError(f"{target}: already exists; choose a new --out path or remove it first")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{target}: parent directory {parent} does not exist; create it first")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a run is as readable as any dir
+        os.replace(tmp, target)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

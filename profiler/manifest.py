@@ -1,6 +1,12 @@
 """``RUN/manifest.json``: what a run is (source, topology, parallel config, probe status,
 clock offsets). Written atomically (temporary file, fsync, rename) so a reader never sees a
-half-written manifest."""
+half-written manifest.
+
+The dataclasses below are the one schema. Reading validates against their annotations with
+``msgspec`` (chosen over pydantic: it validates plain dataclasses as they are, is strict — a
+``"2"`` is not an int — and names the offending field: ``Expected `int | null`, got `str` - at
+`$.topology.nodes```); unknown keys are ignored so that newer writers' additions do not break
+older readers, and a ``schema_version`` newer than this code is refused by name."""
 
 from __future__ import annotations
 
@@ -8,9 +14,11 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .errors import RunFormatError
 from .schema import SCHEMA_VERSION
@@ -78,51 +86,68 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["topology"] = Topology(**_known(Topology, d.get("topology") or {}))
-        kw["parallel"] = Parallel(**_known(Parallel, d.get("parallel") or {}))
-        kw["probes"] = {
-            k: ProbeStatus(**_known(ProbeStatus, v)) for k, v in (d.get("probes") or {}).items()
-        }
-        kw["clock_offsets_ns"] = {int(k): int(v) for k, v in (d.get("clock_offsets_ns") or {}).items()}
-        return cls(**kw)
+    def from_dict(cls, d: object) -> Manifest:
+        """Validate a decoded manifest (``ValueError`` naming the field on any mismatch)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {_json_type(d)}")
+        # null where an object is expected reads as "not recorded", as older writers left it
+        d = {k: v for k, v in d.items() if not (v is None and k in _OPTIONAL_OBJECTS)}
+        try:
+            return msgspec.convert(d, cls, str_keys=True)
+        except msgspec.ValidationError as e:
+            raise ValueError(str(e)) from None
 
     def write(self, run_dir: str | os.PathLike[str]) -> None:
         write_json_atomic(Path(run_dir) / "manifest.json", self.to_dict())
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike[str]) -> Manifest:
+        """Read and validate ``RUN/manifest.json``; :class:`RunFormatError` with one line
+        naming the file, the field and what was expected on any problem."""
         path = Path(run_dir) / "manifest.json"
         try:
-            raw = path.read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise RunFormatError(
                 f"{run_dir}: not a dualscope run (no manifest.json); "
                 "create one with 'dualscope import' or 'dualscope run-reference'"
             ) from None
+        except OSError as e:
+            raise RunFormatError(f"{path}: cannot read ({e.strerror or e})") from None
         try:
-            d = json.loads(raw)
+            d = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise RunFormatError(f"{path}: not UTF-8 text (byte {e.start}); the manifest is "
+                                 "damaged: restore it or re-create the run") from None
         except json.JSONDecodeError as e:
             raise RunFormatError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-        version = d.get("schema_version")
-        if not isinstance(version, int):
+        except RecursionError:
+            raise RunFormatError(f"{path}: JSON nested too deeply; the manifest is damaged: "
+                                 "restore it or re-create the run") from None
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if not isinstance(d, dict):
+            raise RunFormatError(f"{path}: expected a JSON object, got {_json_type(d)}; the "
+                                 "manifest is damaged: restore it or re-create the run")
+        if not isinstance(version, int) or isinstance(version, bool):
             raise RunFormatError(f"{path}: schema_version missing or not an integer")
-        if version > SCHEMA_VERSION:
+        if version > SCHEMA_VERSION or version < 1:
             raise RunFormatError(
-                f"{path}: schema_version {version} is newer than this dualscope reads "
-                f"({SCHEMA_VERSION}); upgrade dualscope"
+                f"{path}: schema_version {version} is not one this dualscope reads "
+                f"(1..{SCHEMA_VERSION}); upgrade dualscope or re-create the run"
             )
         try:
             return cls.from_dict(d)
-        except (TypeError, ValueError) as e:
-            raise RunFormatError(f"{path}: {e}") from None
+        except ValueError as e:
+            raise RunFormatError(f"{path}: {e}; fix that field or re-create the run") from None
 
 
-def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+#: manifest keys holding objects that may be null in older runs (read as the default)
+_OPTIONAL_OBJECTS = frozenset({"topology", "parallel", "probes", "clock_offsets_ns", "extra"})
+
+
+def _json_type(v: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(v), type(v).__name__)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

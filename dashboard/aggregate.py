@@ -9,8 +9,9 @@ set of ranks in O(log n + k) and decides how to draw it:
 * ``segments``  (<= :data:`SEGMENTS_MAX`): WebGL line segments, hover at the span ends;
 * ``heatmap``   (more): busy fraction per row and pixel column (:func:`busy_fraction`).
 
-Rows: every rank gets three, ``measured`` (compute ops, with bubbles shaded), ``comm``
-(communication and pipeline send/recv) and ``ideal`` (the schedule model with the run's costs).
+Rows: every rank gets three, ``measured`` (compute ops, with the bubbles of
+:mod:`profiler.analysis.bubbles` shaded), ``comm`` (communication and pipeline send/recv) and
+``ideal`` (the schedule model with the run's costs, its bubbles by the same definition).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from profiler.analysis import assign_steps, span_phases, union
+from profiler.analysis import bubble_intervals, span_phases, union
 
 __all__ = ["CATEGORIES", "ROW_KINDS", "BARS_MAX", "SEGMENTS_MAX", "TimelineIndex", "Window",
-           "build_index", "query", "busy_fraction", "idle_intervals"]
+           "build_index", "query", "busy_fraction"]
 
 #: span categories, in drawing order (bubbles first, underneath)
 CATEGORIES = ("bubble", "F", "B", "I", "W", "FB", "compute", "dispatch", "combine", "pp", "comm")
@@ -56,53 +57,23 @@ def _i32(s: pd.Series) -> np.ndarray:
     return s.astype("Int64").to_numpy(dtype=np.int64, na_value=_NO).astype(np.int32)
 
 
-def idle_intervals(key: np.ndarray, start: np.ndarray, end: np.ndarray,
-                   win_start: np.ndarray, win_end: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Idle time of each group inside its window: ``(group, start, end)`` of the gaps between
-    the group's merged intervals plus the leading and trailing idle. ``key`` are dense group
-    codes; ``win_start[g]`` / ``win_end[g]`` the window of group ``g``."""
-    g, s, e = union(key, start, end)
-    if len(g) == 0:
-        return g, s, e
-    same = g[1:] == g[:-1]
-    gaps = (g[1:][same], e[:-1][same], s[1:][same])
-    first = np.ones(len(g), dtype=bool)
-    first[1:] = ~same
-    last = np.ones(len(g), dtype=bool)
-    last[:-1] = ~same
-    lead = (g[first], win_start[g[first]], s[first])
-    trail = (g[last], e[last], win_end[g[last]])
-    parts = [gaps, lead, trail]
-    gg = np.concatenate([p[0] for p in parts])
-    ss = np.concatenate([p[1] for p in parts])
-    ee = np.concatenate([p[2] for p in parts])
-    keep = ee > ss
-    return gg[keep], ss[keep], ee[keep]
+def _bubble_part(iv: pd.DataFrame, row: int) -> dict[str, np.ndarray]:
+    """Bubble intervals (:func:`profiler.analysis.bubble_intervals`) as drawable rows of ``row``."""
+    n = len(iv)
+    return {"rank": iv["rank"].to_numpy(dtype=np.int32), "row": np.full(n, row, np.int8),
+            "cat": np.full(n, CAT["bubble"], np.int8), "start": iv["start_ns"].to_numpy(np.int64),
+            "end": iv["end_ns"].to_numpy(np.int64), "stage": np.full(n, _NO, np.int32),
+            "microbatch": np.full(n, _NO, np.int32)}
 
 
-def _bubbles(rank: np.ndarray, step: np.ndarray, start: np.ndarray, end: np.ndarray,
-             pipeline_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bubble intervals per (rank, step): idle inside its pipeline's step window."""
-    if len(rank) == 0:
-        return (np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
-    pipe = np.array([pipeline_of.get(int(r), 0) for r in np.unique(rank)])
-    pipe_of = dict(zip(np.unique(rank).tolist(), pipe.tolist(), strict=True))
-    df = pd.DataFrame({"rank": rank, "step": step, "start": start, "end": end})
-    df["pipeline"] = df["rank"].map(pipe_of)
-    win = df.groupby(["pipeline", "step"]).agg(ws=("start", "min"), we=("end", "max"))
-    grouped = df.groupby(["rank", "step"], sort=True)
-    key = grouped.ngroup().to_numpy()
-    keys = grouped.size().reset_index()[["rank", "step"]]
-    keys["pipeline"] = keys["rank"].map(pipe_of)
-    w = keys.merge(win, left_on=["pipeline", "step"], right_index=True, how="left")
-    g, s, e = idle_intervals(key, start, end, w["ws"].to_numpy(), w["we"].to_numpy())
-    return keys["rank"].to_numpy()[g].astype(np.int32), s, e
+def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None, layout: pd.DataFrame,
+                bubble_table: pd.DataFrame | None = None) -> TimelineIndex:
+    """Flat, start-sorted arrays of everything the timeline can draw (see the module doc).
 
-
-def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None,
-                layout: pd.DataFrame) -> TimelineIndex:
-    """Flat, start-sorted arrays of everything the timeline can draw (see the module doc)."""
-    pipeline_of = dict(zip(layout["rank"].tolist(), layout["pipeline"].tolist(), strict=True))
+    Bubbles are those of :mod:`profiler.analysis.bubbles`
+    (:func:`~profiler.analysis.bubble_intervals`): the step windows of ``bubble_table``, the
+    measured run's bubble table, or else of ``layout``; the ideal row's by ``layout``. The
+    shaded idle of a rank in a step adds up to the bubble table's ``bubble_ns``."""
     parts: list[dict[str, np.ndarray]] = []
 
     def add(df: pd.DataFrame, row: int, cat: np.ndarray) -> None:
@@ -120,19 +91,13 @@ def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None,
     if len(comm):
         ph = span_phases(comm).to_numpy(dtype=object)
         add(comm, 1, np.array([CAT.get(p, CAT["comm"]) for p in ph]))
-    # measured bubbles: idle inside the step window, on the union of all compute spans
+    # measured bubbles: the analysis' idle inside each step window (steps from all lanes)
     if len(comp):
-        r, s, e = _bubbles(comp["rank"].to_numpy(np.int32), assign_steps(comp),
-                           comp["start_ns"].to_numpy(np.int64), comp["end_ns"].to_numpy(np.int64),
-                           pipeline_of)
-        parts.append(_bubble_part(r, s, e, 0))
+        parts.append(_bubble_part(bubble_intervals(spans, bubble_table, layout=layout), 0))
     if ideal is not None and len(ideal):
         iops = ideal["op"].astype("str").to_numpy()
         add(ideal, 2, np.array([CAT.get(o, CAT["compute"]) for o in iops]))
-        r, s, e = _bubbles(ideal["rank"].to_numpy(np.int32), ideal["step"].to_numpy(np.int64),
-                           ideal["start_ns"].to_numpy(np.int64), ideal["end_ns"].to_numpy(np.int64),
-                           pipeline_of)
-        parts.append(_bubble_part(r, s, e, 2))
+        parts.append(_bubble_part(bubble_intervals(ideal, layout=layout), 2))
     cols = {k: np.concatenate([p[k] for p in parts]) if parts else np.empty(0)
             for k in ("rank", "row", "cat", "start", "end", "stage", "microbatch")}
     order = np.argsort(cols["start"], kind="stable")
@@ -146,13 +111,6 @@ def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None,
         microbatch=cols["microbatch"].astype(np.int32),
         max_dur=int(dur.max()) if len(dur) else 0, t0_ns=t0,
         ranks=np.unique(spans["rank"].to_numpy(np.int32)) if len(spans) else np.empty(0, np.int32))
-
-
-def _bubble_part(rank: np.ndarray, s: np.ndarray, e: np.ndarray, row: int) -> dict[str, np.ndarray]:
-    n = len(rank)
-    return {"rank": rank, "row": np.full(n, row, np.int8), "cat": np.full(n, CAT["bubble"], np.int8),
-            "start": s, "end": e, "stage": np.full(n, _NO, np.int32),
-            "microbatch": np.full(n, _NO, np.int32)}
 
 
 @dataclass(frozen=True)
@@ -218,7 +176,7 @@ def query(ix: TimelineIndex, ranks: list[int], x0_ns: int | None = None, x1_ns: 
     t0 = ix.t0_ns
     x0_s, x1_s = (x0 - t0) / 1e9, (x1 - t0) / 1e9
     if n > segments_max:
-        heat = busy_fraction(y, ix.cat[idx], start, end, 3 * len(ranks), x0, x1, bins, t0)
+        heat = busy_fraction(y, ix.cat[idx], start, end, 3 * len(ranks), x0, x1, bins, t0=t0)
         return Window("heatmap", pd.DataFrame(), heat, rows, x0_s, x1_s, n)
     spans = pd.DataFrame({
         "y": y.astype(np.int32), "cat": ix.cat[idx], "start_s": (start - t0) / 1e9,
@@ -228,7 +186,7 @@ def query(ix: TimelineIndex, ranks: list[int], x0_ns: int | None = None, x1_ns: 
 
 
 def busy_fraction(y: np.ndarray, cat: np.ndarray, start: np.ndarray, end: np.ndarray,
-                  n_rows: int, x0: int, x1: int, bins: int, t0: int = 0) -> pd.DataFrame:
+                  n_rows: int, x0: int, x1: int, bins: int, *, t0: int = 0) -> pd.DataFrame:
     """Share of each pixel bin of ``[x0, x1)`` that row ``y`` is busy (union of its spans,
     bubbles excluded). Returns a ``n_rows x bins`` float32 frame, columns = bin centres (s
     from ``t0``)."""

@@ -21,7 +21,7 @@ import flask
 from dash import Dash, Input, Output, State, ctx, html
 
 from . import ids
-from .clock import clock_label, next_clock, ticking
+from .clock import Clock, ClockLike, RunInfo, as_clock, clock_label, next_clock, ticking
 from .data import DataService
 from .layout import error_card, nav_links, query_of, run_title, shell
 from .pages import experts, links, model, overview, runs, sms, timeline
@@ -61,31 +61,31 @@ def route(svc: DataService, pathname: str | None, search: str | None) -> tuple[A
     return body, nav_links(path, run, q.get("compare")), title
 
 
-def _run_info(svc: DataService, search: str | None) -> dict[str, Any]:
+def _run_info(svc: DataService, search: str | None) -> RunInfo:
     q = query_of(search)
     run = q.get("run")
-    info: dict[str, Any] = {"run": run, "compare": q.get("compare"), "live": False,
-                            "t0_ns": 0, "duration_s": 0.0}
+    info = RunInfo(run=run, compare=q.get("compare"), live=False, duration_s=0.0)
     if not run:
         return info
     try:
         _rd, snap = svc.snapshot(run)
     except Exception:
         return info
-    info.update(live=snap.live, t0_ns=snap.t0_ns, duration_s=(snap.t1_ns - snap.t0_ns) / 1e9)
-    return info
+    return RunInfo(run=run, compare=q.get("compare"), live=snap.live, t0_ns=snap.t0_ns,
+                   duration_s=(snap.t1_ns - snap.t0_ns) / 1e9)
 
 
-def clock_outputs(clock: dict[str, Any]) -> tuple[Any, ...]:
-    """Everything the clock drives in the shell, from the clock alone."""
-    mode = clock.get("mode", "offline") if clock.get("run") else "offline"
+def clock_outputs(clock: ClockLike) -> tuple[Any, ...]:
+    """Everything the clock drives in the shell, from the clock alone (the clock itself in
+    its ``dcc.Store`` form first)."""
+    c = as_clock(clock) or Clock()
+    mode = c.mode if c.run else "offline"
     replay = mode == "replay"
     badge = {"live": ("● LIVE", "badge badge-live"), "replay": ("⟲ REPLAY", "badge badge-replay"),
              "offline": ("OFFLINE", "badge badge-offline")}[mode]
-    return (clock, not ticking(clock), "replay-bar" if replay else "replay-bar hidden",
-            "❚❚" if clock.get("playing") else "▶", max(clock.get("duration_s", 0.0), 1e-3),
-            clock.get("pos_s", 0.0), clock_label(clock), badge[0], badge[1],
-            clock.get("speed", 1.0), "Exit replay" if replay else "Replay")
+    return (c.to_store(), not ticking(c), "replay-bar" if replay else "replay-bar hidden",
+            "❚❚" if c.playing else "▶", max(c.duration_s, 1e-3), c.pos_s, clock_label(c),
+            badge[0], badge[1], c.speed, "Exit replay" if replay else "Replay")
 
 
 def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000,
@@ -122,20 +122,21 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
     def _clock(search: str | None, _n: int, _t: int, _p: int, speed: float, seek: float,
                clock: dict[str, Any] | None) -> tuple[Any, ...]:
         trig = ctx.triggered_id
+        current = as_clock(clock)
         if trig == ids.TICK:
-            live = clock is not None and clock.get("live_run")
-            c = next_clock(clock, "tick", interval_s=interval_s,
+            live = current is not None and current.live_run
+            c = next_clock(current, "tick", interval_s=interval_s,
                            run_info=_run_info(svc, search) if live else None)
         elif trig == ids.REPLAY_TOGGLE:
-            c = next_clock(clock, "toggle_replay")
+            c = next_clock(current, "toggle_replay")
         elif trig == ids.PLAY:
-            c = next_clock(clock, "play")
+            c = next_clock(current, "play")
         elif trig == ids.SPEED:
-            c = next_clock(clock, "speed", speed)
+            c = next_clock(current, "speed", speed)
         elif trig == ids.SEEK:
-            c = next_clock(clock, "seek", seek)
+            c = next_clock(current, "seek", seek)
         else:
-            c = next_clock(clock, "open", run_info=_run_info(svc, search))
+            c = next_clock(current, "open", run_info=_run_info(svc, search))
         return clock_outputs(c)
 
     for module in PAGE_MODULES.values():

@@ -4,6 +4,7 @@ and error cards, number formatting."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -11,6 +12,7 @@ from dash import dcc, html
 
 from . import ids
 from .clock import SPEEDS
+from .overview_model import Alert
 
 __all__ = ["PAGES", "shell", "graph", "kpi", "error_card", "pick_run_card", "alert_list", "query_of",
            "href", "fmt_rate", "fmt_pct", "fmt_s", "fmt_num", "panel", "run_title"]
@@ -130,16 +132,16 @@ def pick_run_card() -> html.Div:
     ])
 
 
-def alert_list(alerts: list[dict[str, str]], run: str | None) -> html.Div:
+def alert_list(alerts: Sequence[Alert], run: str | None) -> html.Div:
     if not alerts:
         return html.Div(className="alerts alerts-ok", children=[
             html.Span("●", className="dot dot-ok"), html.Span("No alerts: every threshold holds")])
     items = []
     for a in alerts:
-        items.append(dcc.Link(href=href("/" + a["page"], run), className=f"alert alert-{a['level']}",
-                              children=[html.Span("●", className=f"dot dot-{a['level']}"),
-                                        html.Span(a["title"], className="alert-title"),
-                                        html.Span(a["detail"], className="alert-detail")]))
+        items.append(dcc.Link(href=href("/" + a.page, run), className=f"alert alert-{a.level}",
+                              children=[html.Span("●", className=f"dot dot-{a.level}"),
+                                        html.Span(a.title, className="alert-title"),
+                                        html.Span(a.detail, className="alert-detail")]))
     return html.Div(className="alerts", children=items)
 
 

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 
 from profiler.analysis.intervals import bin_time_mean
+from profiler.analysis.params import natural_key
 from profiler.counters import device_kinds
 
 __all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
-           "routing_long", "natural_key",
+           "routing_long",
            "metric_long", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER"]
 
 #: columns a time heatmap or area chart gets at most
@@ -80,12 +81,6 @@ def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None
     wide = wide / scale
     wide.columns = (wide.columns.to_numpy(dtype=np.float64) - t0_ns) / 1e9
     return wide
-
-
-def natural_key(s: str) -> list[object]:
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
 def link_long(counters: pd.DataFrame, kind: str, metric: str, node: str | None,

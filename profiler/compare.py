@@ -15,7 +15,9 @@
    order: (1) with every action's measured compute duration (counted from the later of its
    start and its input's arrival), (2) plus the step's P2P latency (the median delay from an
    input's arrival to the start of an action that was waiting for it).
-   Per rank, with bubble = window − busy as in DESIGN.md:
+   Per rank, the measured bubble and step window are those of the bubble analysis
+   (:func:`~profiler.analysis.bubbles.combine_bubbles`, bubble = window − busy as in DESIGN.md)
+   over this layout's pipelines:
 
    - ``slow_stage_ns`` = bubble(1) − ideal: slower-than-peer stages and per-op variation (and
      any difference between the run's op order and the named schedule);
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis.bubbles import bubble_parts
+from .analysis.bubbles import bubble_parts, combine_bubbles
 from .analysis.params import assign_steps, position_stage
 from .errors import InputError
 from .manifest import Manifest
@@ -299,6 +301,9 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     ideal_cache: dict[str, Any] = {}
 
     acts = actions.merge(layout, on="rank")
+    # the DESIGN.md window and bubble, as the bubble analysis measures them, per this layout
+    table = combine_bubbles(parts.loc[parts["rank"].isin(layout["rank"])], layout)
+    measured = dict(iter(table.groupby(["step", "pipeline"], sort=False)))
     rank_rows, step_rows, ideal_parts = [], [], []
     for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):
         lay = layout[layout["pipeline"] == pipe]
@@ -307,11 +312,10 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
         sched, durs, real = _measured_schedule(g.assign(dur_ns=compute_ns), lay, pp, m,
                                                num_stages)
         ideal = _ideal(ideal_sched or sched, cost_obj, ideal_cache)
-        # the DESIGN.md window and busy time, as the bubble analysis measures them
-        mine = parts[(parts["step"] == step) & parts["rank"].isin(real)]
-        win_start, win_end = int(mine["first_start_ns"].min()), int(mine["last_end_ns"].max())
-        window = win_end - win_start
-        busy = mine.set_index("rank")["busy_ns"].reindex(real).fillna(0).to_numpy(float)
+        mine = measured[(step, pipe)]
+        win_start, window = int(mine["window_start_ns"].iloc[0]), int(mine["window_ns"].iloc[0])
+        # a rank of the pipeline with no compute in the step idles the whole window
+        bubble = mine.set_index("rank")["bubble_ns"].reindex(real).fillna(window).to_numpy(float)
         try:
             rep1 = simulate(sched, cost_obj, op_costs=durs, unit_ns=1.0)
             rep2 = simulate(sched, cost_obj, op_costs=durs, p2p=wait, unit_ns=1.0)
@@ -323,7 +327,7 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
         for p, r in enumerate(real):
             if r < 0:
                 continue
-            measured_bubble = window - busy[p]
+            measured_bubble = bubble[p]
             rank_rows.append({
                 "step": int(step), "pipeline": int(pipe), "rank": r, "pp_rank": p,
                 "window_ns": window, "measured_bubble_ns": float(measured_bubble),

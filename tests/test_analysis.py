@@ -17,6 +17,7 @@ from profiler.analysis import (
     run_analyses,
     sm_seconds,
     sm_split_series,
+    steps_table,
     union,
 )
 from profiler.analysis.params import assign_steps, pipeline_layout
@@ -223,3 +224,17 @@ def test_layout_without_mesh_places_dualpipe_ranks_by_their_first_microbatch() -
     spans = simulate(build("dualpipe", 8, 16), Costs(1, 2, 1, 3)).spans
     table = bubbles(spans)  # no pp / world size known
     assert table.set_index("rank")["pp_rank"].to_dict() == {r: r for r in range(8)}
+
+
+def test_steps_table_takes_the_slowest_pipeline_window() -> None:
+    table = pd.DataFrame({"rank": [0, 1, 0, 1], "step": [0, 0, 1, 1],
+                          "window_start_ns": [0, 10, 100, 100],
+                          "window_end_ns": [50, 80, 160, 160], "window_ns": [50, 70, 60, 60],
+                          "bubble_ratio": [0.1, 0.3, 0.2, 0.2]})
+    st = steps_table(table)
+    assert st["step"].tolist() == [0, 1]
+    assert st["start_ns"].tolist() == [0, 100] and st["end_ns"].tolist() == [80, 160]
+    assert st["step_time_s"].tolist() == [70e-9, 60e-9]
+    assert st["bubble_ratio_mean"].tolist() == pytest.approx([0.2, 0.2])
+    assert st["bubble_ratio_max"].tolist() == [0.3, 0.2]
+    assert steps_table(table.iloc[:0]).empty and steps_table(None).empty

@@ -14,6 +14,7 @@ from profiler.analysis import (
     apply_offsets,
     bandwidth_by_phase,
     clock_offsets,
+    comm_bandwidth,
     link_bandwidth,
     op_duration_parts,
     phase_summary,
@@ -97,6 +98,38 @@ def test_bandwidth_phase_from_spans_on_the_same_node():
     summ = phase_summary(bp).set_index(["device_kind", "metric", "phase"])
     d = summ.loc[("nvlink", "tx_bytes_per_s", "dispatch")]
     assert d["samples"] == 2 and d["mean_bytes_per_s"] == pytest.approx((200 + 999) / 2)
+
+
+def test_comm_bandwidth_pools_dispatch_and_combine_samples():
+    c, s = _bw_inputs()
+    nodes = {0: "n0", 1: "n0", 2: "n1"}
+    cb = comm_bandwidth(c, s, params=PARAMS, rank_nodes=nodes)
+    nv = cb.loc[(cb["node"] == "n0") & (cb["device"] == "nvlink")].iloc[0]
+    # n0 samples at t=15 (dispatch, 200) and t=35 (combine+pp, 400); not t=5, t=25 (none)
+    assert nv["samples"] == 2 and nv["mean_bytes_per_s"] == 300
+    assert nv["p95_bytes_per_s"] == pytest.approx(390)  # 95th percentile over the two
+    assert nv["p95_share_of_peak"] == pytest.approx(0.39)
+    assert set(cb["node"]) == {"n0", "n1"}
+    only_pp = comm_bandwidth(c, s, params=PARAMS, rank_nodes=nodes, phases=["pp"])
+    assert only_pp.loc[only_pp["device"] == "nvlink", "samples"].tolist() == [1]
+    # rank -> node from gpus_per_node when not given; the run without spans has no rows
+    cb2 = comm_bandwidth(c, s, params=PARAMS.with_(gpus_per_node=2))
+    assert set(cb2["node"]) == {"n0", "n1"}
+    assert comm_bandwidth(c, s.iloc[:0], params=PARAMS).empty
+    with pytest.raises(ValueError, match="unknown phases"):
+        comm_bandwidth(c, s, params=PARAMS, phases=["dispatchh"])
+
+
+def test_comm_bandwidth_uses_the_per_link_nvlink_peak():
+    c = counters([{"ts_ns": 15, "device": "nvlink:3", "value": 40.0}])
+    s = frame([{"rank": 0, "lane": "comm", "kind": "kernel", "name": "dispatch",
+                "start_ns": 10, "end_ns": 20}])
+    cb = comm_bandwidth(c, s, params=PARAMS.with_(nvlink_link_peak_bytes_per_s=100.0),
+                        rank_nodes={0: "n0"})
+    assert cb["peak_bytes_per_s"].tolist() == [100.0]
+    assert cb["p95_share_of_peak"].tolist() == [pytest.approx(0.4)]
+    unknown = comm_bandwidth(c, s, params=PARAMS, rank_nodes={0: "n0"})
+    assert np.isnan(unknown["p95_share_of_peak"]).all()  # per-link peak not given: NaN
 
 
 # -- stragglers ---------------------------------------------------------------------------------

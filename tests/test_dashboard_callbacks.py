@@ -13,7 +13,7 @@ from dash import html, no_update
 
 from dashboard import ids
 from dashboard.app import clock_outputs, create_app, route, server
-from dashboard.clock import cutoff_ns, default_speed, next_clock, ticking
+from dashboard.clock import Clock, cutoff_ns, default_speed, next_clock, ticking
 from dashboard.data import DataService
 from dashboard.pages import experts, links, model, overview, render_key, runs, sms, timeline
 from profiler.manifest import Manifest, Parallel, Topology
@@ -65,7 +65,7 @@ def svc(runs_dir: Path) -> DataService:
     return DataService(str(runs_dir))
 
 
-def _clock(svc: DataService, run: str, **kw: Any) -> dict[str, Any]:
+def _clock(svc: DataService, run: str, **kw: Any) -> Clock:
     _rd, snap = svc.snapshot(run)
     return next_clock(None, "open", run_info={"run": run, "live": snap.live, "t0_ns": snap.t0_ns,
                                               "duration_s": (snap.t1_ns - snap.t0_ns) / 1e9, **kw})
@@ -239,15 +239,18 @@ def test_links_sms_model_experts_on_samples(svc: DataService) -> None:
 
 
 def test_model_explorer_what_if() -> None:
-    fig, tiles, table = model.explore("dualpipe", 8, 20, 1, 2, 1, 3, 0, 20, 132, 20)
+    fig, tiles, table = model.explore(model.ModelInputs(
+        schedule="dualpipe", pp=8, mb=20, f=1, b=2, w=1, fb=3, p2p=0, comm_sms=20, sms=132, c0=20))
     text = _text(tiles)
     assert "66.00 ms" in text  # REFERENCE.md: P=8, M=20, costs 1,2,1,3 -> makespan 66
     assert "6.00 ms" in text   # ... bubble 6
     rows = _text(table)
     assert "1f1b" in rows and "dualpipev" in rows
-    f2, tiles2, _ = model.explore("dualpipe", 8, 20, 1, 2, 1, 3, 0, 40, 132, 20)
+    f2, tiles2, _ = model.explore(model.ModelInputs(
+        schedule="dualpipe", pp=8, mb=20, f=1, b=2, w=1, fb=3, p2p=0, comm_sms=40, sms=132, c0=20))
     assert "+" in _text(tiles2)  # more comm SMs: slower compute, a longer step
-    f_bad, msg, _ = model.explore("dualpipe", 7, 20, 1, 2, 1, 3, 0, 20, 132, 20)
+    f_bad, msg, _ = model.explore(model.ModelInputs(
+        schedule="dualpipe", pp=7, mb=20, f=1, b=2, w=1, fb=3, p2p=0, comm_sms=20, sms=132, c0=20))
     assert "even number" in _text(msg)
     a, b, w, fb = model.what_if_costs(1, 2, 1, 3, comm_sms=20, c0=20, sms=132)
     assert (a, b, w, fb) == (1, 2, 1, 3)

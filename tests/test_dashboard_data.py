@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard.aggregate import CAT, busy_fraction, idle_intervals, query
+from dashboard.aggregate import CAT, busy_fraction, query
 from dashboard.catalog import RunCatalog, RunNotFound
-from dashboard.data import DataService, clip_to_cutoff, quantize_cutoff, steps_table
+from dashboard.data import DataService
 from dashboard.series import (
     bias_bands,
     bin_mean,
@@ -26,6 +26,8 @@ from dashboard.series import (
     routing_long,
     sm_binned,
 )
+from dashboard.snapshot import clip_to_cutoff, quantize_cutoff
+from profiler.analysis import idle_intervals, steps_table
 from profiler.manifest import Manifest
 from profiler.store import RunWriter
 from profiler.synthetic import SyntheticConfig, write_run

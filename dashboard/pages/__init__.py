@@ -1,7 +1,8 @@
 """One module per page. Each has ``PATH``, ``TITLE``, ``layout(svc, query)`` (the page's
 skeleton, or an error card when its run cannot be read) and ``register(app, svc)`` (wires
 its callbacks). The callbacks themselves are plain module functions taking the
-:class:`~dashboard.data.DataService` first, so tests call them directly."""
+:class:`~dashboard.data.DataService` first, so tests call them directly. They take the clock
+as Dash hands it over (the ``dcc.Store`` dict) or as a :class:`~dashboard.clock.Clock`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from dash.exceptions import PreventUpdate
 
 from profiler.errors import DualscopeError
 
-from ..clock import cutoff_ns
-from ..data import DataService, RunData, Snapshot, quantize_cutoff
+from ..clock import ClockLike, as_clock, cutoff_ns
+from ..data import DataService, RunData
 from ..layout import error_card, pick_run_card
+from ..snapshot import Snapshot, quantize_cutoff
 
 __all__ = ["NoRun", "open_run", "open_page", "describe_error", "render_key", "render_if_changed"]
 
@@ -26,11 +28,12 @@ class NoRun(Exception):
     """The clock names no run (nothing is open yet)."""
 
 
-def open_run(svc: DataService, clock: dict[str, Any] | None) -> tuple[RunData, Snapshot]:
-    run = (clock or {}).get("run")
-    if not run:
+def open_run(svc: DataService, clock: ClockLike) -> tuple[RunData, Snapshot]:
+    """The open run of ``clock``; :class:`NoRun` when there is none."""
+    c = as_clock(clock)
+    if c is None or not c.run:
         raise NoRun("no run open")
-    return svc.snapshot(run)
+    return svc.snapshot(c.run)
 
 
 def open_page(svc: DataService, q: dict[str, str],
@@ -57,21 +60,22 @@ def describe_error(e: BaseException) -> tuple[str, str]:
     return "This view failed", f"{type(e).__name__}: {e}"
 
 
-def render_key(svc: DataService, clock: dict[str, Any] | None, *inputs: Any) -> list[Any] | None:
+def render_key(svc: DataService, clock: ClockLike, *inputs: Any) -> list[Any] | None:
     """What a page's drawing depends on: run, data version, (quantised) replay time and the
     page's own inputs. A live tick that finds the same key has nothing new to draw, so the
     page returns ``no_update`` instead of rebuilding its figures. None when there is no run
     or it cannot be read (the page then draws its empty or error state)."""
+    c = as_clock(clock)
     try:
-        rd, snap = open_run(svc, clock)
+        rd, snap = open_run(svc, c)
     except Exception:
         return None
-    assert clock is not None
-    return [clock["run"], clock.get("compare"), snap.version, snap.manifest.status,
-            quantize_cutoff(cutoff_ns(clock), snap), *inputs]
+    assert c is not None
+    return [c.run, c.compare, snap.version, snap.manifest.status,
+            quantize_cutoff(cutoff_ns(c), snap), *inputs]
 
 
-def render_if_changed(svc: DataService, clock: dict[str, Any] | None, last: list[Any] | None,
+def render_if_changed(svc: DataService, clock: ClockLike, last: list[Any] | None,
                       render: Callable[..., tuple[Any, ...]], *inputs: Any) -> tuple[Any, ...]:
     """A page callback's body: ``(*render(svc, clock, *inputs), key)``, or
     :class:`~dash.exceptions.PreventUpdate` when the :func:`render_key` equals ``last`` (the

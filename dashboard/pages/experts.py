@@ -13,11 +13,12 @@ import numpy as np
 from dash import Dash, Input, Output, State, dcc, html
 
 from .. import ids
-from ..clock import cutoff_ns
-from ..data import DataService, clip_to_cutoff
+from ..clock import ClockLike, cutoff_ns
+from ..data import DataService
 from ..figures import empty_figure, expert_heatmap_figure, lines_figure
 from ..layout import error_card, fmt_num, graph, kpi, panel
 from ..series import bias_bands, expert_layers, expert_wide, metric_long, routing_long
+from ..snapshot import clip_to_cutoff
 from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
 PATH = "/experts"
@@ -50,7 +51,7 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     ])
 
 
-def render(svc: DataService, clock: dict[str, Any] | None, layer: int | None = 0) -> tuple[Any, ...]:
+def render(svc: DataService, clock: ClockLike, layer: int | None = 0) -> tuple[Any, ...]:
     """(kpis, heatmap, bias lines, nodes per token, loss)."""
     blank = empty_figure("")
     try:

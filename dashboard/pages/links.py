@@ -13,14 +13,16 @@ import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
+from profiler.analysis.params import natural_key
 from profiler.counters import IB, NVLINK, device_kinds
 
 from .. import ids
-from ..clock import cutoff_ns
-from ..data import DataService, clip_to_cutoff
+from ..clock import ClockLike, as_clock, cutoff_ns
+from ..data import DataService
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
-from ..series import link_long, link_wide, natural_key, phase_buckets
+from ..series import link_long, link_wide, phase_buckets
+from ..snapshot import clip_to_cutoff
 from . import NoRun, describe_error, open_page, open_run
 
 PATH = "/links"
@@ -105,19 +107,20 @@ def _kpis(ports: pd.DataFrame, peaks: dict[str, float | None]) -> list[html.Div]
     return out
 
 
-def render(svc: DataService, clock: dict[str, Any] | None, node: str | None,
+def render(svc: DataService, clock: ClockLike, node: str | None,
            metric: str | None, cursor: dict[str, Any] | None,
            trigger: str | None = None) -> tuple[Any, ...]:
     """(kpis, nvl heat, ib heat, nvl lines, nvl extend, ib lines, ib extend, phase, cursor).
     On a clock tick with a valid cursor only the extends carry data (the live path)."""
     metric = metric or "tx_bytes_per_s"
+    c = as_clock(clock)
     try:
-        if trigger == ids.CLOCK and cursor and clock and cursor.get("run") == clock.get("run"):
-            rd = svc.run(clock["run"])
+        if trigger == ids.CLOCK and cursor and c is not None and c.run and cursor.get("run") == c.run:
+            rd = svc.run(c.run)
             snap = rd.last_snapshot()  # the tick only needs the samples since the cursor
         else:
-            rd, snap = open_run(svc, clock)
-        assert clock is not None
+            rd, snap = open_run(svc, c)
+        assert c is not None and c.run is not None
     except NoRun:
         blank = empty_figure("")
         return [], blank, blank, blank, no_update, blank, no_update, blank, None
@@ -125,13 +128,13 @@ def render(svc: DataService, clock: dict[str, Any] | None, node: str | None,
         title, msg = describe_error(e)
         err = empty_figure(f"{title}: {msg}")
         return [error_card(title, msg)], err, err, err, no_update, err, no_update, err, None
-    cut = cutoff_ns(clock)
+    cut = cutoff_ns(c)
     t0 = snap.t0_ns
     incremental = (
-        trigger == ids.CLOCK and cursor is not None and cursor.get("run") == clock["run"]
+        trigger == ids.CLOCK and cursor is not None and cursor.get("run") == c.run
         and cursor.get("node") == node and cursor.get("metric") == metric
-        and cursor.get("mode") == clock["mode"] and cursor.get("t0") == t0
-        and (cut is None or cut >= cursor["ts_ns"]) and int(clock.get("tick", 0)) % FULL_EVERY)
+        and cursor.get("mode") == c.mode and cursor.get("t0") == t0
+        and (cut is None or cut >= cursor["ts_ns"]) and c.tick % FULL_EVERY)
     if incremental:
         assert cursor is not None
         new = rd.counters_since(cursor["ts_ns"])
@@ -149,7 +152,7 @@ def render(svc: DataService, clock: dict[str, Any] | None, node: str | None,
                     [ib, list(range(len(cursor["ib"])))], no_update, cur)
     _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
     topo = snap.manifest.topology
-    run = clock["run"]
+    run = c.run
     nvl_long = link_long(counters, "nvlink", metric, node, t0)
     ib_long = link_long(counters, "ib", metric, node, t0)
     what = "transmit" if metric.startswith("tx") else "receive"
@@ -170,7 +173,7 @@ def render(svc: DataService, clock: dict[str, Any] | None, node: str | None,
     ports = rd.ports(snap, cut)
     kpis = _kpis(ports, {"nvlink": topo.nvlink_peak_bytes_per_s, "ib": topo.ib_peak_bytes_per_s})
     last = int(counters["ts_ns"].max()) if len(counters) else t0
-    cur = {"run": run, "node": node, "metric": metric, "mode": clock["mode"], "t0": t0,
+    cur = {"run": run, "node": node, "metric": metric, "mode": c.mode, "t0": t0,
            "ts_ns": last, "nvl": sorted(nvl_long["series"].unique().tolist()),
            "ib": sorted(ib_long["series"].unique().tolist())}
     return kpis, nvl_heat, ib_heat, nvl_lines, no_update, ib_lines, no_update, phase, cur

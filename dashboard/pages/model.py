@@ -9,6 +9,7 @@ SMs, bound it), starting from ``ratio`` x F&B at ``c0`` (DeepSeek-V3: about 1 : 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ from profiler.schedules import BUILDERS, FORMULAS, bubble_formula, build
 from profiler.simulate import Costs, simulate
 
 from .. import ids
+from ..clock import ClockLike, as_clock
 from ..data import DataService
 from ..figures import empty_figure, schedule_figure
 from ..layout import fmt_num, graph, kpi, panel
@@ -27,8 +29,8 @@ from .sms import declared_cap
 PATH = "/model"
 TITLE = "Model"
 
-__all__ = ["PATH", "TITLE", "layout", "register", "explore", "prefill", "what_if_costs",
-           "DEFAULTS"]
+__all__ = ["PATH", "TITLE", "layout", "register", "ModelInputs", "explore", "prefill",
+           "what_if_costs", "DEFAULTS"]
 
 #: the paper's regime (F, B, W, F&B = 1, 2, 1, 3 ms), PP 8, 20 micro-batches, 20 of 132 SMs
 DEFAULTS: dict[str, Any] = {"schedule": "dualpipe", "pp": 8, "mb": 20, "f": 1.0, "b": 2.0, "w": 1.0, "fb": 3.0,
@@ -81,12 +83,35 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     ])
 
 
-def prefill(svc: DataService, clock: dict[str, Any] | None) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class ModelInputs:
+    """What the explorer simulates: ``schedule`` on ``pp`` ranks with ``mb`` micro-batches,
+    per-chunk costs ``f``, ``b``, ``w``, ``fb`` and ``p2p`` (ms), and the what-if:
+    ``comm_sms`` asked, ``c0`` measured, of ``sms`` per GPU, ``ratio`` = communication / F&B
+    at ``c0`` (see the module doc). Values come from the page's inputs as typed (a field the
+    user cleared is None), so :func:`explore` checks them."""
+
+    schedule: str
+    pp: int
+    mb: int
+    f: float
+    b: float
+    w: float
+    fb: float
+    p2p: float = 0.0
+    comm_sms: float
+    sms: float
+    c0: float
+    ratio: float = 1.0
+
+
+def prefill(svc: DataService, clock: ClockLike) -> dict[str, Any]:
     """Schedule, PP, micro-batches and mean fitted costs (ms) of the open run; the defaults
     (with ``source``) when there is no run or it has no pipeline ops."""
     out = dict(DEFAULTS, source="defaults: the paper's F : B : W : F&B = 1 : 2 : 1 : 3",
                run=None)
-    run = (clock or {}).get("run")
+    c = as_clock(clock)
+    run = c.run if c is not None else None
     if not run:
         return out
     try:
@@ -122,12 +147,13 @@ def what_if_costs(f: float, b: float, w: float, fb: float, *, comm_sms: float, c
     return f * slow, b * slow, w * slow, max(fb * slow, comm)
 
 
-def explore(schedule: str, pp: int, mb: int, f: float, b: float, w: float, fb: float,
-            p2p: float, comm_sms: float, sms: float, c0: float,
-            ratio: float = 1.0) -> tuple[Any, list[html.Div], Any]:
+def explore(inputs: ModelInputs) -> tuple[Any, list[html.Div], Any]:
     """(ideal timeline figure, summary tiles, schedules table) for the inputs."""
+    x = inputs
+    schedule, f, b, w, fb, p2p = x.schedule, x.f, x.b, x.w, x.fb, x.p2p
+    comm_sms, sms, c0, ratio = x.comm_sms, x.sms, x.c0, x.ratio
     try:
-        pp, mb = int(pp), int(mb)
+        pp, mb = int(x.pp), int(x.mb)
         f2, b2, w2, fb2 = what_if_costs(float(f), float(b), float(w), float(fb),
                                         comm_sms=float(comm_sms), c0=float(c0), sms=float(sms),
                                         ratio=ratio)
@@ -191,7 +217,8 @@ def register(app: Dash, svc: DataService) -> None:
         Output(ids.MD_FB, "value"), Output(ids.MD_COMM_SMS, "value"), Output(ids.MD_SOURCE, "data"),
         Input(ids.MD_PREFILL, "n_clicks"), Input(ids.CLOCK, "data"), State(ids.MD_SOURCE, "data"))
     def _prefill(_n: int, clock: dict[str, Any] | None, source: dict[str, Any] | None) -> tuple[Any, ...]:
-        run = (clock or {}).get("run")
+        c = as_clock(clock)
+        run = c.run if c is not None else None
         if ctx.triggered_id == ids.CLOCK and source and source.get("run") == run and run:
             from dash.exceptions import PreventUpdate
 
@@ -210,7 +237,8 @@ def register(app: Dash, svc: DataService) -> None:
     def _explore(schedule: str, pp: int, mb: int, f: float, b: float, w: float, fb: float,
                  p2p: float, comm: float, source: dict[str, Any] | None) -> tuple[Any, ...]:
         src = source or {}
-        fig, tiles, table = explore(schedule, pp, mb, f, b, w, fb, p2p, comm,
-                                    src.get("sms", DEFAULTS["sms"]), src.get("c0", DEFAULTS["c0"]))
+        fig, tiles, table = explore(ModelInputs(
+            schedule=schedule, pp=pp, mb=mb, f=f, b=b, w=w, fb=fb, p2p=p2p, comm_sms=comm,
+            sms=src.get("sms", DEFAULTS["sms"]), c0=src.get("c0", DEFAULTS["c0"])))
         note = html.Div(src.get("source", ""), className="source-note dim small")
         return fig, [*tiles, note] if isinstance(tiles, list) else tiles, table

@@ -10,8 +10,8 @@ import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html
 
 from .. import ids
-from ..clock import cutoff_ns
-from ..data import DEFAULT_THRESHOLDS, DataService, overview
+from ..clock import ClockLike, as_clock, cutoff_ns
+from ..data import DataService
 from ..figures import (
     bubble_attribution_figure,
     bubble_compare_figure,
@@ -20,6 +20,7 @@ from ..figures import (
     step_time_figure,
 )
 from ..layout import alert_list, error_card, fmt_num, fmt_pct, fmt_rate, fmt_s, graph, kpi, panel
+from ..overview_model import DEFAULT_THRESHOLDS, LinkSummary, Overview, overview
 from . import NoRun, describe_error, open_run, render_if_changed
 
 PATH = "/overview"
@@ -60,11 +61,13 @@ def layout(svc: DataService, query: dict[str, str]) -> html.Div:
     ])
 
 
-def compute(svc: DataService, run: str, clock: dict[str, Any] | None,
-            thresholds: dict[str, float]) -> dict[str, Any]:
-    """The overview dict of one run (see :func:`dashboard.data.overview`)."""
+def compute(svc: DataService, run: str, clock: ClockLike,
+            thresholds: dict[str, float]) -> Overview:
+    """The :class:`~dashboard.overview_model.Overview` of one run; the clock's cutoff applies
+    when ``run`` is the clock's open run."""
     rd, snap = svc.snapshot(run)
-    cut = cutoff_ns(clock) if clock and clock.get("run") == run else None
+    c = as_clock(clock)
+    cut = cutoff_ns(c) if c is not None and c.run == run else None
     results = rd.analyses(snap, cut, thresholds)
     ideal = rd.ideal(snap)
     ports = rd.ports(snap, cut)
@@ -77,15 +80,15 @@ def _level(value: float, warn: float, crit: float) -> str:
     return "crit" if value >= crit else ("warn" if value >= warn else "ok")
 
 
-def kpi_tiles(o: dict[str, Any], th: dict[str, float]) -> list[html.Div]:
+def kpi_tiles(o: Overview, th: dict[str, float]) -> list[html.Div]:
     """The eight tiles of the overview."""
-    excess = (o["bubble_measured"] - o["bubble_ideal"]) * 100
-    steps = o["steps"]
+    excess = (o.bubble_measured - o.bubble_ideal) * 100
+    steps = o.steps
     last = fmt_s(steps["step_time_s"].iloc[-1]) if len(steps) else "n/a"
-    sms = o.get("sms_per_gpu")
-    nv, ib = o["nvlink"], o["ib"]
-    st = o["stragglers"]
-    probes = o["probes"]
+    sms = o.sms_per_gpu
+    nv, ib = o.nvlink, o.ib
+    st = o.stragglers
+    probes = o.probes
     avail = sum(1 for a, _ in probes.values() if a)
 
     def bw_level(share: float) -> str:
@@ -94,26 +97,26 @@ def kpi_tiles(o: dict[str, Any], th: dict[str, float]) -> list[html.Div]:
         return "crit" if share < th["bandwidth_share_min"] / 1.5 else (
             "warn" if share < th["bandwidth_share_min"] else "ok")
 
-    parts = o.get("excess_parts") or {}
+    parts = o.excess_parts
     why = (f"excess {fmt_s(parts['excess_ns'] / 1e9)}/rank·step = slow stage "
            f"{fmt_s(parts['slow_stage_ns'] / 1e9)}, P2P {fmt_s(parts['exposed_comm_ns'] / 1e9)}, "
-           f"host {fmt_s(parts['host_gap_ns'] / 1e9)}") if parts else (o.get("ideal_reason") or "")
+           f"host {fmt_s(parts['host_gap_ns'] / 1e9)}") if parts else o.ideal_reason
     return [
-        kpi("Step time", fmt_s(o["step_time_s"]), f"median of {len(steps)} steps · last {last}"),
-        kpi("Bubble measured / ideal", f"{fmt_pct(o['bubble_measured'])} / {fmt_pct(o['bubble_ideal'])}",
-            f"{o['schedule']} · formula {fmt_pct(o['bubble_formula'])}"
+        kpi("Step time", fmt_s(o.step_time_s), f"median of {len(steps)} steps · last {last}"),
+        kpi("Bubble measured / ideal", f"{fmt_pct(o.bubble_measured)} / {fmt_pct(o.bubble_ideal)}",
+            f"{o.schedule} · formula {fmt_pct(o.bubble_formula)}"
             + (f" · +{excess:.1f} pp" if excess == excess else ""),
             _level(excess, th["bubble_excess_pp"], 2 * th["bubble_excess_pp"]),
             kid="kpi-bubble", title=why),
-        kpi("Exposed communication", fmt_pct(o["exposed_comm_share"]),
-            f"{fmt_s(o['exposed_comm_s_per_step'])} per rank per step",
-            _level(o["exposed_comm_share"], 0.25, 0.5)),
-        kpi("Comm SMs", f"{fmt_num(o['comm_sms_mean'], '.1f')} / {fmt_num(o['comm_sms_max'], '.0f')}",
+        kpi("Exposed communication", fmt_pct(o.exposed_comm_share),
+            f"{fmt_s(o.exposed_comm_s_per_step)} per rank per step",
+            _level(o.exposed_comm_share, 0.25, 0.5)),
+        kpi("Comm SMs", f"{fmt_num(o.comm_sms_mean, '.1f')} / {fmt_num(o.comm_sms_max, '.0f')}",
             f"mean / max of {sms} SMs" if sms else "SMs per GPU unknown"),
-        kpi("NVLink achieved", fmt_rate(nv["bytes_per_s"]), _link_sub(nv, "NVLink", ""),
-            bw_level(nv.get("worst_share", float("nan")))),
-        kpi("InfiniBand achieved", fmt_rate(ib["bytes_per_s"]), _link_sub(ib, "IB", " per port"),
-            bw_level(ib.get("worst_share", float("nan")))),
+        kpi("NVLink achieved", fmt_rate(nv.bytes_per_s), _link_sub(nv, "NVLink", ""),
+            bw_level(nv.worst_share)),
+        kpi("InfiniBand achieved", fmt_rate(ib.bytes_per_s), _link_sub(ib, "IB", " per port"),
+            bw_level(ib.worst_share)),
         kpi("Stragglers", str(len(st)),
             ", ".join(f"rank {int(r)}" for r in st["rank"].head(4)) if len(st) else "none",
             "crit" if len(st) else "ok"),
@@ -123,14 +126,13 @@ def kpi_tiles(o: dict[str, Any], th: dict[str, float]) -> list[html.Div]:
     ]
 
 
-def _link_sub(d: dict[str, Any], name: str, per: str) -> str:
-    v = d.get("bytes_per_s")
-    if v is None or v != v:
-        return f"no {name} counters while communicating" + (
-            "" if d.get("peak") else "; peak unknown")
-    text = f"{fmt_pct(d['share'], 0)} of {fmt_rate(d['peak'])}{per}" if d.get("peak") else "peak unknown"
-    if d.get("worst"):
-        text += f" · worst {d['worst']} {fmt_pct(d['worst_share'], 0)}"
+def _link_sub(d: LinkSummary, name: str, per: str) -> str:
+    v = d.bytes_per_s
+    if v != v:
+        return f"no {name} counters while communicating" + ("" if d.peak else "; peak unknown")
+    text = f"{fmt_pct(d.share, 0)} of {fmt_rate(d.peak)}{per}" if d.peak else "peak unknown"
+    if d.worst:
+        text += f" · worst {d.worst} {fmt_pct(d.worst_share, 0)}"
     return text
 
 
@@ -155,27 +157,27 @@ def _probes_table(probes: dict[str, tuple[bool, str]]) -> Any:
         for name, (a, reason) in sorted(probes.items())])])
 
 
-def _compare_table(a: dict[str, Any], b: dict[str, Any], ra: str, rb: str) -> html.Div:
+def _compare_table(a: Overview, b: Overview, ra: str, rb: str) -> html.Div:
     def row(label: str, fa: str, fb: str) -> html.Tr:
         return html.Tr([html.Td(label), html.Td(fa), html.Td(fb)])
 
     rows = [
-        row("step time", fmt_s(a["step_time_s"]), fmt_s(b["step_time_s"])),
-        row("bubble measured", fmt_pct(a["bubble_measured"]), fmt_pct(b["bubble_measured"])),
-        row("bubble ideal", fmt_pct(a["bubble_ideal"]), fmt_pct(b["bubble_ideal"])),
-        row("exposed comm", fmt_pct(a["exposed_comm_share"]), fmt_pct(b["exposed_comm_share"])),
-        row("comm SMs mean", fmt_num(a["comm_sms_mean"]), fmt_num(b["comm_sms_mean"])),
-        row("NVLink achieved", fmt_rate(a["nvlink"]["bytes_per_s"]), fmt_rate(b["nvlink"]["bytes_per_s"])),
-        row("IB achieved", fmt_rate(a["ib"]["bytes_per_s"]), fmt_rate(b["ib"]["bytes_per_s"])),
-        row("stragglers", str(len(a["stragglers"])), str(len(b["stragglers"]))),
-        row("alerts", str(len(a["alerts"])), str(len(b["alerts"]))),
+        row("step time", fmt_s(a.step_time_s), fmt_s(b.step_time_s)),
+        row("bubble measured", fmt_pct(a.bubble_measured), fmt_pct(b.bubble_measured)),
+        row("bubble ideal", fmt_pct(a.bubble_ideal), fmt_pct(b.bubble_ideal)),
+        row("exposed comm", fmt_pct(a.exposed_comm_share), fmt_pct(b.exposed_comm_share)),
+        row("comm SMs mean", fmt_num(a.comm_sms_mean), fmt_num(b.comm_sms_mean)),
+        row("NVLink achieved", fmt_rate(a.nvlink.bytes_per_s), fmt_rate(b.nvlink.bytes_per_s)),
+        row("IB achieved", fmt_rate(a.ib.bytes_per_s), fmt_rate(b.ib.bytes_per_s)),
+        row("stragglers", str(len(a.stragglers)), str(len(b.stragglers))),
+        row("alerts", str(len(a.alerts)), str(len(b.alerts))),
     ]
     return panel(html.Table(className="table compare", children=[
         html.Thead(html.Tr([html.Th(""), html.Th(ra), html.Th(rb)])), html.Tbody(rows)]),
         title="Compare")
 
 
-def render(svc: DataService, clock: dict[str, Any] | None, th_bubble: float | None,
+def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
            th_bw: float | None, th_z: float | None) -> tuple[Any, ...]:
     """(kpis, alerts, steps fig, bubbles fig, comm fig, stragglers, probes, compare)."""
     th = dict(DEFAULT_THRESHOLDS)
@@ -184,38 +186,39 @@ def render(svc: DataService, clock: dict[str, Any] | None, th_bubble: float | No
         if isinstance(v, (int, float)) and v > 0:
             th[k] = float(v)
     blank = empty_figure("")
+    c = as_clock(clock)
     try:
-        rd, snap = open_run(svc, clock)
-        assert clock is not None
-        o = compute(svc, clock["run"], clock, th)
+        rd, snap = open_run(svc, c)
+        assert c is not None and c.run is not None
+        o = compute(svc, c.run, c, th)
     except NoRun:
         return [], html.Div(), blank, blank, blank, "", "", ""
     except Exception as e:
         title, msg = describe_error(e)
         return [], error_card(title, msg), blank, blank, blank, "", "", ""
-    analyses = rd.analyses(snap, cutoff_ns(clock), th)
-    ideal = o["ideal"]
+    analyses = rd.analyses(snap, cutoff_ns(c), th)
+    ideal = o.ideal
     by_stage = analyses.get("bubbles_by_stage")
     measured = by_stage if by_stage is not None else pd.DataFrame(
         columns=["pp_rank", "bubble_ratio_mean", "bubble_ratio_max"])
     ov = analyses.get("overlap", pd.DataFrame(columns=["rank", "overlapped_ns", "exposed_comm_ns"]))
     compare: Any = ""
-    other = clock.get("compare")
+    other = c.compare
     if other:
         try:
             ob = compute(svc, other, None, th)
-            compare = _compare_table(o, ob, clock["run"], other)
+            compare = _compare_table(o, ob, c.run, other)
         except Exception as e:
             title, msg = describe_error(e)
             compare = error_card(f"compare run {other}: {title}", msg)
-    run = clock["run"]
-    return (kpi_tiles(o, th), alert_list(o["alerts"], run),
-            step_time_figure(o["steps"], uirevision=run),
+    run = c.run
+    return (kpi_tiles(o, th), alert_list(o.alerts, run),
+            step_time_figure(o.steps, uirevision=run),
             bubble_attribution_figure(ideal.attribution)
             if ideal is not None and ideal.ok and len(ideal.attribution)
-            else bubble_compare_figure(measured, None, o["bubble_formula"]),
-            exposed_comm_figure(ov, max(1, len(o["steps"]))),
-            _stragglers_table(o["stragglers"]), _probes_table(o["probes"]), compare)
+            else bubble_compare_figure(measured, None, o.bubble_formula),
+            exposed_comm_figure(ov, max(1, len(o.steps))),
+            _stragglers_table(o.stragglers), _probes_table(o.probes), compare)
 
 
 def register(app: Dash, svc: DataService) -> None:

@@ -11,7 +11,7 @@ from dash import Dash, Input, Output, State, dcc, html
 from profiler.analysis import sm_split_series
 
 from .. import ids
-from ..clock import cutoff_ns
+from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
 from ..figures import empty_figure, sm_area_figure, sm_seconds_figure
 from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel
@@ -54,11 +54,12 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     ])
 
 
-def render(svc: DataService, clock: dict[str, Any] | None, gpu: str | None) -> tuple[Any, ...]:
+def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ...]:
     """(kpis, area figure, SM-seconds figure)."""
+    c = as_clock(clock)
     try:
-        rd, snap = open_run(svc, clock)
-        assert clock is not None
+        rd, snap = open_run(svc, c)
+        assert c is not None
     except NoRun:
         return [], empty_figure(""), empty_figure("")
     except Exception as e:
@@ -68,7 +69,7 @@ def render(svc: DataService, clock: dict[str, Any] | None, gpu: str | None) -> t
     if not sms:
         msg = "SMs per GPU unknown: the manifest's topology.sms_per_gpu is not set"
         return [kpi("SM split", "n/a", msg)], empty_figure(msg), empty_figure(msg)
-    cut = cutoff_ns(clock)
+    cut = cutoff_ns(c)
 
     def series() -> pd.DataFrame:
         return sm_split_series(snap.spans, sms_per_gpu=int(sms))
@@ -83,7 +84,7 @@ def render(svc: DataService, clock: dict[str, Any] | None, gpu: str | None) -> t
     cap = declared_cap(snap.manifest.extra)
     who = "mean over GPUs" if ranks is None else f"rank {gpu}"
     fig = sm_area_figure(area, sms_per_gpu=int(sms), cap=cap, title=f"SMs held · {who}",
-                         uirevision=f"{clock['run']}|{gpu}")
+                         uirevision=f"{c.run}|{gpu}")
     sm_s = rd.analyses(snap, cut).get("sm_seconds")
     sm_s = sm_s if sm_s is not None else pd.DataFrame()
     bars = sm_seconds_figure(sm_s) if len(sm_s) else empty_figure("no kernels with SM counts")

@@ -13,13 +13,14 @@ import pandas as pd
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from profiler.analysis import rank_node_map
+from profiler.analysis import rank_node_map, steps_table
 
 from .. import ids
 from ..aggregate import query
-from ..clock import cutoff_ns
-from ..data import DataService, RunData, Snapshot, steps_table
+from ..clock import ClockLike, as_clock, cutoff_ns
+from ..data import DataService, RunData
 from ..figures import empty_figure, timeline_figure
+from ..snapshot import Snapshot
 from . import NoRun, describe_error, open_page, open_run, render_key
 
 PATH = "/timeline"
@@ -153,15 +154,16 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     ])
 
 
-def render(svc: DataService, clock: dict[str, Any] | None, relayout: dict[str, Any] | None,
+def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
            ranks_value: str | None, options: list[str] | None, view: list[float] | None,
            trigger: str | None = None, step: str | None = None) -> tuple[Any, ...]:
     """(figure, status line, x window, step choice). ``trigger`` is the id of the input that
     fired; a zoom clears the step choice, choosing a step sets the window."""
     t = time.perf_counter()
+    c = as_clock(clock)
     try:
-        rd, snap = open_run(svc, clock)
-        assert clock is not None
+        rd, snap = open_run(svc, c)
+        assert c is not None
         ix = rd.timeline_index(snap)
     except NoRun:
         return empty_figure("no run open"), "", None, no_update
@@ -176,14 +178,14 @@ def render(svc: DataService, clock: dict[str, Any] | None, relayout: dict[str, A
         view = new_view
     elif trigger == ids.TL_STEP:
         view = _step_view(step_windows(rd, snap), step)
-    cut = cutoff_ns(clock)
+    cut = cutoff_ns(c)
     ranks = ranks_for(rd, snap, ranks_value)
     t0 = ix.t0_ns
     if cut is not None and view is not None and not view[0] <= (cut - t0) / 1e9 <= view[1]:
         view, step_out = None, "all"  # replay follows its clock: show the whole run filling up
     if view is not None:
         x0, x1 = t0 + round(view[0] * 1e9), t0 + round(view[1] * 1e9)  # (t0 may be ~1e18)
-    elif clock["mode"] == "live" and (snap.t1_ns - t0) / 1e9 > LIVE_WINDOW_S:
+    elif c.mode == "live" and (snap.t1_ns - t0) / 1e9 > LIVE_WINDOW_S:
         x0, x1 = snap.t1_ns - round(LIVE_WINDOW_S * 1e9), snap.t1_ns
     else:
         x0, x1 = t0, max(snap.t1_ns, t0 + 1)
@@ -195,7 +197,7 @@ def render(svc: DataService, clock: dict[str, Any] | None, relayout: dict[str, A
     now_s = None if cut is None else (cut - t0) / 1e9
     ideal = rd.ideal(snap)
     note = "" if ideal.ok else f" · no ideal row: {ideal.reason.split(';')[0]}"
-    fig = timeline_figure(w, now_s=now_s, uirevision=f"{clock['run']}|{ranks_value}")
+    fig = timeline_figure(w, now_s=now_s, uirevision=f"{c.run}|{ranks_value}")
     ms = (time.perf_counter() - t) * 1e3
     status = (f"{w.count:,} spans in window · drawn as {w.mode} · {len(ranks)} ranks · "
               f"{ms:.0f} ms{note}")

@@ -5,7 +5,9 @@ Each module holds one analysis and documents every output column with its unit:
 - :mod:`.bubbles` — pipeline bubbles per rank / step / stage, split warm-up / steady / cool-down
 - :mod:`.overlap` — communication time hidden behind compute, exposed communication
 - :mod:`.sm_split` — SMs held by communication vs compute: step function and SM-seconds
-- :mod:`.bandwidth` — achieved NVLink / IB bandwidth vs peak, overall and per comm phase
+- :mod:`.bandwidth` — achieved NVLink / IB bandwidth vs peak, overall, per comm phase and
+  while communicating (95th percentile during dispatch / combine)
+- :mod:`.steps` — step times from the bubble table's step windows
 - :mod:`.stragglers` — robust z-scores of per-rank op durations, who waits on a slow rank
 - :mod:`.alignment` — per-rank clock offsets from collectives and send/recv pairs
 
@@ -15,12 +17,26 @@ Each module holds one analysis and documents every output column with its unit:
 from __future__ import annotations
 
 from .alignment import alignment_events, apply_offsets, clock_offsets
-from .bandwidth import bandwidth_by_phase, link_bandwidth, phase_summary, span_phases
-from .bubbles import bubble_parts, bubbles, bubbles_by_stage, combine_bubbles
+from .bandwidth import (
+    bandwidth_by_phase,
+    comm_bandwidth,
+    link_bandwidth,
+    phase_summary,
+    span_phases,
+)
+from .bubbles import (
+    bubble_intervals,
+    bubble_parts,
+    bubbles,
+    bubbles_by_stage,
+    combine_bubbles,
+    idle_intervals,
+)
 from .intervals import gaps, union, union_length
 from .overlap import overlap
 from .params import AnalysisParams, assign_steps, pipeline_layout, position_stage, rank_node_map
 from .sm_split import sm_seconds, sm_split_series
+from .steps import steps_table
 from .stragglers import op_duration_parts, stragglers
 from .summary import Frames, analyze_unit, reduce_units, run_analyses
 
@@ -32,12 +48,15 @@ __all__ = [
     "apply_offsets",
     "assign_steps",
     "bandwidth_by_phase",
+    "bubble_intervals",
     "bubble_parts",
     "bubbles",
     "bubbles_by_stage",
     "clock_offsets",
     "combine_bubbles",
+    "comm_bandwidth",
     "gaps",
+    "idle_intervals",
     "link_bandwidth",
     "op_duration_parts",
     "overlap",
@@ -50,6 +69,7 @@ __all__ = [
     "sm_seconds",
     "sm_split_series",
     "span_phases",
+    "steps_table",
     "stragglers",
     "union",
     "union_length",

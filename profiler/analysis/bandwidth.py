@@ -12,23 +12,30 @@ annotation says so, ``pp`` when it is on the ``pp_comm`` lane or named send/recv
 of node n at ts (``dispatch+combine`` when both; ``none`` when no communication span runs),
 found with one searchsorted per phase over the per-node union of that phase's spans.
 Rank-to-node mapping: :func:`~profiler.analysis.params.rank_node_map`.
+
+:func:`comm_bandwidth` pools the samples of several phases (by default any sample taken while
+dispatch or combine runs): counter samples average over their interval, so a sample that a
+transfer covers only in part reads low, and the 95th percentile over the samples taken during
+communication is the rate a link reaches while it moves data (what the dashboard reports).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..counters import IB, NVLINK, NVLINK_LINK, device_kinds
 from .intervals import group_codes, union
-from .params import COMM_LANES, AnalysisParams
+from .params import COMM_LANES, AnalysisParams, rank_node_map
 
-__all__ = ["PHASES", "span_phases", "phase_intervals", "link_bandwidth", "bandwidth_by_phase",
-           "phase_summary", "label_samples"]
+__all__ = ["PHASES", "EP_PHASES", "span_phases", "phase_intervals", "link_bandwidth",
+           "bandwidth_by_phase", "comm_bandwidth", "phase_summary", "label_samples"]
 
 PHASES = ("dispatch", "combine", "pp", "other_comm")
+#: the expert-parallel phases, during which :func:`comm_bandwidth` reads the links by default
+EP_PHASES = ("dispatch", "combine")
 _KEYS = ["node", "gpu", "device", "metric"]
 
 
@@ -157,6 +164,34 @@ def bandwidth_by_phase(counters: pd.DataFrame, spans: pd.DataFrame, *,
     intervals = phase_intervals(spans, rank_nodes)
     rates = rates.assign(phase=label_samples(rates, intervals))
     return _stats(rates, _KEYS + ["phase"], params)
+
+
+def comm_bandwidth(counters: pd.DataFrame, spans: pd.DataFrame, *, params: AnalysisParams,
+                   rank_nodes: Mapping[int, str] | None = None,
+                   phases: Sequence[str] = EP_PHASES) -> pd.DataFrame:
+    """Achieved bandwidth per (node, gpu, device, metric) over the samples taken while any of
+    ``phases`` runs on the sample's node (by default dispatch or combine; see the module doc).
+
+    Columns: those of :func:`link_bandwidth`; ``p95_bytes_per_s`` (bytes/s) is the achieved
+    rate while communicating and ``p95_share_of_peak`` (0..1, NaN when the peak is unknown)
+    its share of the peak (``nvlink:L`` against the per-link peak). ``rank_nodes`` defaults
+    to :func:`~.params.rank_node_map` of the spans' ranks and the counters' nodes. No rows
+    when no sample falls in ``phases`` (no spans, or the rank-to-node mapping unknown).
+    """
+    bad = sorted(set(phases) - set(PHASES))
+    if bad:
+        raise ValueError(f"unknown phases {bad}; use any of {', '.join(PHASES)}")
+    rates = _rates(counters)
+    if len(rates) == 0 or len(spans) == 0:
+        return _stats(rates.iloc[:0], _KEYS, params)
+    if rank_nodes is None:
+        rank_nodes = rank_node_map(spans["rank"].unique(), counters["node"].unique(), params)
+    label = label_samples(rates, phase_intervals(spans, rank_nodes))
+    codes, uniq = pd.factorize(label)  # a few distinct labels: test each once
+    wanted = set(phases)
+    hit = np.array([bool(wanted & set(str(u).split("+"))) for u in uniq], dtype=bool)
+    keep = hit[codes] if len(uniq) else np.zeros(len(rates), dtype=bool)
+    return _stats(rates.loc[keep], _KEYS, params)
 
 
 def phase_summary(by_phase: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,13 @@ the leading idle, cool-down the trailing idle and steady the holes in between.
 
 The work is split as map (:func:`bubble_parts`, per rank, any subset of ranks) and reduce
 (:func:`combine_bubbles`, needs every rank of a pipeline), so the engine can run the map per
-rank group; :func:`bubbles` does both on one frame.
+rank group; :func:`bubbles` does both on one frame. :func:`bubble_intervals` says where in
+time each bubble of the table lies (what the dashboard's timeline shades); its intervals add
+up to the table's ``bubble_ns``.
+
+Steps: a compute span's step is :func:`~.params.assign_steps` over *all* lanes of the frame
+(``ProfilerStep#N`` marks sit on the host lane; GPU kernels carry no step of their own), so
+every caller must hand in the whole frame, not its compute lane only.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import pandas as pd
 from .intervals import group_codes, merged_gaps, union
 from .params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 
-__all__ = ["bubble_parts", "combine_bubbles", "bubbles", "bubbles_by_stage"]
+__all__ = ["bubble_parts", "combine_bubbles", "bubbles", "bubbles_by_stage", "bubble_intervals",
+           "idle_intervals"]
 
 _BACKWARD = ("B", "I", "FB")
 _FORWARD = ("F", "FB")
@@ -56,20 +63,9 @@ def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.Dat
     held, nullable); ``position_stage`` (stage of the rank's first micro-batch: its place in
     the pipeline, see :func:`~.params.position_stage`; nullable); ``stages`` (stages held, comma separated); ``compute_spans`` (count).
     """
-    is_comp = (spans["lane"] == "compute").to_numpy(dtype=bool)
-    if not is_comp.any():
+    frame = _compute_rows(spans, steps)
+    if len(frame) == 0:
         return _empty_parts()
-    comp = spans.loc[is_comp]
-    frame = pd.DataFrame({
-        "rank": comp["rank"].to_numpy(dtype=np.int64),
-        # ProfilerStep marks live on the host lane; ``steps`` when the caller has them already
-        "step": (assign_steps(spans) if steps is None else steps)[is_comp],
-        "start_ns": comp["start_ns"].to_numpy(dtype=np.int64),
-        "end_ns": comp["end_ns"].to_numpy(dtype=np.int64),
-        "op": comp["op"].to_numpy(dtype=object, na_value=None),
-        "stage": comp["stage"].astype("Int64"),
-        "microbatch": comp["microbatch"].astype("Int64"),
-    })
     codes, keys = group_codes(frame, ["rank", "step"])
     n = len(keys)
     s, e = frame["start_ns"].to_numpy(), frame["end_ns"].to_numpy()
@@ -120,6 +116,30 @@ def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.Dat
     return out[PART_COLUMNS].reset_index(drop=True)
 
 
+def _compute_steps(spans: pd.DataFrame, steps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(compute-lane mask, step of each compute span). Steps are :func:`assign_steps` of the
+    whole frame: ProfilerStep marks live on the host lane. ``steps``: that, when the caller
+    has it already."""
+    is_comp = (spans["lane"] == "compute").to_numpy(dtype=bool)
+    return is_comp, (assign_steps(spans) if steps is None else steps)[is_comp]
+
+
+def _compute_rows(spans: pd.DataFrame, steps: np.ndarray | None) -> pd.DataFrame:
+    """The compute-lane rows of ``spans`` with their step (module doc): rank, step, start_ns,
+    end_ns, op, stage, microbatch."""
+    is_comp, step = _compute_steps(spans, steps)
+    comp = spans.loc[is_comp]
+    return pd.DataFrame({
+        "rank": comp["rank"].to_numpy(dtype=np.int64),
+        "step": step,
+        "start_ns": comp["start_ns"].to_numpy(dtype=np.int64),
+        "end_ns": comp["end_ns"].to_numpy(dtype=np.int64),
+        "op": comp["op"].to_numpy(dtype=object, na_value=None),
+        "stage": comp["stage"].astype("Int64"),
+        "microbatch": comp["microbatch"].astype("Int64"),
+    })
+
+
 def _stages(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (rank, step): ``stage_min``, ``position_stage`` and ``stages`` ("0,15"), joined without a Python call
     per group: one vectorised concatenation per position in the (short) sorted stage list."""
@@ -167,14 +187,7 @@ def combine_bubbles(parts: pd.DataFrame, layout: pd.DataFrame) -> pd.DataFrame:
     """
     if len(parts) == 0:
         return _empty_table()
-    df = parts.merge(layout[["rank", "pipeline", "pp_rank"]], on="rank", how="left")
-    if df["pipeline"].isna().any():
-        missing = sorted(df.loc[df["pipeline"].isna(), "rank"].unique().tolist())[:8]
-        raise ValueError(f"ranks {missing} are missing from the pipeline layout")
-    win = df.groupby(["pipeline", "step"], sort=False).agg(
-        window_start_ns=("first_start_ns", "min"), window_end_ns=("last_end_ns", "max")
-    )
-    df = df.merge(win, left_on=["pipeline", "step"], right_index=True, how="left")
+    df = _step_windows(parts, layout)
     df["window_ns"] = df["window_end_ns"] - df["window_start_ns"]
     df["bubble_ns"] = df["window_ns"] - df["busy_ns"]
     window = df["window_ns"].to_numpy(dtype=np.float64)
@@ -187,6 +200,21 @@ def combine_bubbles(parts: pd.DataFrame, layout: pd.DataFrame) -> pd.DataFrame:
     for c in ("pipeline", "pp_rank"):
         out[c] = out[c].astype(np.int64)
     return out
+
+
+def _step_windows(parts: pd.DataFrame, layout: pd.DataFrame) -> pd.DataFrame:
+    """``parts`` (per rank and step: ``first_start_ns``, ``last_end_ns``) with ``pipeline``,
+    ``pp_rank`` and the step window of the rank's pipeline, ``window_start_ns`` and
+    ``window_end_ns``: first compute start to last compute end over the pipeline's ranks.
+    The one place the window is defined."""
+    df = parts.merge(layout[["rank", "pipeline", "pp_rank"]], on="rank", how="left")
+    if df["pipeline"].isna().any():
+        missing = sorted(df.loc[df["pipeline"].isna(), "rank"].unique().tolist())[:8]
+        raise ValueError(f"ranks {missing} are missing from the pipeline layout")
+    win = df.groupby(["pipeline", "step"], sort=False).agg(
+        window_start_ns=("first_start_ns", "min"), window_end_ns=("last_end_ns", "max")
+    )
+    return df.merge(win, left_on=["pipeline", "step"], right_index=True, how="left")
 
 
 def _empty_table() -> pd.DataFrame:
@@ -233,3 +261,77 @@ def bubbles_by_stage(table: pd.DataFrame) -> pd.DataFrame:
         cooldown_ns_mean=("cooldown_ns", "mean"),
     )
     return out.reset_index()
+
+
+def bubble_intervals(spans: pd.DataFrame, table: pd.DataFrame | None = None, *,
+                     layout: pd.DataFrame | None = None,
+                     steps: np.ndarray | None = None) -> pd.DataFrame:
+    """Where the bubbles lie: the idle intervals of each rank inside its pipeline's step
+    window, i.e. the window minus the union of the rank's compute spans in that step.
+
+    The windows are those of ``table`` (:func:`bubbles` / :func:`combine_bubbles` of the same
+    ``spans``) or, without it, of ``layout`` (:func:`~.params.pipeline_layout`) by the same
+    rule. One row per interval. Columns: ``rank``; ``step`` (-1: unknown, whole run);
+    ``start_ns``, ``end_ns`` (ns, run clock). Per (rank, step) the lengths add up to the
+    table's ``bubble_ns``. ``steps``: :func:`assign_steps` of ``spans`` when the caller has it.
+    A (rank, step) that ``table`` lacks gets only the holes between its own compute spans.
+    """
+    is_comp, step = _compute_steps(spans, steps)
+    rank = spans["rank"].to_numpy(dtype=np.int64)[is_comp]
+    start = spans["start_ns"].to_numpy(dtype=np.int64)[is_comp]
+    end = spans["end_ns"].to_numpy(dtype=np.int64)[is_comp]
+    codes, keys = _rank_step_codes(rank, step)
+    if table is None:
+        if layout is None:
+            raise ValueError("bubble_intervals needs the bubble table or the pipeline layout "
+                             "(profiler.analysis.pipeline_layout) to know the step windows")
+        first = np.full(len(keys), np.iinfo(np.int64).max)
+        np.minimum.at(first, codes, start)
+        last = np.full(len(keys), np.iinfo(np.int64).min)
+        np.maximum.at(last, codes, end)
+        table = _step_windows(keys.assign(first_start_ns=first, last_end_ns=last), layout)
+    windows = table[["rank", "step", "window_start_ns", "window_end_ns"]].astype("Int64")
+    win = keys.astype("Int64").merge(windows, on=["rank", "step"], how="left")
+    big = np.iinfo(np.int64)  # no window: the leading and trailing idle come out empty
+    ws = win["window_start_ns"].to_numpy(dtype=np.int64, na_value=big.max)
+    we = win["window_end_ns"].to_numpy(dtype=np.int64, na_value=big.min)
+    g, s, e = idle_intervals(codes, start, end, ws, we)
+    return pd.DataFrame({"rank": keys["rank"].to_numpy(dtype=np.int64)[g],
+                         "step": keys["step"].to_numpy(dtype=np.int64)[g],
+                         "start_ns": s, "end_ns": e})
+
+
+def _rank_step_codes(rank: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    """Dense codes of (rank, step) pairs in sorted order and the key table (``rank``,
+    ``step``), as :func:`~.intervals.group_codes` gives, from one ``np.unique`` of a combined
+    int64 key when it fits."""
+    if len(rank) == 0:
+        return np.empty(0, np.int64), pd.DataFrame({"rank": rank, "step": step})
+    s0 = int(step.min())
+    width = int(step.max()) - s0 + 1
+    if int(rank.min()) >= 0 and (int(rank.max()) + 1) * width < 2**62:
+        uniq, codes = np.unique(rank * width + (step - s0), return_inverse=True)
+        return codes.astype(np.int64), pd.DataFrame({"rank": uniq // width, "step": uniq % width + s0})
+    return group_codes(pd.DataFrame({"rank": rank, "step": step}), ["rank", "step"])
+
+
+def idle_intervals(key: np.ndarray, start: np.ndarray, end: np.ndarray,
+                   win_start: np.ndarray, win_end: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Idle time of each group inside its window: ``(group, start, end)`` of the gaps between
+    the group's merged intervals plus the leading and trailing idle. ``key`` are dense group
+    codes; ``win_start[g]`` / ``win_end[g]`` the window of group ``g`` (ns)."""
+    g, s, e = union(key, start, end)
+    if len(g) == 0:
+        return g, s, e
+    same = g[1:] == g[:-1]
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = ~same
+    last = np.ones(len(g), dtype=bool)
+    last[:-1] = ~same
+    parts = [merged_gaps(g, s, e), (g[first], win_start[g[first]], s[first]),
+             (g[last], e[last], win_end[g[last]])]
+    gg = np.concatenate([p[0] for p in parts])
+    ss = np.concatenate([p[1] for p in parts])
+    ee = np.concatenate([p[2] for p in parts])
+    keep = ee > ss
+    return gg[keep], ss[keep], ee[keep]

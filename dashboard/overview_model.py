@@ -1,0 +1,245 @@
+"""The Overview page's model: the numbers of one run (:class:`Overview`), the links table it
+reads them from (:func:`link_ports`) and the alerts raised when a threshold is crossed
+(:func:`alerts`). Plain data, no Dash: the page only formats what this returns.
+
+Every number comes from an analysis of :mod:`profiler.analysis` (bubbles, step times,
+overlap, SM split, bandwidth while communicating, stragglers) or from the ideal timeline
+(:mod:`dashboard.ideal`); nothing is measured twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from profiler.analysis import AnalysisParams, comm_bandwidth, rank_node_map, steps_table
+from profiler.counters import IB, NVLINK, TX_BYTES_PER_S, device_kinds
+from profiler.manifest import Manifest
+
+from .ideal import IdealTimeline
+from .snapshot import Snapshot
+
+__all__ = ["DEFAULT_THRESHOLDS", "PORT_COLUMNS", "Alert", "LinkSummary", "Overview", "overview",
+           "link_ports", "alerts"]
+
+#: alert thresholds; the Overview page lets the user change them
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    #: measured bubble ratio above the ideal one by more than this many percentage points
+    "bubble_excess_pp": 5.0,
+    #: a link or port whose achieved bandwidth during communication is below this share of peak
+    "bandwidth_share_min": 0.5,
+    #: robust z-score above which a rank's op durations make it a straggler
+    "straggler_z": 3.5,
+}
+PORT_COLUMNS = ["node", "gpu", "device", "kind", "samples", "p95_bytes_per_s", "mean_bytes_per_s",
+                "peak_bytes_per_s", "share"]
+_NAN = float("nan")
+
+
+class _ByName:
+    """Fields read by name too (``o["step_time_s"]``), as from the dict this model replaced."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in getattr(self, "__dataclass_fields__", {}):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class Alert(_ByName):
+    """A crossed threshold. ``page``: where to look (``timeline``, ``links``)."""
+
+    level: Literal["crit", "warn"]
+    page: str
+    title: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class LinkSummary(_ByName):
+    """NVLink or IB of a run: ``bytes_per_s`` (bytes/s, median over links of the achieved
+    rate while communicating), ``peak`` (bytes/s, None unknown), ``share`` (0..1), the
+    ``worst`` link (``node device [gpuN]``) and its ``worst_share``; NaN when unknown."""
+
+    bytes_per_s: float = _NAN
+    peak: float | None = None
+    share: float = _NAN
+    worst: str | None = None
+    worst_share: float = _NAN
+
+
+@dataclass(frozen=True)
+class Overview(_ByName):
+    """The Overview page's numbers; NaN when unknown.
+
+    ``steps`` (:func:`profiler.analysis.steps_table` of the steps over by now) and
+    ``step_time_s`` (s, their median); ``bubble_measured`` / ``bubble_ideal`` (mean bubble
+    ratio over ranks and steps), ``bubble_formula`` (the published bubble / ideal makespan),
+    ``excess_parts`` (ns, see :meth:`IdealTimeline.excess_parts`); ``exposed_comm_share``
+    (exposed / total communication time) and ``exposed_comm_s_per_step`` (s);
+    ``comm_sms_mean`` / ``comm_sms_max`` of ``sms_per_gpu``; ``ports`` (:func:`link_ports`),
+    ``nvlink`` / ``ib`` (:class:`LinkSummary`); ``stragglers`` (DataFrame); ``probes`` (name
+    -> (available, reason)); ``alerts`` (worst first)."""
+
+    synthetic: bool
+    source: str
+    status: str
+    schedule: str
+    ideal: IdealTimeline | None
+    ideal_reason: str
+    steps: pd.DataFrame
+    step_time_s: float
+    bubble_measured: float
+    bubble_ideal: float
+    bubble_formula: float
+    excess_parts: dict[str, float]
+    exposed_comm_share: float
+    exposed_comm_s_per_step: float
+    sms_per_gpu: int | None
+    comm_sms_mean: float
+    comm_sms_max: float
+    ports: pd.DataFrame
+    nvlink: LinkSummary
+    ib: LinkSummary
+    stragglers: pd.DataFrame
+    probes: dict[str, tuple[bool, str]]
+    alerts: list[Alert] = field(default_factory=list)
+
+
+def _nan(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return _NAN
+    return v
+
+
+def link_ports(counters: pd.DataFrame, spans: pd.DataFrame,
+               params: AnalysisParams) -> pd.DataFrame:
+    """The sent rate of each link / port while its node runs dispatch or combine: the rows of
+    :func:`profiler.analysis.comm_bandwidth` over ``tx_bytes_per_s``. One row per (node, gpu,
+    device). Columns: ``node``, ``gpu``, ``device``, ``kind`` (nvlink / ib / other),
+    ``samples``, ``p95_bytes_per_s``, ``mean_bytes_per_s``, ``peak_bytes_per_s`` (bytes/s,
+    NaN unknown), ``share`` (p95 / peak, 0..1)."""
+    if len(counters) == 0 or len(spans) == 0:
+        return pd.DataFrame(columns=PORT_COLUMNS)
+    tx = counters.loc[(counters["metric"].astype("str") == TX_BYTES_PER_S).to_numpy(dtype=bool)]
+    if len(tx) == 0:
+        return pd.DataFrame(columns=PORT_COLUMNS)
+    # every node of the run, as the analyses map ranks to nodes (not only those with rates)
+    rank_nodes = rank_node_map(spans["rank"].unique(), counters["node"].unique(), params)
+    bw = comm_bandwidth(tx, spans, params=params, rank_nodes=rank_nodes)
+    if len(bw) == 0:
+        return pd.DataFrame(columns=PORT_COLUMNS)
+    kind = device_kinds(bw["device"], family=True)
+    out = bw.assign(kind=np.where(np.isin(kind, [NVLINK, IB]), kind, "other"),
+                    share=bw["p95_share_of_peak"])
+    return out[PORT_COLUMNS].reset_index(drop=True)
+
+
+def _links(ports: pd.DataFrame, m: Manifest) -> dict[str, LinkSummary]:
+    """NVLink / IB: median over links of the achieved (p95-while-communicating) rate."""
+    out: dict[str, LinkSummary] = {}
+    peaks = {"nvlink": m.topology.nvlink_peak_bytes_per_s, "ib": m.topology.ib_peak_bytes_per_s}
+    for kind in ("nvlink", "ib"):
+        sel = ports.loc[ports["kind"] == kind] if len(ports) else ports
+        achieved = float(sel["p95_bytes_per_s"].median()) if len(sel) else _NAN
+        worst = sel.sort_values("share").iloc[0] if len(sel) and sel["share"].notna().any() else None
+        peak = peaks[kind]
+        out[kind] = LinkSummary(
+            bytes_per_s=achieved, peak=peak,
+            share=achieved / peak if peak and achieved == achieved else _NAN,
+            worst=None if worst is None else f"{worst['node']} {worst['device']}"
+            + ("" if pd.isna(worst["gpu"]) or kind == "ib" else f" gpu{int(worst['gpu'])}"),
+            worst_share=_NAN if worst is None else float(worst["share"]))
+    return out
+
+
+def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTimeline | None,
+             ports: pd.DataFrame | None = None, thresholds: Mapping[str, float] | None = None,
+             cutoff_ns: int | None = None) -> Overview:
+    """The :class:`Overview` of ``snap`` from its analyses (``results`` of
+    :func:`profiler.analysis.run_analyses`), ideal timeline and :func:`link_ports`.
+    ``cutoff_ns``: replay's virtual time (only the steps over by then count)."""
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    m = snap.manifest
+    bt = results.get("bubbles")
+    steps = steps_table(bt)
+    if cutoff_ns is not None and cutoff_ns < snap.t1_ns:
+        steps = steps.loc[steps["end_ns"] < cutoff_ns]  # replay: the steps over by now
+    elif snap.live and len(steps):
+        steps = steps.iloc[:-1]  # the last step of a live run is still running
+    if ideal is not None and ideal.ok and (snap.live or cutoff_ns is not None):
+        ideal = ideal.for_steps({int(s) for s in steps["step"]})
+    ok = ideal is not None and ideal.ok
+    ov = results.get("overlap")
+    if ov is not None and len(ov) and ov["comm_ns"].sum() > 0:
+        exposed_share = float(ov["exposed_comm_ns"].sum() / ov["comm_ns"].sum())
+        exposed_per_step = float(ov["exposed_comm_ns"].mean() / 1e9 / max(1, len(steps)))
+    else:
+        exposed_share = exposed_per_step = _NAN
+    sm = results.get("sm_seconds")
+    has_sm = sm is not None and len(sm) > 0
+    if ports is None:
+        ports = pd.DataFrame(columns=PORT_COLUMNS)
+    links = _links(ports, m)
+    st = results.get("stragglers")
+    o = Overview(
+        synthetic=m.synthetic, source=m.source, status=m.status,
+        schedule=(ideal.schedule_name if ideal is not None and ok and ideal.schedule_name
+                  else (m.parallel.schedule or "unknown")),
+        ideal=ideal, ideal_reason="" if ideal is None or ideal.ok else ideal.reason,
+        steps=steps,
+        step_time_s=float(steps["step_time_s"].median()) if len(steps) else _NAN,
+        bubble_measured=(ideal.measured_ratio_mean if ideal is not None and ok else
+                         float(bt["bubble_ratio"].mean()) if bt is not None and len(bt) else _NAN),
+        bubble_ideal=ideal.bubble_ratio_mean if ideal is not None and ok else _NAN,
+        bubble_formula=ideal.formula_ratio if ideal is not None and ok else _NAN,
+        excess_parts=ideal.excess_parts() if ideal is not None and ok else {},
+        exposed_comm_share=exposed_share, exposed_comm_s_per_step=exposed_per_step,
+        sms_per_gpu=m.topology.sms_per_gpu,
+        comm_sms_mean=_nan(sm["comm_sms_mean"].mean()) if has_sm and sm is not None else _NAN,
+        comm_sms_max=_nan(sm["comm_sms_max"].max()) if has_sm and sm is not None else _NAN,
+        ports=ports, nvlink=links["nvlink"], ib=links["ib"],
+        stragglers=st if st is not None else pd.DataFrame(columns=["rank", "z_max"]),
+        probes={k: (v.available, v.reason) for k, v in m.probes.items()},
+    )
+    return replace(o, alerts=alerts(o, th))
+
+
+def alerts(o: Overview, th: Mapping[str, float]) -> list[Alert]:
+    """Threshold crossings of ``o`` (thresholds as :data:`DEFAULT_THRESHOLDS`), worst first."""
+    out: list[Alert] = []
+    meas, ideal = o.bubble_measured, o.bubble_ideal
+    if meas == meas and ideal == ideal:
+        excess = (meas - ideal) * 100
+        if excess > th["bubble_excess_pp"]:
+            out.append(Alert("warn", "timeline", f"Bubble {excess:.1f} pp above ideal",
+                             f"measured {meas:.1%} vs ideal {ideal:.1%} for {o.schedule} with "
+                             f"this run's costs (threshold {th['bubble_excess_pp']:g} pp)"))
+    ports = o.ports
+    if len(ports):
+        low = ports.loc[ports["share"] < th["bandwidth_share_min"]].sort_values("share")
+        for _, p in low.head(4).iterrows():
+            gpu = "" if pd.isna(p["gpu"]) else f" gpu{int(p['gpu'])}"
+            out.append(Alert("crit" if p["share"] < th["bandwidth_share_min"] / 1.5 else "warn",
+                             "links", f"{p['node']}{gpu} {p['device']} at {p['share']:.0%} of peak",
+                             f"{p['p95_bytes_per_s'] / 1e9:.1f} GB/s while dispatch/combine "
+                             f"run; threshold {th['bandwidth_share_min']:.0%} of peak"))
+        if len(low) > 4:
+            out.append(Alert("warn", "links", f"{len(low) - 4} more links below "
+                                              f"{th['bandwidth_share_min']:.0%} of peak", ""))
+    st = o.stragglers
+    if len(st):
+        for _, s in st.sort_values("z_max", ascending=False).head(3).iterrows():
+            waiting = int(s.get("waiting_count", 0) or 0)
+            out.append(Alert("crit", "timeline", f"Straggler: rank {int(s['rank'])}",
+                             f"{s.get('worst_op', '?')} {_nan(s.get('slowdown')):.2f}x its "
+                             f"peers (z {_nan(s['z_max']):.1f})"
+                             + (f"; {waiting} ranks of its pipeline wait" if waiting else "")))
+    order = {"crit": 0, "warn": 1}
+    return sorted(out, key=lambda a: order.get(a.level, 2))

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "info": "profiler.commands.info_cmd:command",
     "compare": "profiler.commands.compare_cmd:command",
     "compact": "profiler.commands.info_cmd:compact_command",
+    "verify": "profiler.commands.verify_cmd:command",
     "run-reference": "dualscope.commands.reference_cmd:command",
     "model": "profiler.commands.model_cmd:command",
     "analyze": "profiler.commands.analyze_cmd:command",

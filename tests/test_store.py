@@ -68,8 +68,11 @@ def test_rotation_seals_segments_and_reader_caches(tmp_path: Path) -> None:
     for i in range(3):
         w.write(_spans(0, 4, t0=10 * i))
     w.close()
-    names = sorted(os.listdir(tmp_path / "s"))
+    names = sorted(n for n in os.listdir(tmp_path / "s") if not n.endswith(".crc"))
     assert names == ["seg-000000.arrows", "seg-000001.arrows", "seg-000002.arrows"]
+    # every segment has its checksum sidecar (docs/trace-format.md)
+    assert sorted(n for n in os.listdir(tmp_path / "s") if n.endswith(".crc")) == [
+        "seg-000000.crc", "seg-000001.crc", "seg-000002.crc"]
 
 
 def test_schema_refuses_unknown_and_missing_columns() -> None:
@@ -117,8 +120,8 @@ def test_truncated_open_segment_is_read_up_to_last_complete_batch(tmp_path: Path
     # simulate a crash mid-write: chop the last batch in half
     (tmp_path / "s" / "seg-000001.arrows.open").write_bytes(data[: size - 40])
     r = RunReader.__new__(RunReader)
-    r._cache = {}
-    t = r._read_stream_dir(tmp_path / "s")
+    r._cache, r.on_damage, r.notes = {}, "error", []
+    t = r._read_stream_dir(tmp_path / "s", SPAN_SCHEMA)
     assert t is not None and t.num_rows == 6 + 3
 
 

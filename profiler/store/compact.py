@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 
 from ..errors import RunFormatError
 from ..manifest import Manifest, fsync_dir
-from .segments import PART_RE, SEG_RE, part_first, read_stream_prefix
+from .integrity import crc_path, read_segment, verify_file_checksum, write_file_checksum
+from .segments import PART_RE, SEG_RE, part_first
 
 __all__ = ["compact"]
 
@@ -37,13 +38,16 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
             old_parts = [stream / e for e in os.listdir(stream) if PART_RE.match(e)]
             if not sealed:
                 continue
-            tables = [pq.read_table(p) for p in old_parts]
+            tables = []
+            for p in old_parts:  # checked before parsing; damage refuses the compaction
+                verify_file_checksum(p, "error")
+                tables.append(pq.read_table(p))
             for _, p in sealed:
-                t, complete = read_stream_prefix(p)
-                if not complete:
+                got = read_segment(p, sealed=True, policy="error")
+                if not got.complete:
                     raise RunFormatError(f"{p}: sealed segment is truncated; not compacting")
-                if t is not None:
-                    tables.append(t)
+                if got.table is not None:
+                    tables.append(got.table)
             first = min([s for s, _ in sealed] + [part_first(p) for p in old_parts])
             last = sealed[-1][0]
             target = stream / f"part-{first:06d}-{last:06d}.parquet"
@@ -52,13 +56,16 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
                            compression="zstd")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            write_file_checksum(target, source=tmp)
             os.replace(tmp, target)
             fsync_dir(stream)
             for p in old_parts:
                 if p != target:
                     p.unlink()
+                    crc_path(p).unlink(missing_ok=True)
             for _, p in sealed:
                 p.unlink()
+                crc_path(p).unlink(missing_ok=True)
             fsync_dir(stream)
             written.append(target)
     return written

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,9 +13,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import RunFormatError
+from ..errors import InputError, RunFormatError
 from ..manifest import Manifest
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
+from .integrity import POLICIES, read_segment, verify_file_checksum
 from .segments import (
     OPEN,
     PART_RE,
@@ -21,7 +24,6 @@ from .segments import (
     SEG_RE,
     concat,
     rank_dir_name,
-    read_stream_prefix,
     safe_name,
     to_pandas,
     window,
@@ -42,10 +44,16 @@ class RunReader:
     new data; sealed segments are read once and cached.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], *, on_damage: str = "error") -> None:
         self.path = Path(run_dir)
         if not self.path.is_dir():
             raise RunFormatError(f"{run_dir}: no such run directory")
+        if on_damage not in POLICIES:
+            raise InputError(f"--on-damage {on_damage!r} is not one of {', '.join(POLICIES)}")
+        #: ``error``: a damaged segment or part raises RunFormatError naming it; ``skip``: its
+        #: damaged batches are dropped and :attr:`notes` says which (docs/trace-format.md)
+        self.on_damage = on_damage
+        self.notes: list[str] = []
         self.manifest = Manifest.read(self.path)
         self._cache: dict[Path, pa.Table] = {}
 
@@ -70,11 +78,14 @@ class RunReader:
         return sorted(os.listdir(root)) if root.is_dir() else []
 
     def segment_files(self) -> list[Path]:
+        """Every data file of the run's streams (segments and Parquet parts; not the
+        checksum sidecars)."""
         files: list[Path] = []
         for kind in ("spans", "counters"):
             root = self.path / kind
             if root.is_dir():
-                files.extend(p for p in root.rglob("*") if p.is_file())
+                files.extend(p for p in root.rglob("*") if (SEG_RE.match(p.name) or
+                             PART_RE.match(p.name)) and p.is_file())
         return sorted(files)
 
     # -- tables --------------------------------------------------------------------------
@@ -86,7 +97,8 @@ class RunReader:
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
         wanted = self.ranks() if ranks is None else [int(r) for r in ranks]
-        tables = [self._read_stream_dir(self.path / "spans" / rank_dir_name(r)) for r in wanted]
+        tables = [self._read_stream_dir(self.path / "spans" / rank_dir_name(r), SPAN_SCHEMA)
+                  for r in wanted]
         table = spans_table(concat(tables, SPAN_SCHEMA))  # fills columns older runs lack
         table = self._apply_offsets(table)
         return window(table, "start_ns", "end_ns", start_ns, end_ns, columns)
@@ -99,7 +111,8 @@ class RunReader:
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
         wanted = self.nodes() if nodes is None else [safe_name(n) for n in nodes]
-        tables = [self._read_stream_dir(self.path / "counters" / n) for n in wanted]
+        tables = [self._read_stream_dir(self.path / "counters" / n, COUNTER_SCHEMA)
+                  for n in wanted]
         table = counters_table(concat(tables, COUNTER_SCHEMA))
         return window(table, "ts_ns", "ts_ns", start_ns, end_ns, columns)
 
@@ -127,7 +140,27 @@ class RunReader:
             table = table.set_column(i, col, pa.array(table.column(col).to_numpy() + offs))
         return table
 
-    def _read_stream_dir(self, directory: Path) -> pa.Table | None:
+    def _note(self, notes: list[str]) -> None:
+        for n in notes:
+            if n not in self.notes:
+                self.notes.append(n)
+
+    def _damaged(self, path: Path, what: str) -> None:
+        if self.on_damage == "error":
+            raise RunFormatError(f"{path}: {what}; restore it or remove it from the run")
+        self._note([f"{path}: {what} (skipped)"])
+
+    def _conforms(self, path: Path, table: pa.Table, expected: pa.Schema) -> bool:
+        names = set(table.schema.names)
+        key = _SPAN_KEYS if expected is SPAN_SCHEMA else _COUNTER_KEYS
+        if names <= set(expected.names) and key <= names:
+            return True
+        kind = "spans" if expected is SPAN_SCHEMA else "counters"
+        self._damaged(path, f"its columns ({', '.join(sorted(names)[:6])}...) are not a "
+                      f"{kind} stream's")
+        return False
+
+    def _read_stream_dir(self, directory: Path, expected: pa.Schema) -> pa.Table | None:
         if not directory.is_dir():
             return None
         parts: list[tuple[int, int, Path]] = []
@@ -143,7 +176,10 @@ class RunReader:
         tables: list[tuple[int, pa.Table]] = []
         for first, _last, path in parts:
             if path not in self._cache:
-                self._cache[path] = pq.read_table(path)
+                part = self._read_part(path)
+                if part is None or not self._conforms(path, part, expected):
+                    continue
+                self._cache[path] = part
             tables.append((first, self._cache[path]))
         covered = [(a, b) for a, b, _ in parts]
         seen: set[int] = set()
@@ -152,12 +188,28 @@ class RunReader:
                 continue
             seen.add(seq)
             table = self._read_segment(directory, seq, entry)
-            if table is not None:
+            if table is not None and self._conforms(directory / entry, table, expected):
                 tables.append((seq, table))
         if not tables:
             return None
         tables.sort(key=lambda t: t[0])
         return concat([t for _, t in tables], None)
+
+    def _read_part(self, path: Path) -> pa.Table | None:
+        why = _irregular(path)
+        if why:
+            self._damaged(path, why)
+            return None
+        try:
+            ok, notes = verify_file_checksum(path, self.on_damage)
+            self._note(notes)
+            return pq.read_table(path) if ok else None
+        except FileNotFoundError:
+            return None  # compacted again between listing and reading
+        except (pa.ArrowException, OSError) as e:
+            self._damaged(path, f"unreadable Parquet part ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no detail'})")
+            return None
 
     def _read_segment(self, directory: Path, seq: int, entry: str) -> pa.Table | None:
         sealed = directory / f"seg-{seq:06d}{SEALED}"
@@ -167,17 +219,44 @@ class RunReader:
         if entry.endswith(OPEN):
             candidates.append(sealed)  # renamed between listdir and open
         for path in candidates:
+            is_sealed = not path.name.endswith(OPEN)
             try:
-                table, complete = read_stream_prefix(path)
+                why = _irregular(path)
+                if why:
+                    self._damaged(path, why)
+                    return None
+                got = read_segment(path, sealed=is_sealed, policy=self.on_damage)
             except FileNotFoundError:
                 continue
-            if path.name.endswith(SEALED) and not path.name.endswith(OPEN):
-                if not complete:
-                    raise RunFormatError(
-                        f"{path}: sealed segment is truncated; the run was damaged after it "
-                        "was written (restore it or delete the segment)"
-                    )
-                if table is not None:
-                    self._cache[path] = table
-            return table
+            except OSError as e:
+                self._damaged(path, f"cannot read ({e.strerror or e})")
+                return None
+            self._note(got.notes)
+            if is_sealed:
+                if not got.complete:
+                    self._damaged(path, "sealed segment is truncated; the run was damaged "
+                                  "after it was written")
+                    return got.table
+                if got.table is not None:
+                    self._cache[path] = got.table
+            return got.table
         return None
+
+
+#: columns a stream must have to be read as spans / counters
+_SPAN_KEYS = {"rank", "start_ns", "end_ns"}
+_COUNTER_KEYS = {"ts_ns", "node", "metric", "value"}
+
+
+def _irregular(path: Path) -> str | None:
+    """Why ``path`` is not a regular file (following links), or None. FIFOs, devices,
+    sockets and directories are never opened: a FIFO would block the reader."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        return "a symlink loop" if e.errno == errno.ELOOP else f"cannot stat ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file (FIFO, device or socket)"

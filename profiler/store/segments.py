@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pandas is imported only when a reader converts to a DataFra
     import pandas as pd
 
 __all__ = ["SEALED", "OPEN", "SEG_RE", "PART_RE", "IPC_OPTIONS", "rank_dir_name", "safe_name",
-           "next_seq", "read_stream_prefix", "concat", "window", "to_pandas", "part_first"]
+           "next_seq", "concat", "window", "to_pandas", "part_first"]
 
 SEALED = ".arrows"
 OPEN = ".arrows.open"
@@ -49,31 +49,6 @@ def next_seq(directory: Path) -> int:
         if p:
             seqs.append(int(p.group(2)))
     return max(seqs) + 1
-
-
-def read_stream_prefix(path: Path) -> tuple[pa.Table | None, bool]:
-    """Read the complete record batches of an IPC stream file. Returns (table, complete);
-    ``complete`` is False when the file ended early (an open or crashed segment)."""
-    data = path.read_bytes()
-    if not data:
-        return None, False
-    try:
-        reader = ipc.open_stream(pa.py_buffer(data))
-    except (pa.ArrowInvalid, OSError, EOFError):
-        return None, False
-    batches = []
-    complete = False
-    while True:
-        try:
-            batches.append(reader.read_next_batch())
-        except StopIteration:
-            complete = True
-            break
-        except (pa.ArrowException, OSError, EOFError):
-            break
-    if not batches:
-        return reader.schema.empty_table(), complete
-    return pa.Table.from_batches(batches, schema=reader.schema), complete
 
 
 def concat(tables: Sequence[pa.Table | None], schema: pa.Schema | None) -> pa.Table:

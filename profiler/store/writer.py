@@ -19,6 +19,7 @@ import pyarrow.ipc as ipc
 from ..errors import InputError, RunFormatError
 from ..manifest import Manifest, fsync_dir
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
+from .integrity import ChecksumSink, crc_path
 from .segments import IPC_OPTIONS, OPEN, SEALED, next_seq, rank_dir_name, safe_name
 
 __all__ = ["StreamWriter", "RunWriter", "atomic_run_dir"]
@@ -56,7 +57,7 @@ class StreamWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._seq = next_seq(self.directory)
-        self._file: Any = None
+        self._sink: ChecksumSink | None = None
         self._writer: ipc.RecordBatchStreamWriter | None = None
         self._opened_at = 0.0
         self._last_flush = time.monotonic()
@@ -86,9 +87,8 @@ class StreamWriter:
             writer = self._ensure_open()
             for batch in table.to_batches(max_chunksize=self.batch_rows):
                 writer.write_batch(batch)
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
+            assert self._sink is not None
+            self._sink.record(self.fsync)  # data to the OS (and disk), then its checksum
             self.rows_written += table.num_rows
         if self._writer is not None and time.monotonic() - self._opened_at >= self.rotate_s:
             self.rotate()
@@ -97,17 +97,16 @@ class StreamWriter:
         """Seal the open segment (if any); the next write opens a new one."""
         if self._writer is None:
             return
-        self._writer.close()
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._file.close()
+        self._writer.close()  # the stream's end marker goes through the sink too
+        assert self._sink is not None
+        self._sink.record(self.fsync)
+        self._sink.close_files()
         path = self._seg_path(self._seq, open_=True)
         os.replace(path, self._seg_path(self._seq, open_=False))
         if self.fsync:
             fsync_dir(self.directory)
         self._writer = None
-        self._file = None
+        self._sink = None
         self._seq += 1
 
     def close(self) -> None:
@@ -130,8 +129,10 @@ class StreamWriter:
     def _ensure_open(self) -> ipc.RecordBatchStreamWriter:
         if self._writer is None:
             path = self._seg_path(self._seq, open_=True)
-            self._file = open(path, "xb")  # noqa: SIM115 - stays open across flushes
-            self._writer = ipc.new_stream(self._file, self.schema, options=IPC_OPTIONS)
+            data = open(path, "xb")  # noqa: SIM115 - stays open across flushes
+            side = open(crc_path(path), "wb")  # noqa: SIM115 - a stale one is replaced
+            self._sink = ChecksumSink(data, side)
+            self._writer = ipc.new_stream(self._sink, self.schema, options=IPC_OPTIONS)
             self._opened_at = time.monotonic()
             if self.fsync:
                 fsync_dir(self.directory)

@@ -1,0 +1,141 @@
+"""``dualscope verify RUN``: check a whole run — the manifest, every segment against its
+checksums and Arrow's full validation, every Parquet part — and list what is damaged."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import RunFormatError
+from ..manifest import Manifest
+from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
+from .integrity import (
+    CRC_SUFFIX,
+    read_segment,
+    verify_file_checksum,
+    write_file_checksum,
+    write_segment_checksum,
+)
+from .reader import _irregular
+from .segments import OPEN, PART_RE, SEG_RE
+
+__all__ = ["Finding", "verify_run", "add_missing_checksums"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One file's verdict: ``ok``, ``unchecked`` (readable, but written before checksums),
+    ``damaged`` (with the reason) or ``stray`` (a file the store does not know)."""
+
+    path: str
+    status: str
+    detail: str = ""
+    rows: int = 0
+
+
+def _rel(run: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(run))
+    except ValueError:
+        return str(path)
+
+
+def _check_columns(table: pa.Table, kind: str) -> str:
+    expected = SPAN_SCHEMA if kind == "spans" else COUNTER_SCHEMA
+    extra = set(table.schema.names) - set(expected.names)
+    return f"columns {sorted(extra)[:4]} do not belong to a {kind} stream" if extra else ""
+
+
+def _segment(run: Path, path: Path, kind: str) -> Finding:
+    sealed = not path.name.endswith(OPEN)
+    got = read_segment(path, sealed=sealed, policy="skip")
+    damage = [n for n in got.notes if n.endswith("(skipped)")]
+    if damage:
+        return Finding(_rel(run, path), "damaged", "; ".join(d.split(": ", 1)[-1] for d in damage))
+    if sealed and not got.complete:
+        return Finding(_rel(run, path), "damaged", "sealed segment is truncated")
+    rows = 0 if got.table is None else got.table.num_rows
+    if got.table is not None:
+        wrong = _check_columns(got.table, kind)
+        if wrong:
+            return Finding(_rel(run, path), "damaged", wrong, rows)
+    if got.notes:
+        return Finding(_rel(run, path), "unchecked", "no checksums", rows)
+    return Finding(_rel(run, path), "ok", "" if sealed else "open (live) segment", rows)
+
+
+def _part(run: Path, path: Path, kind: str) -> Finding:
+    ok, notes = verify_file_checksum(path, "skip")
+    if not ok:
+        return Finding(_rel(run, path), "damaged",
+                       "; ".join(n.split(": ", 1)[-1] for n in notes) or "checksum mismatch")
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        return Finding(_rel(run, path), "damaged", f"unreadable Parquet ({type(e).__name__})")
+    wrong = _check_columns(table, kind)
+    if wrong:
+        return Finding(_rel(run, path), "damaged", wrong, table.num_rows)
+    return Finding(_rel(run, path), "unchecked" if notes else "ok",
+                   "no checksum" if notes else "", table.num_rows)
+
+
+def verify_run(run_dir: str | os.PathLike[str]) -> list[Finding]:
+    """Every file of the run with its verdict (manifest first)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunFormatError(f"{run_dir}: no such run directory")
+    out: list[Finding] = []
+    try:
+        Manifest.read(run)
+        out.append(Finding("manifest.json", "ok"))
+    except RunFormatError as e:
+        out.append(Finding("manifest.json", "damaged", str(e).split(": ", 1)[-1]))
+    for kind in ("spans", "counters"):
+        root = run / kind
+        if not root.is_dir():
+            continue
+        for stream in sorted(root.iterdir()):
+            why = _irregular(stream)
+            if why != "a directory":
+                out.append(Finding(_rel(run, stream), "damaged", f"a stream must be a "
+                                   f"directory, this is {why or 'a file'}"))
+                continue
+            for path in sorted(stream.iterdir()):
+                name = path.name
+                if name.endswith(CRC_SUFFIX) or (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                if not (SEG_RE.match(name) or PART_RE.match(name)):
+                    out.append(Finding(_rel(run, path), "stray", "not a file of the store"))
+                    continue
+                why = _irregular(path)
+                if why:
+                    out.append(Finding(_rel(run, path), "damaged", why))
+                    continue
+                try:
+                    out.append((_segment if SEG_RE.match(name) else _part)(run, path, kind))
+                except OSError as e:
+                    out.append(Finding(_rel(run, path), "damaged", f"cannot read ({e.strerror})"))
+    return out
+
+
+def add_missing_checksums(run_dir: str | os.PathLike[str], findings: list[Finding]) -> int:
+    """Write the sidecar of every sealed file that :func:`verify_run` found ``unchecked``
+    (readable and valid, but written before checksums existed); the number written."""
+    run = Path(run_dir)
+    n = 0
+    for f in findings:
+        if f.status != "unchecked" or f.path.endswith(OPEN):
+            continue
+        path = run / f.path
+        if PART_RE.match(path.name):
+            write_file_checksum(path)
+        else:
+            write_segment_checksum(path)
+        n += 1
+    return n

@@ -3,8 +3,9 @@ fixed rate on one thread, writes counter rows to the run while it runs and feeds
 Prometheus exporter.
 
 One loop, no per-sample logging, no per-row Arrow work: collectors append to plain column
-lists (:class:`probes.base.Rows`), which go to the run's counter stream of this node once per
-``flush_s`` (one record batch, flushed and fsynced; the stream is sealed every ``rotate_s``).
+lists (:class:`probes.base.Rows`, the one counter-row buffer), which go to the run's counter
+stream of this node once per ``flush_s`` (one record batch, flushed and fsynced; the stream is
+sealed every ``rotate_s``).
 A collector that raises is replaced by a do-nothing one with the error as its reason; the
 agent itself never stops the training job or crashes on a partial failure. Stopping (``stop``
 event, SIGTERM / SIGINT in the CLI, or ``duration_s``) flushes and seals everything and
@@ -31,7 +32,7 @@ from profiler.errors import InputError, RunFormatError
 from profiler.manifest import Manifest, ProbeStatus
 from profiler.store import RunWriter, StreamWriter
 
-from .base import NullCollector, Rows, Unavailable, log
+from .base import Collector, NullCollector, Rows, Unavailable, log
 from .exporter import Exporter
 from .smsplit import declared_caps
 
@@ -56,10 +57,10 @@ class AgentConfig:
                              "it out to run until SIGTERM / Ctrl-C")
 
 
-def start_collectors(collectors: list[Any]) -> list[Any]:
+def start_collectors(collectors: list[Collector]) -> list[Collector]:
     """Start each collector; one that is :class:`Unavailable` (or fails to start at all) is
     replaced by a :class:`NullCollector` carrying the reason, logged once."""
-    started: list[Any] = []
+    started: list[Collector] = []
     for c in collectors:
         try:
             c.start()
@@ -76,7 +77,7 @@ def start_collectors(collectors: list[Any]) -> list[Any]:
 class Agent:
     """Samples ``collectors`` (already started) into run ``config.out``."""
 
-    def __init__(self, config: AgentConfig, collectors: list[Any],
+    def __init__(self, config: AgentConfig, collectors: list[Collector],
                  exporter: Exporter | None = None) -> None:
         self.config = config
         self.collectors = collectors

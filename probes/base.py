@@ -6,6 +6,10 @@ then swaps in a :class:`NullCollector` that does nothing and reports the reason,
 ``if available`` checks spread through the sampling loop. A collector that runs but has lost
 part of what it reads (one GPU, one counter file) keeps sampling, writes NaN for what it
 cannot read and says why in :meth:`Collector.statuses` (logged once, not per sample).
+
+Collectors append to :class:`Rows`, the one counter-row buffer of the project
+(:class:`profiler.counter_rows.CounterRows`, which the reference run's per-step counters use
+too); the agent drains it into the run every flush period.
 """
 
 from __future__ import annotations
@@ -14,11 +18,8 @@ import logging
 import math
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-import pyarrow as pa
-
+from profiler.counter_rows import CounterRows
 from profiler.manifest import ProbeStatus
-from profiler.schema import COUNTER_SCHEMA
 
 __all__ = [
     "NAN",
@@ -36,73 +37,14 @@ NAN = math.nan
 log = logging.getLogger("dualscope.probes")
 
 
+#: the counter-row buffer collectors append to (``add(gpu, device, metric, value)`` at
+#: ``rows.ts_ns``, the time of the sample being taken)
+Rows = CounterRows
+
+
 class Unavailable(Exception):
     """Raised by ``Collector.start()`` when the collector cannot read anything on this
     machine; ``str(err)`` is the reason a user reads in the manifest and the self-test."""
-
-
-class Rows:
-    """Column buffers the collectors append counter rows to (one sample after another).
-
-    ``add(gpu, device, metric, value)`` stamps the row with :attr:`ts_ns`, the time of the
-    sample being taken; the agent drains the buffers into the run every flush period.
-    Plain lists: appending is the cheapest thing Python does, and Arrow conversion happens
-    once per flush, not once per row.
-    """
-
-    __slots__ = ("ts_ns", "ts", "gpu", "device", "metric", "value")
-
-    def __init__(self) -> None:
-        self.ts_ns = 0
-        self.ts: list[int] = []
-        self.gpu: list[int | None] = []
-        self.device: list[str] = []
-        self.metric: list[str] = []
-        self.value: list[float] = []
-
-    def add(self, gpu: int | None, device: str, metric: str, value: float) -> None:
-        self.ts.append(self.ts_ns)
-        self.gpu.append(gpu)
-        self.device.append(device)
-        self.metric.append(metric)
-        self.value.append(value)
-
-    def extend(self, gpu: int | None, devices: list[str], metrics: list[str],
-               values: list[float]) -> None:
-        """Rows of one GPU (or node-level device set) at the current sample time."""
-        n = len(values)
-        self.ts.extend([self.ts_ns] * n)
-        self.gpu.extend([gpu] * n)
-        self.device.extend(devices)
-        self.metric.extend(metrics)
-        self.value.extend(values)
-
-    def add_at(self, ts_ns: int, gpu: int | None, device: str, metric: str, value: float) -> None:
-        """A row for another time than the current sample (series computed after the fact)."""
-        self.ts.append(ts_ns)
-        self.gpu.append(gpu)
-        self.device.append(device)
-        self.metric.append(metric)
-        self.value.append(value)
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def drain(self, node: str) -> pa.Table:
-        """Return the buffered rows as a table of the counter schema and empty the buffers.
-        Built column by column (``pa.array(ints, pa.int64())`` on nanosecond timestamps is
-        ten times slower than going through numpy)."""
-        n = len(self.ts)
-        table = pa.Table.from_arrays([
-            pa.array(np.fromiter(self.ts, dtype=np.int64, count=n)),
-            pa.nulls(n, pa.string()).fill_null(node),
-            pa.array(self.gpu, pa.int32()),
-            pa.array(self.device, pa.string()),
-            pa.array(self.metric, pa.string()),
-            pa.array(self.value, pa.float64()),
-        ], schema=COUNTER_SCHEMA)
-        self.ts, self.gpu, self.device, self.metric, self.value = [], [], [], [], []
-        return table
 
 
 class StatusBoard:

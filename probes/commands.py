@@ -18,7 +18,7 @@ import click
 from profiler.errors import InputError
 
 from .agent import Agent, AgentConfig, start_collectors
-from .base import Rows, log
+from .base import Collector, Rows, log
 from .exporter import Exporter
 from .ib import DEFAULT_ROOT, IbCollector
 from .metrics import device_kind
@@ -30,7 +30,7 @@ __all__ = ["command", "build_collectors", "run_selftest"]
 
 def build_collectors(*, ib_sysfs: str = DEFAULT_ROOT, kernels_from: str | None = None,
                      sms_per_gpu: int | None = None, interval_s: float = 0.1,
-                     nvml: Any = None) -> list[Any]:
+                     nvml: Any = None) -> list[Collector]:
     """The agent's collectors, not yet started (``nvml``: a pynvml stand-in for tests)."""
     return [NvmlCollector(nvml), IbCollector(ib_sysfs),
             SmSplitCollector(kernels_from, sms_per_gpu=sms_per_gpu, interval_s=interval_s)]
@@ -115,7 +115,7 @@ def run_selftest(*, ib_sysfs: str = DEFAULT_ROOT, kernels_from: str | None = Non
     click.echo(f"dualscope probe self-test on {socket.gethostname()}")
     level = log.level
     log.setLevel(logging.ERROR)  # the states are printed below, once
-    collectors: list[Any] = []
+    collectors: list[Collector] = []
     try:
         collectors = start_collectors(build_collectors(
             ib_sysfs=ib_sysfs, kernels_from=kernels_from, sms_per_gpu=sms_per_gpu, nvml=nvml))

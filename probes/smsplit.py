@@ -3,16 +3,17 @@ kernel activity (torch.profiler / Kineto kernels), as DESIGN.md defines it.
 
 NVML cannot answer this: GPM's SM utilisation is one number for the whole GPU and cannot tell
 an NCCL or DeepEP kernel from a GEMM. The split needs kernels with their grid size and a
-comm / compute decision, which the importer makes with :func:`profiler.classify.classify_kernels`
-(stream, process group and name together, never the name alone) and records as the span's
-lane. This module reuses that decision and the sweep line of
+comm / compute decision, which the one kernel rule of the importer makes
+(:func:`profiler.importers.kernels.kernel_lanes`: :func:`profiler.classify.classify_kernels` --
+stream, process group and name together, never the name alone -- and the SMs held) and records
+as the span's lane. This module reuses that rule and the sweep line of
 :func:`profiler.analysis.sm_split.sm_split_series`; it adds only
 
 - :func:`interval_means`: the step function averaged over the agent's sample intervals, so
   ``comm_sms`` / ``compute_sms`` rows mean the same as every other counter row (the mean over
   the interval that ends at ``ts_ns``; SM-seconds = value x interval);
 - :func:`kernel_spans`: raw kernel records (e.g. from a live ``torch.profiler`` hook) to
-  classified spans, through the same classifier;
+  classified spans, through the same rule;
 - :func:`declared_caps`: NCCL channel limits and DeepEP's SM setting when this process can
   see them (environment; ``deep_ep.Buffer.num_sms`` when deep_ep is imported);
 - :class:`SmSplitCollector`: tails the kernel spans of a run (``--kernels-from RUN``, where
@@ -34,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from profiler.analysis.sm_split import sm_split_series
-from profiler.classify import classify_kernels
 from profiler.errors import DualscopeError
+from profiler.importers.kernels import kernel_lanes
 from profiler.store import RunReader
 
 from .base import CollectorBase, Rows, Unavailable
@@ -72,17 +73,17 @@ def kernel_spans(names: Sequence[str], streams: Sequence[Hashable], grid_blocks:
                  start_ns: Sequence[int], end_ns: Sequence[int], gpu: Sequence[int], *,
                  sms_per_gpu: int, has_pg: Sequence[bool] | None = None,
                  comm_patterns: Sequence[str] = ()) -> pd.DataFrame:
-    """Classify raw kernel records with :func:`profiler.classify.classify_kernels` and return
-    the columns the sweep line needs: ``rank`` (the GPU), ``lane`` (comm | compute),
-    ``start_ns``, ``end_ns`` (ns), ``sms`` (min(grid blocks, SMs), nullable)."""
+    """Classify raw kernel records with the importer's kernel rule
+    (:func:`profiler.importers.kernels.kernel_lanes`) and return the columns the sweep line
+    needs: ``rank`` (the GPU), ``lane`` (comm | compute), ``start_ns``, ``end_ns`` (ns),
+    ``sms`` (min(grid blocks, SMs), nullable)."""
     keys = [(g, s) for g, s in zip(gpu, streams, strict=True)]
-    cls = classify_kernels(names, keys, grid_blocks, has_pg, sms_per_gpu=sms_per_gpu,
-                           comm_patterns=comm_patterns)
-    held = np.round(np.minimum(np.asarray(grid_blocks, dtype=np.float64), sms_per_gpu))
-    sms = pd.array(held, dtype="Float64").astype("Int64")  # NaN grid -> <NA>
+    k = kernel_lanes(names, keys, grid_blocks, has_pg, sms_per_gpu=sms_per_gpu,
+                     comm_patterns=comm_patterns)
+    sms = pd.array(np.round(k.sms), dtype="Float64").astype("Int64")  # NaN grid -> <NA>
     return pd.DataFrame({
         "rank": np.asarray(gpu, dtype=np.int64),
-        "lane": np.where(cls.is_comm, "comm", "compute"),
+        "lane": k.lane.astype(str),
         "start_ns": np.asarray(start_ns, dtype=np.int64),
         "end_ns": np.asarray(end_ns, dtype=np.int64),
         "sms": sms,

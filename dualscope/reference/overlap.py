@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from probes.timers import Timers
+
 __all__ = ["make_overlap_fn", "StageStreams", "check_runtime"]
 
 _NEEDED = ("fwd_recv_ops", "bwd_recv_ops", "backward_counter", "_maybe_compute_loss",
@@ -119,7 +121,7 @@ class StageStreams:
         return run
 
 
-def make_overlap_fn(schedule: Any, timers: Any, mode: str,
+def make_overlap_fn(schedule: Any, timers: Timers, mode: str,
                     device: torch.device) -> Callable[[Any, Any], None]:
     """The OVERLAP_F_B custom function for ``schedule`` (register it with
     ``schedule.register_custom_function(OVERLAP_F_B, fn)``)."""

@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage
 
+from probes.timers import Timers
+
 from .config import V_SCHEDULES, ReferenceConfig
 from .model import LocalExperts, StageModule, build_stage, loss_fn
 
@@ -146,7 +148,7 @@ class ExpertParallel:
     to *other* EP ranks (the share that stays local never crosses a link)."""
 
     def __init__(self, group: Any, group_bwd: Any, ep_size: int, ep_rank: int, experts: int,
-                 timers: Any) -> None:
+                 timers: Timers) -> None:
         self.group, self.group_bwd = group, group_bwd
         self.size, self.rank, self.experts = ep_size, ep_rank, experts
         self.per = experts // ep_size
@@ -197,7 +199,7 @@ class Pipeline:
 
 
 def build_pipeline(cfg: ReferenceConfig, dims: ParallelDims, rank: int, groups: Groups,
-                   device: torch.device, timers: Any) -> Pipeline:
+                   device: torch.device, timers: Timers) -> Pipeline:
     """Stage modules, ``PipelineStage`` objects (static shapes: no shape inference runs the
     model) and the schedule for this rank."""
     import torch.distributed.pipelining as pipelining
@@ -236,7 +238,7 @@ def _is_expert(name: str) -> bool:
 
 
 def _allreduce_mean(tensors: list[torch.Tensor], group: Any, divisor: float,
-                    timers: Any, name: str) -> None:
+                    timers: Timers, name: str) -> None:
     if not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -253,7 +255,7 @@ def _allreduce_mean(tensors: list[torch.Tensor], group: Any, divisor: float,
 
 
 def sync_grads(modules: list[StageModule], groups: Groups, dims: ParallelDims,
-               timers: Any) -> None:
+               timers: Timers) -> None:
     """Average dense gradients over the EP x DP replicas; expert gradients (already summed
     over the EP ranks' tokens by the all-to-all backward) over DP, divided by EP x DP."""
     dense: list[torch.Tensor] = []
@@ -269,7 +271,7 @@ def sync_grads(modules: list[StageModule], groups: Groups, dims: ParallelDims,
 
 
 def router_stats_and_update(modules: list[StageModule], groups: Groups,
-                            timers: Any) -> dict[int, dict[str, Any]]:
+                            timers: Timers) -> dict[int, dict[str, Any]]:
     """Sum every gate's expert loads and group usage over the replica group, update the
     biases (auxiliary-loss-free balancing) and return, per layer: ``tokens`` (per expert,
     this step, global), ``bias`` (after the update), ``nodes_per_token_mean``."""

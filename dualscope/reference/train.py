@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,24 +37,28 @@ import torch
 import torch.distributed as dist
 
 from probes.timers import (
-    AlternatingTimers,
     CudaTimers,
     HostTimers,
     NullTimers,
     RunClock,
+    Timers,
     instrument_pipeline,
     p2p_timing,
 )
+from profiler.counter_rows import CounterRows
+from profiler.counters import TRAIN, expert_device, routing_device
 from profiler.errors import InputError
 from profiler.manifest import Manifest, Parallel, ProbeStatus, Topology
 from profiler.schema import COUNTER_SCHEMA, SPAN_SCHEMA
 from profiler.store import RunWriter, StreamWriter, rank_dir_name
 
+from .ab_timers import AlternatingTimers
 from .capture import KernelCapture, NullCapture
 from .clock import estimate_offsets
 from .config import ReferenceConfig
 from .data import MarkovData
 from .parallelize import (
+    Groups,
     ParallelDims,
     build_groups,
     build_pipeline,
@@ -75,6 +80,10 @@ COUNTERS_DOC = {
 }
 
 
+#: how OVERLAP_F_B runs its two parts when not on two CUDA streams, for the manifest
+_SEQUENTIAL, _THREADS = "sequentially", "on two threads, no CUDA streams"
+
+
 def _parse(argv: list[str] | None) -> ReferenceConfig:
     p = argparse.ArgumentParser(prog="dualscope.reference.train")
     p.add_argument("--config", required=True, help="ReferenceConfig as JSON")
@@ -86,9 +95,40 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _manifest(cfg: ReferenceConfig, world: int, cuda: bool, device: torch.device,
-              offsets: dict[int, int], rtts: dict[int, int], hosts: list[str],
-              dims: ParallelDims, overlap: str, data: MarkovData) -> Manifest:
+@dataclass(frozen=True)
+class _Rank:
+    """What start-up established for this process: where it runs and how it sees the others."""
+
+    rank: int
+    world: int
+    local_rank: int
+    cuda: bool
+    device: torch.device
+    #: how OVERLAP_F_B runs its parts: streams | threads | sequential
+    overlap: str
+    dims: ParallelDims
+    clock: RunClock
+    host: str
+    #: host of every rank, by rank
+    hosts: list[str]
+    #: clock offset and ping-pong round trip of every rank (ns)
+    offsets: dict[int, int]
+    rtts: dict[int, int]
+
+    @property
+    def gpu(self) -> int | None:
+        """The local GPU index stamped on counter rows (None on CPU)."""
+        return self.local_rank if self.cuda else None
+
+    @property
+    def coords(self) -> tuple[int, int, int]:
+        """(pp_rank, dp_rank, ep_rank)."""
+        return self.dims.coords(self.rank)
+
+
+def _manifest(cfg: ReferenceConfig, me: _Rank, data: MarkovData) -> Manifest:
+    world, cuda, device, overlap, dims = me.world, me.cuda, me.device, me.overlap, me.dims
+    offsets, rtts, hosts = me.offsets, me.rtts, me.hosts
     topo = Topology(nodes=cfg.nnodes)
     if cuda:
         props = torch.cuda.get_device_properties(device)
@@ -109,7 +149,8 @@ def _manifest(cfg: ReferenceConfig, world: int, cuda: bool, device: torch.device
         "overlap_streams": ProbeStatus(
             cuda and overlap == "streams",
             "OVERLAP_F_B parts on two CUDA streams" if cuda and overlap == "streams" else
-            f"OVERLAP_F_B runs its parts {'sequentially' if overlap == 'sequential' else 'on two threads, no CUDA streams'} on {'GPU' if cuda else 'CPU'}"),
+            f"OVERLAP_F_B runs its parts {_SEQUENTIAL if overlap == 'sequential' else _THREADS} "
+            f"on {'GPU' if cuda else 'CPU'}"),
     }
     coords = {r: dict(zip(("pp", "dp", "ep"), dims.coords(r), strict=True)) for r in range(world)}
     return Manifest(
@@ -183,17 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     hosts: list[Any] = [None] * world
     dist.all_gather_object(hosts, host, group=ctrl)
 
-    dims = ParallelDims(cfg.pp, cfg.ep, cfg.dp)
-    pp_rank, dp_rank, ep_rank = dims.coords(rank)
-    groups = build_groups(dims, rank, separate_bwd_group=overlap == "streams")
+    me = _Rank(rank=rank, world=world, local_rank=local_rank, cuda=cuda, device=device,
+               overlap=overlap, dims=ParallelDims(cfg.pp, cfg.ep, cfg.dp), clock=clock,
+               host=host, hosts=hosts, offsets=offsets, rtts=rtts)
+    groups = build_groups(me.dims, rank, separate_bwd_group=overlap == "streams")
     data = MarkovData(cfg.model.vocab_size, cfg.model.seq_len, cfg.seed)
     run = Path(cfg.out)
     # rank 0 owns the manifest; RunWriter merges it with what a probe agent writing into the
     # same run put there (under a file lock). Every rank writes its own streams below.
-    mwriter = None
-    if rank == 0:
-        mwriter = RunWriter(run, _manifest(cfg, world, cuda, device, offsets, rtts, hosts,
-                                           dims, overlap, data))
+    mwriter = RunWriter(run, _manifest(cfg, me, data)) if rank == 0 else None
     dist.barrier(group=ctrl)
 
     # the timers decide when to flush (every flush_s, on their flusher thread)
@@ -201,21 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                                flush_s=3600.0, fsync=cfg.fsync)
     counter_writer = StreamWriter(run / "counters" / f"{host}.rank-{rank:05d}", COUNTER_SCHEMA,
                                   flush_s=cfg.flush_s, fsync=cfg.fsync)
-    gpu = local_rank if cuda else None
-    if not cfg.instrument:
-        timers: Any = NullTimers()
-    elif cuda:
-        timers = CudaTimers(rank, clock, span_writer, flush_s=cfg.flush_s, device=local_rank,
-                            background=True)
-    else:
-        timers = HostTimers(rank, clock, span_writer, flush_s=cfg.flush_s, background=True)
-    if cfg.instrument and cfg.instrument_ab:
-        timers = AlternatingTimers(timers)
+    timers = _timers(cfg, me, span_writer)
     status = "failed"
     try:
-        status = _train(cfg, rank, dims, groups, device, cuda, overlap, clock, timers,
-                        counter_writer, data, host, gpu, mwriter,
-                        (pp_rank, dp_rank, ep_rank))
+        status = _train(cfg, me, groups=groups, timers=timers, counters=counter_writer,
+                        data=data, mwriter=mwriter)
         dist.barrier(group=ctrl)
     finally:
         # flush and seal first; a second SIGTERM from torchrun must not cut that short
@@ -234,15 +263,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(cfg: ReferenceConfig, rank: int, dims: ParallelDims, groups: Any,
-           device: torch.device, cuda: bool, overlap: str, clock: RunClock, timers: Any,
-           counters: StreamWriter, data: MarkovData, host: str, gpu: int | None,
-           mwriter: RunWriter | None, coords: tuple[int, int, int]) -> str:
+def _timers(cfg: ReferenceConfig, me: _Rank, span_writer: StreamWriter) -> Timers:
+    """The timers ``--instrument`` / ``--no-instrument`` / ``--instrument-ab`` ask for."""
+    if not cfg.instrument:
+        return NullTimers(me.clock)
+    timers: HostTimers
+    if me.cuda:
+        timers = CudaTimers(me.rank, me.clock, span_writer, flush_s=cfg.flush_s,
+                            device=me.local_rank, background=True)
+    else:
+        timers = HostTimers(me.rank, me.clock, span_writer, flush_s=cfg.flush_s,
+                            background=True)
+    return AlternatingTimers(timers) if cfg.instrument_ab else timers
+
+
+def _train(cfg: ReferenceConfig, me: _Rank, *, groups: Groups, timers: Timers,
+           counters: StreamWriter, data: MarkovData, mwriter: RunWriter | None) -> str:
     from torch.distributed.pipelining.schedules import OVERLAP_F_B
 
     from .overlap import StageStreams, make_overlap_fn
 
-    pp_rank, dp_rank, ep_rank = coords
+    rank, dims, device, cuda, overlap = me.rank, me.dims, me.device, me.cuda, me.overlap
+    _, dp_rank, ep_rank = me.coords
     torch.manual_seed(cfg.seed)
     pipe = build_pipeline(cfg, dims, rank, groups, device, timers)
     instrument_pipeline(pipe.stages, timers)
@@ -256,15 +298,18 @@ def _train(cfg: ReferenceConfig, rank: int, dims: ParallelDims, groups: Any,
         mwriter.update_manifest()
     params = [p for m in pipe.modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    capture: Any = NullCapture()
+    capture: KernelCapture | NullCapture = NullCapture()
     if cuda and cfg.profile_every > 0 and cfg.instrument:  # its spans go through the timers
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        capture = KernelCapture(cfg.profile_every, rank, timers, clock.offset_ns, sms)
+        capture = KernelCapture(cfg.profile_every, rank=rank, timers=timers,
+                                clock_offset_ns=me.clock.offset_ns, sms_per_gpu=sms)
     shard = dp_rank * dims.ep + ep_rank
     n_seqs = cfg.n_microbatches * cfg.microbatch_size
     leader = ep_rank == 0 and dp_rank == 0
+    rows = CounterRows()
+    gpu = me.gpu
     for step in range(cfg.steps):
-        t0 = clock.now_ns()
+        t0 = me.clock.now_ns()
         cpu0 = time.process_time()
         timers.begin_step(step)
         x, y = (t.to(device) for t in data.batch(step, shard, n_seqs))
@@ -289,46 +334,28 @@ def _train(cfg: ReferenceConfig, rank: int, dims: ParallelDims, groups: Any,
                 lt /= len(groups.replica_ranks)
             loss = float(lt.item())
         timers.end_step()
-        t1 = clock.now_ns()
-        rows = _Rows(t1, host, gpu)
-        rows.add("train", "step", step)
-        rows.add("train", "step_time_s", (t1 - t0) / 1e9)
-        rows.add("train", "step_cpu_s", time.process_time() - cpu0)
+        t1 = me.clock.now_ns()
+        # counter rows of the step, all stamped with its end time
+        rows.ts_ns = t1
+        rows.add(gpu, TRAIN, "step", float(step))
+        rows.add(gpu, TRAIN, "step_time_s", (t1 - t0) / 1e9)
+        rows.add(gpu, TRAIN, "step_cpu_s", time.process_time() - cpu0)
         if loss is not None and leader:
-            rows.add("train", "loss", loss)
+            rows.add(gpu, TRAIN, "loss", loss)
             print(f"[dualscope reference] step {step:4d}  loss {loss:.4f}  "
                   f"step {(t1 - t0) / 1e9:.3f} s", flush=True)
         if leader:
             for layer, st in router.items():
                 for e, (n, b) in enumerate(zip(st["tokens"], st["bias"], strict=True)):
-                    rows.add(f"expert:{layer}:{e}", "tokens", n)
-                    rows.add(f"expert:{layer}:{e}", "bias", b)
+                    rows.add(gpu, expert_device(layer, e), "tokens", float(n))
+                    rows.add(gpu, expert_device(layer, e), "bias", float(b))
                 mean = sum(st["tokens"]) / len(st["tokens"])
-                rows.add(f"routing:{layer}", "nodes_per_token_mean", st["nodes_per_token_mean"])
-                rows.add(f"routing:{layer}", "max_load_ratio",
+                rows.add(gpu, routing_device(layer), "nodes_per_token_mean",
+                         float(st["nodes_per_token_mean"]))
+                rows.add(gpu, routing_device(layer), "max_load_ratio",
                          max(st["tokens"]) / mean if mean else float("nan"))
-        counters.write(rows.columns())
+        counters.write(rows.drain(me.host))
     return "finished"
-
-
-class _Rows:
-    """Counter rows of one step, all stamped with the step's end time."""
-
-    def __init__(self, ts_ns: int, node: str, gpu: int | None) -> None:
-        self.ts_ns, self.node, self.gpu = ts_ns, node, gpu
-        self.device: list[str] = []
-        self.metric: list[str] = []
-        self.value: list[float] = []
-
-    def add(self, device: str, metric: str, value: float) -> None:
-        self.device.append(device)
-        self.metric.append(metric)
-        self.value.append(float(value))
-
-    def columns(self) -> dict[str, list[Any]]:
-        n = len(self.value)
-        return {"ts_ns": [self.ts_ns] * n, "node": [self.node] * n, "gpu": [self.gpu] * n,
-                "device": self.device, "metric": self.metric, "value": self.value}
 
 
 if __name__ == "__main__":

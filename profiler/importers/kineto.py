@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["RawTrace", "DeviceInfo", "extract", "extract_flows", "to_ns", "dtype_bytes"]
+__all__ = ["RawTrace", "DeviceInfo", "clock_base", "extract", "extract_flows", "to_ns",
+           "dtype_bytes"]
 
 _GPU_KIND = {"kernel": "kernel", "gpu_memcpy": "memcpy", "gpu_memset": "memset"}
 _LAUNCH_CATS = frozenset({"cuda_runtime", "cuda_driver"})
@@ -354,6 +355,19 @@ def _gpu_event(raw: RawTrace, e: dict[str, Any], cat: str) -> None:
         b = args.get("bytes")
         raw.g_pg.append(None)
         raw.g_bytes.append(b if type(b) is int else -1)
+
+
+def clock_base(raw: RawTrace) -> tuple[int, str | None]:
+    """Nanoseconds to add to ``ts * 1000`` to reach the Unix-epoch clock: the trace's
+    ``baseTimeNanoseconds`` when its times are relative to it, else 0 -- then, when a base is
+    present but the times are already absolute, a note saying so (see the module docstring)."""
+    base = raw.base_ns
+    if base is None:
+        return 0, None
+    firsts = [col[0] for col in (raw.g_ts, raw.a_ts, raw.h_ts, raw.l_ts, raw.ga_ts) if col]
+    if firsts and min(firsts) * 1000 >= base:
+        return 0, "ts are absolute although baseTimeNanoseconds is present; base not added"
+    return base, None
 
 
 def to_ns(values: list[float] | list[int], base_ns: int = 0) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Map the raw columns of one trace (:class:`~profiler.importers.kineto.RawTrace`) onto the
 span schema of :mod:`profiler.schema`, vectorised.
 
-* GPU kernels -> kind ``kernel``, lane ``comm`` or ``compute`` by
-  :func:`profiler.classify.classify_kernels`; ``sms = min(grid blocks, SMs of the device)``;
-  memcpy / memset -> kind ``memcpy`` / ``memset``, lane ``memory``.
+* GPU kernels -> kind ``kernel``, lane ``comm`` or ``compute`` and ``sms = min(grid blocks,
+  SMs of the device)`` (null when the grid is unknown) by the one kernel rule,
+  :func:`.kernels.kernel_lanes` (:func:`profiler.classify.classify_kernels` inside); memcpy / memset -> kind ``memcpy`` / ``memset``, lane ``memory``.
 * Kernels inherit the innermost user annotation they were launched under: kernel
   ``correlation`` -> its cuda_runtime / cuda_driver launch (or the ``ac2g`` flow when the
   correlation is missing) -> innermost enclosing annotation on the launching thread. A kernel
@@ -35,17 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..classify import classify_kernels, host_comm_lane
+from ..classify import host_comm_lane
 from ..schema import SPAN_SCHEMA
 from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback, nullable, strings
-from .kineto import RawTrace, to_ns
+from .kernels import DEFAULT_SMS, device_sms, kernel_lanes
+from .kineto import RawTrace, clock_base, to_ns
 from .labels import ROLE_COMM, ROLE_COMPUTE, ROLE_PP_COMM
 
 __all__ = ["SpanResult", "build_spans", "DEFAULT_SMS"]
-
-#: SMs per GPU when a trace has no ``deviceProperties`` for a kernel's device (H100/H800)
-DEFAULT_SMS = 132
-
 
 @dataclass
 class SpanResult:
@@ -96,13 +93,8 @@ def build_spans(
     keep_cpu_ops: bool = False,
 ) -> SpanResult:
     """Turn one trace's raw columns into a span table for ``rank`` (see module docstring)."""
-    notes: list[str] = []
-    base = raw.base_ns
-    firsts = [col[0] for col in (raw.g_ts, raw.a_ts, raw.h_ts, raw.l_ts, raw.ga_ts) if col]
-    if base is not None and firsts and min(firsts) * 1000 >= base:
-        notes.append("ts are absolute although baseTimeNanoseconds is present; base not added")
-        base = None
-    b = base or 0
+    b, note = clock_base(raw)
+    notes = [note] if note else []
 
     def ns(ts: list[float]) -> np.ndarray:
         return to_ns(ts, b)
@@ -173,16 +165,12 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
     blocks = np.asarray(raw.g_blocks, dtype=np.float64)
     kind = np.asarray(raw.g_kind, dtype=object)
     is_kernel = kind == "kernel"
-    devs = raw.devices
-    known = {d: info.sms for d, info in devs.items() if info.sms}
-    dev_sms = np.array([known.get(d, -1) for d in device.tolist()], dtype=np.int64)
-    if (dev_sms[is_kernel] < 0).any():
+    k_idx = np.flatnonzero(is_kernel)
+    dev_sms, missing = device_sms(raw, device[k_idx])
+    if missing:
         facts.sms_default_used = True
-        missing = sorted(set(device[is_kernel & (dev_sms < 0)].tolist()))
         notes.append(f"no deviceProperties numSms for device(s) {missing}; "
                      f"assumed {DEFAULT_SMS} SMs per GPU")
-    dev_sms = np.where(dev_sms < 0, DEFAULT_SMS, dev_sms)
-    sms = np.fmin(blocks, dev_sms)
 
     launch_thread, launch_ns = _launches(raw, g_start, ns, base)
     unlinked = int((launch_thread < 0).sum())
@@ -198,21 +186,21 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
             fields[col] = pc.if_else(pc.is_null(fields[col]), arr, fields[col])
 
     lane = np.where(is_kernel, "compute", "memory").astype(object)
-    k_idx = np.flatnonzero(is_kernel)
+    sms = np.full(n, np.nan)
     if len(k_idx):
         has_pg = np.array([raw.g_pg[i] is not None for i in k_idx.tolist()], dtype=bool)
         keys = (device[k_idx] << 32) | stream[k_idx]
-        cls = classify_kernels(
-            [raw.g_name[i] for i in k_idx.tolist()], keys, blocks[k_idx], has_pg,
-            sms_per_gpu=dev_sms[k_idx], comm_patterns=comm_patterns,
-        )
-        lane[k_idx[cls.is_comm]] = "comm"
+        k = kernel_lanes([raw.g_name[i] for i in k_idx.tolist()], keys, blocks[k_idx], has_pg,
+                         sms_per_gpu=dev_sms, comm_patterns=comm_patterns)
+        lane[k_idx] = k.lane
+        sms[k_idx] = k.sms
+        cls = k.classes
         facts.reasons = cls.reason_counts()
-        stream_keys = [cast(int, k) for k in cls.comm_streams]
-        facts.comm_streams = sorted((k >> 32, k & 0xFFFFFFFF) for k in stream_keys)
-        cs = sms[k_idx[cls.is_comm]]
+        stream_keys = [cast(int, key) for key in cls.comm_streams]
+        facts.comm_streams = sorted((key >> 32, key & 0xFFFFFFFF) for key in stream_keys)
+        cs = k.sms[cls.is_comm]
         facts.comm_kernel_sms = dict(Counter(int(x) for x in cs[~np.isnan(cs)].tolist()))
-    sms_col = np.where(is_kernel & ~np.isnan(sms), np.nan_to_num(sms, nan=-1), -1)
+    sms_col = np.where(np.isnan(sms), -1, np.nan_to_num(sms, nan=-1))
     parts.add(
         n, lane=strings(lane), kind=strings(kind), name=strings(raw.g_name),
         start_ns=pa.array(g_start), end_ns=pa.array(g_end),

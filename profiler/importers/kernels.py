@@ -1,0 +1,141 @@
+"""The one Kineto kernel reader: the GPU kernels of a trace as a table, each classified
+communication or compute and given the SMs it held.
+
+Every part of dualscope that turns kernels into spans goes through here:
+
+* the importer (:mod:`.spans`) classifies the kernels of a parsed trace with
+  :func:`kernel_lanes`;
+* the reference run's periodic ``torch.profiler`` capture reads the trace it exported with
+  :func:`read_kernels`;
+* the SM-split probe turns raw kernel records (a live profiler hook) into spans with
+  :func:`kernel_lanes`.
+
+So the three agree on what a kernel is (a ``cat == "kernel"``, ``ph == "X"`` event, parsed
+by :func:`~.kineto.extract`), on its clock (:func:`~.kineto.clock_base`, :func:`~.kineto.to_ns`),
+on its lane (:func:`profiler.classify.classify_kernels`: stream, process group and name
+together) and on the SMs it held: ``min(grid x*y*z, SMs per GPU)``, unknown (NaN / null) when
+the event has no usable grid -- never zero and never the whole GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..classify import KernelClasses, classify_kernels
+from .discover import TraceSource, load_trace
+from .jsonscan import ChunkingFailed
+from .kineto import RawTrace, clock_base, extract, to_ns
+
+__all__ = ["DEFAULT_SMS", "KernelLanes", "device_sms", "kernel_lanes", "kernel_table",
+           "read_kernels"]
+
+#: SMs per GPU when a trace has no ``deviceProperties`` for a kernel's device (H100/H800)
+DEFAULT_SMS = 132
+
+
+@dataclass(frozen=True)
+class KernelLanes:
+    """Per kernel: ``lane`` (``"comm"`` | ``"compute"``, object array), ``sms`` (SMs held,
+    float64, NaN when the grid is unknown) and the classifier's full answer (``classes``:
+    reasons, communication streams)."""
+
+    lane: np.ndarray
+    sms: np.ndarray
+    classes: KernelClasses
+
+
+def kernel_lanes(names: Sequence[str] | np.ndarray, streams: Sequence[Hashable] | np.ndarray,
+                 grid_blocks: Sequence[float] | np.ndarray,
+                 has_pg: Sequence[bool] | np.ndarray | None = None, *,
+                 sms_per_gpu: int | Sequence[int] | np.ndarray,
+                 comm_patterns: Iterable[str | re.Pattern[str]] = ()) -> KernelLanes:
+    """Classify kernels and count the SMs each held (the rule of the module docstring).
+
+    ``streams``: a hashable key per kernel naming its GPU and stream (``(device, stream)``);
+    ``grid_blocks``: grid x*y*z (NaN when unknown); ``has_pg``: the kernel's args name a
+    process group or collective; ``sms_per_gpu``: scalar or one per kernel."""
+    cls = classify_kernels(names, streams, grid_blocks, has_pg, sms_per_gpu=sms_per_gpu,
+                           comm_patterns=comm_patterns)
+    blocks = np.asarray(grid_blocks, dtype=np.float64)
+    sms = np.minimum(blocks, np.asarray(sms_per_gpu, dtype=np.float64))  # NaN stays NaN
+    lane = np.where(cls.is_comm, "comm", "compute").astype(object)
+    return KernelLanes(lane=lane, sms=sms, classes=cls)
+
+
+def device_sms(raw: RawTrace, device: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """SMs per GPU for each entry of ``device``: the trace's ``deviceProperties`` ``numSms``,
+    else :data:`DEFAULT_SMS`; second, the devices that had to take the default (sorted)."""
+    known = {d: info.sms for d, info in raw.devices.items() if info.sms}
+    sms = np.array([known.get(d, -1) for d in device.tolist()], dtype=np.int64)
+    missing = sorted(set(device[sms < 0].tolist()))
+    return np.where(sms < 0, DEFAULT_SMS, sms), missing
+
+
+def kernel_table(raw: RawTrace, *, sms_per_gpu: int | None = None,
+                 comm_patterns: Iterable[str | re.Pattern[str]] = ()) -> pd.DataFrame:
+    """The kernels of one parsed trace, one row each, in trace order.
+
+    ``sms_per_gpu``: SMs of every GPU, overriding the trace's ``deviceProperties`` (default:
+    those, else :data:`DEFAULT_SMS`). Columns: ``name``; ``device``, ``stream`` (int64);
+    ``start_ns``, ``end_ns`` (int64 ns on the trace's own Unix-epoch clock, see
+    :mod:`.kineto`); ``grid_blocks`` (float64, grid x*y*z, NaN unknown); ``sms`` (Int64, SMs
+    held, <NA> unknown); ``lane`` (``comm`` | ``compute``); ``reason`` (the classifier's
+    rule); ``pg`` (process group named by the args, None when none)."""
+    idx = np.flatnonzero(np.asarray(raw.g_kind, dtype=object) == "kernel")
+    pick = idx.tolist()
+    device = np.asarray(raw.g_device, dtype=np.int64)[idx]
+    stream = np.asarray(raw.g_stream, dtype=np.int64)[idx]
+    blocks = np.asarray(raw.g_blocks, dtype=np.float64)[idx]
+    pg = [raw.g_pg[i] for i in pick]
+    names = [raw.g_name[i] for i in pick]
+    base, _ = clock_base(raw)
+    start = to_ns([raw.g_ts[i] for i in pick], base) if pick else np.zeros(0, np.int64)
+    dur = to_ns([raw.g_dur[i] for i in pick]) if pick else np.zeros(0, np.int64)
+    sms_per = (np.full(len(idx), sms_per_gpu, dtype=np.int64) if sms_per_gpu
+               else device_sms(raw, device)[0])
+    k = kernel_lanes(names, (device << 32) | stream, blocks, [p is not None for p in pg],
+                     sms_per_gpu=sms_per, comm_patterns=comm_patterns)
+    return pd.DataFrame({
+        "name": pd.Series(names, dtype=object),
+        "device": device,
+        "stream": stream,
+        "start_ns": start,
+        "end_ns": start + np.maximum(dur, 0),
+        "grid_blocks": blocks,
+        "sms": pd.array(np.round(k.sms), dtype="Float64").astype("Int64"),  # NaN -> <NA>
+        "lane": pd.Series(k.lane, dtype=object),
+        "reason": pd.Series(k.classes.reason, dtype=object),
+        "pg": pd.Series(pg, dtype=object),
+    })
+
+
+def read_kernels(trace: str | os.PathLike[str] | Mapping[str, Any], *,
+                 sms_per_gpu: int | None = None,
+                 comm_patterns: Iterable[str | re.Pattern[str]] = ()) -> pd.DataFrame:
+    """Read the kernels of one Kineto / Chrome trace: a file (plain or gzip JSON, as
+    ``export_chrome_trace`` writes it) or the parsed document (``{"traceEvents": [...],
+    ...}``). Columns as :func:`kernel_table`. Raises
+    :class:`~profiler.errors.InputError` naming the file for an unreadable trace."""
+    if isinstance(trace, Mapping):
+        events = trace.get("traceEvents") or []
+        meta = {k: v for k, v in trace.items() if k != "traceEvents"}
+        raw = extract(Path("<trace>"), meta, [events], keep_cpu_ops=False)
+    else:
+        raw = _extract_file(load_trace(Path(trace)))
+    return kernel_table(raw, sms_per_gpu=sms_per_gpu, comm_patterns=comm_patterns)
+
+
+def _extract_file(src: TraceSource) -> RawTrace:
+    try:
+        return extract(src.path, src.meta, src.chunks(), keep_cpu_ops=False)
+    except ChunkingFailed:
+        src = src.parse_whole()
+        return extract(src.path, src.meta, src.chunks(), keep_cpu_ops=False)

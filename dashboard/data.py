@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -37,6 +37,8 @@ from .overview_model import DEFAULT_THRESHOLDS, link_ports
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
 __all__ = ["DataService", "RunData"]
+
+T = TypeVar("T")
 
 
 class RunData:
@@ -119,7 +121,8 @@ class RunData:
             assert self._snap is not None
             return self._snap
 
-    def derived(self, name: str, snap: Snapshot, fn: Callable[[], Any], key: tuple[Any, ...] = ()) -> Any:
+    def derived(self, name: str, snap: Snapshot, fn: Callable[[], T],
+                key: tuple[Any, ...] = ()) -> T:
         """``fn()`` memoised per (name, key) and data version. While a run is live, a value
         computed less than ``3 x`` its own compute time ago is reused even though the data
         grew, so an expensive view of a big live run refreshes less often instead of falling

@@ -185,7 +185,7 @@ def classify_kernels(
         np.full(n, np.nan) if grid_blocks is None else np.asarray(grid_blocks, dtype=np.float64)
     )
     sms = np.broadcast_to(np.asarray(sms_per_gpu, dtype=np.float64), (n,))
-    footprint = np.fmin(blocks, sms)  # NaN when the grid is unknown
+    footprint = np.minimum(blocks, sms)  # NaN when the grid is unknown (np.fmin would not be)
 
     is_pattern = ev == "pattern"
     is_strong = ev == "strong"

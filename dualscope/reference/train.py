@@ -46,7 +46,7 @@ from probes.timers import (
     p2p_timing,
 )
 from profiler.counter_rows import CounterRows
-from profiler.counters import TRAIN, expert_device, routing_device
+from profiler.counters import COUNTERS, EXPERT, ROUTING, TRAIN, expert_device, routing_device
 from profiler.errors import InputError
 from profiler.manifest import Manifest, Parallel, ProbeStatus, Topology
 from profiler.schema import COUNTER_SCHEMA, SPAN_SCHEMA
@@ -68,15 +68,16 @@ from .parallelize import (
 
 __all__ = ["main"]
 
+def _counters_doc(kind: str) -> str:
+    """What the run writes on a device kind, from the one counter vocabulary."""
+    return "; ".join(f"{m.name} ({m.unit}): {m.help}" for m in COUNTERS if m.device == kind)
+
+
+#: the per-step counter rows this run writes, for the manifest (profiler.counters has them)
 COUNTERS_DOC = {
-    "train": "loss (mean next-token cross-entropy of the step, nats, over all micro-batches and "
-             "EP x DP replicas; written by the replica leader of the last stage), step "
-             "(the step number, same ts_ns as the other train rows), step_time_s (this rank's "
-             "wall time), step_cpu_s (CPU seconds this rank's process used in the step)",
-    "expert:L:E": "tokens (tokens routed to expert E of layer L in the step, whole EP x DP "
-                  "group), bias (its selection bias after the step's update)",
-    "routing:L": "nodes_per_token_mean (expert groups a token's top-k spans, mean), "
-                 "max_load_ratio (largest expert load / mean load)",
+    TRAIN: _counters_doc(TRAIN) + " (loss written by the replica leader of the last stage)",
+    "expert:L:E": _counters_doc(EXPERT),
+    "routing:L": _counters_doc(ROUTING),
 }
 
 

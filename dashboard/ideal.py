@@ -77,10 +77,9 @@ class IdealTimeline:
                 ("excess_ns", "slow_stage_ns", "exposed_comm_ns", "host_gap_ns")}
 
 
-def ideal_timeline(spans: pd.DataFrame, manifest: Manifest, layout: pd.DataFrame | None = None
-                   ) -> IdealTimeline:
-    """The ideal timeline of a measured run (see the module doc); ``layout`` is unused (the
-    comparison derives pipelines from the stages each rank holds)."""
+def ideal_timeline(spans: pd.DataFrame, manifest: Manifest) -> IdealTimeline:
+    """The ideal timeline of a measured run (see the module doc). Its pipelines are those of
+    every analysis (:func:`profiler.analysis.pipeline_layout`, the rule compare uses)."""
     try:
         c = compare(spans, manifest)
     except InputError as e:

@@ -3,8 +3,10 @@
 1. **Actions.** Compute-lane spans labelled with op / stage / micro-batch are grouped into
    pipeline actions per (rank, step, op, stage, micro-batch): start = first span start, end =
    last span end (an action timed as one span, or the kernels that inherited its annotation).
-2. **Layout.** Ranks holding the same set of stages are replicas (expert / data parallel);
-   within one pipeline the rank holding the smallest stage is pipeline rank 0, and so on.
+2. **Layout.** :func:`~profiler.analysis.params.pipeline_layout`, the rule every analysis
+   uses: the manifest's PP mesh when it fits the ranks, else the ranks' positions
+   (:func:`~profiler.analysis.params.position_stage`), ranks at one position being replicas
+   (expert / data parallel).
 3. **Costs.** Per stage, the median duration of F, B (or I + W), W and F&B actions; a stage
    with no sample takes the median of all stages.
 4. **Ideal.** The schedule (named, from the manifest, or inferred from the ops: F&B with 2·PP
@@ -41,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis.bubbles import bubble_parts, combine_bubbles
-from .analysis.params import assign_steps, position_stage
+from .analysis.params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 from .errors import InputError
 from .manifest import Manifest
 from .schedules import BUILDERS, Op, Schedule, build
@@ -146,19 +148,17 @@ def _empty_actions() -> pd.DataFrame:
                           "start_ns", "end_ns", "dur_ns"]}).assign(op=pd.Series(dtype=object))
 
 
-def _layout(actions: pd.DataFrame) -> pd.DataFrame:
-    """Per rank: ``pipeline``, ``pp_rank``. The position is :func:`position_stage` (the stage
-    at which the rank runs its first micro-batch); ranks at the same position are replicas
-    (expert / data parallel): the n-th of them by rank id belongs to pipeline n."""
+def _layout(actions: pd.DataFrame, manifest: Manifest | None) -> pd.DataFrame:
+    """Per rank: ``pipeline``, ``pp_rank``, by the one layout rule
+    (:func:`~profiler.analysis.params.pipeline_layout`: the manifest's PP mesh when it fits,
+    else :func:`position_stage`, the stage at which the rank runs its first micro-batch)."""
     key = position_stage(actions)
     missing = sorted(set(actions["rank"]) - set(key.index))
     if missing:
         raise InputError(f"ranks {missing[:8]} ran no staged action; cannot place them in the "
                          "pipeline (is the run cut short?)")
-    lay = key.rename("stage0").reset_index().sort_values(["stage0", "rank"])
-    lay["pp_rank"] = lay["stage0"].rank(method="dense").astype("int64") - 1
-    lay["pipeline"] = lay.groupby("pp_rank").cumcount().astype("int64")
-    return lay[["rank", "pipeline", "pp_rank"]].reset_index(drop=True)
+    params = AnalysisParams.from_manifest(manifest) if manifest is not None else AnalysisParams()
+    return pipeline_layout(key.index, params, key)
 
 
 def infer_schedule(actions: pd.DataFrame, pp: int, num_stages: int) -> str:
@@ -281,7 +281,7 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
         raise InputError("the run has no compute spans labelled with op, stage and micro-batch; "
                          "compare needs pipeline actions (torch.distributed.pipelining 'PP:0F3' "
                          "annotations, a reference run or a model run)")
-    layout = _layout(actions)
+    layout = _layout(actions, manifest)
     pp = int(layout["pp_rank"].max()) + 1
     num_stages = int(max(actions["stage"].max(), actions["b_stage"].max())) + 1
     m = int(max(actions["microbatch"].max(), actions["b_microbatch"].max())) + 1

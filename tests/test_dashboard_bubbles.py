@@ -8,6 +8,8 @@ steps as bubble; the analysis assigns steps over all lanes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,8 @@ from dashboard.data import DataService
 from profiler.analysis import AnalysisParams, bubble_intervals, bubbles, pipeline_layout
 from profiler.manifest import Manifest, Parallel, Topology
 from profiler.store import RunWriter
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
 # two ranks, two steps; per step each rank computes 400 ns inside a 500 ns pipeline window
 #   step 0: window [100, 600): rank 0 busy [100, 500), rank 1 busy [200, 600) -> 100 ns each
@@ -84,3 +88,59 @@ def test_bubble_intervals_add_up_to_the_bubble_table() -> None:
     # without the table, the windows come from the layout by the same rule
     by_layout = bubble_intervals(spans, layout=pipeline_layout([0, 1], params))
     pd.testing.assert_frame_equal(by_layout, iv)
+
+
+@pytest.mark.parametrize("sample", ["synthetic-dsv3-pp16-ep64", "reference-cpu-pp2-ep2-dualpipev"])
+def test_phases_in_time_hold_the_phase_bubbles(sample: str) -> None:
+    """The warm-up / steady / cool-down boundaries the Timeline marks (``warmup_end_ns``,
+    ``cooldown_start_ns`` of the bubble table) split each rank's idle exactly as the table's
+    ``warmup_ns`` / ``steady_ns`` / ``cooldown_ns`` (what ``dualscope analyze`` prints)."""
+    import pandas as pd
+
+    from profiler.store import RunReader
+
+    r = RunReader(SAMPLES / sample)
+    spans = r.spans()
+    table = bubbles(spans, params=AnalysisParams.from_manifest(r.manifest))
+    iv = bubble_intervals(spans, table).merge(
+        table[["rank", "step", "window_start_ns", "warmup_end_ns", "cooldown_start_ns",
+               "window_end_ns"]], on=["rank", "step"])
+
+    def idle_in(lo: str, hi: str) -> pd.Series:
+        a = np.maximum(iv["start_ns"], iv[lo])
+        b = np.minimum(iv["end_ns"], iv[hi])
+        return (b - a).clip(lower=0).groupby([iv["rank"], iv["step"]]).sum()
+
+    t = table.set_index(["rank", "step"]).sort_index()
+    assert (t["window_start_ns"] <= t["warmup_end_ns"]).all()
+    assert (t["warmup_end_ns"] <= t["cooldown_start_ns"]).all()
+    assert (t["cooldown_start_ns"] <= t["window_end_ns"]).all()
+    for lo, hi, col in (("window_start_ns", "warmup_end_ns", "warmup_ns"),
+                        ("warmup_end_ns", "cooldown_start_ns", "steady_ns"),
+                        ("cooldown_start_ns", "window_end_ns", "cooldown_ns")):
+        got = idle_in(lo, hi).reindex(t.index, fill_value=0)
+        np.testing.assert_array_equal(got.to_numpy(), t[col].to_numpy(), err_msg=col)
+    assert t["steady_ns"].sum() > 0 and t["warmup_ns"].sum() > 0
+
+
+def test_compare_and_the_analyses_share_one_layout_rule() -> None:
+    """profiler.compare lays out pipelines with profiler.analysis.pipeline_layout: without a
+    manifest, replicas at one position go to separate pipelines in both."""
+    import pandas as pd
+
+    from profiler.compare import _layout, measured_actions
+    from profiler.store import RunReader
+
+    r = RunReader(SAMPLES / "synthetic-dsv3-pp16-ep64")
+    spans = r.spans()
+    actions = measured_actions(spans)
+    from profiler.analysis import position_stage
+
+    pos = position_stage(actions)
+    want = pipeline_layout(pos.index, AnalysisParams(), pos)
+    pd.testing.assert_frame_equal(_layout(actions, None), want)
+    mesh = pipeline_layout(pos.index, AnalysisParams.from_manifest(r.manifest))
+    pd.testing.assert_frame_equal(_layout(actions, r.manifest), mesh)
+    # the position rule finds the manifest's mesh on this run: 16 positions x 4 replicas
+    pd.testing.assert_frame_equal(want, mesh)
+    assert want["pipeline"].nunique() == 4 and want["pp_rank"].nunique() == 16

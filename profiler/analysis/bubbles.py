@@ -42,13 +42,13 @@ _FORWARD = ("F", "FB")
 
 PART_COLUMNS = [
     "rank", "step", "first_start_ns", "last_end_ns", "busy_ns", "warmup_inner_ns",
-    "steady_inner_ns", "cooldown_inner_ns", "stage_min", "position_stage", "stages",
-    "compute_spans",
+    "steady_inner_ns", "cooldown_inner_ns", "warmup_end_ns", "cooldown_start_ns", "stage_min",
+    "position_stage", "stages", "compute_spans",
 ]
 TABLE_COLUMNS = [
     "rank", "step", "pipeline", "pp_rank", "stages", "window_start_ns", "window_end_ns",
     "window_ns", "busy_ns", "bubble_ns", "bubble_ratio", "warmup_ns", "steady_ns",
-    "cooldown_ns",
+    "cooldown_ns", "warmup_end_ns", "cooldown_start_ns",
 ]
 
 
@@ -59,7 +59,9 @@ def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.Dat
     whole run); ``first_start_ns``, ``last_end_ns`` (ns, run clock: the rank's first compute
     start and last compute end); ``busy_ns`` (ns, union of compute spans);
     ``warmup_inner_ns``, ``steady_inner_ns``, ``cooldown_inner_ns`` (ns, idle between the
-    rank's first and last compute, split as in the module doc); ``stage_min`` (smallest stage
+    rank's first and last compute, split as in the module doc); ``warmup_end_ns``,
+    ``cooldown_start_ns`` (ns, run clock: where the split falls, see :func:`combine_bubbles`);
+    ``stage_min`` (smallest stage
     held, nullable); ``position_stage`` (stage of the rank's first micro-batch: its place in
     the pipeline, see :func:`~.params.position_stage`; nullable); ``stages`` (stages held, comma separated); ``compute_spans`` (count).
     """
@@ -106,6 +108,8 @@ def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.Dat
         warmup_inner_ns=np.bincount(gg, warm, minlength=n).astype(np.int64),
         steady_inner_ns=np.bincount(gg, steady, minlength=n).astype(np.int64),
         cooldown_inner_ns=np.bincount(gg, cool, minlength=n).astype(np.int64),
+        warmup_end_ns=t_warm,
+        cooldown_start_ns=t_cool,
         compute_spans=np.bincount(codes, minlength=n).astype(np.int64),
     )
     out = out.merge(stage_info, left_on=["rank", "step"], right_index=True, how="left")
@@ -183,7 +187,10 @@ def combine_bubbles(parts: pd.DataFrame, layout: pd.DataFrame) -> pd.DataFrame:
     ``window_ns`` (ns): the pipeline's step window; ``busy_ns`` (ns, union of the rank's
     compute spans); ``bubble_ns`` (ns, window - busy); ``bubble_ratio`` (bubble / window, 0..1);
     ``warmup_ns``, ``steady_ns``, ``cooldown_ns`` (ns, the bubble split by phase; they sum to
-    ``bubble_ns``). Ranks with no compute span in a step have no row for it.
+    ``bubble_ns``); ``warmup_end_ns``, ``cooldown_start_ns`` (ns, run clock: the phases in
+    time, warm-up ``[window_start_ns, warmup_end_ns)``, steady up to ``cooldown_start_ns``,
+    cool-down up to ``window_end_ns``; the idle inside each is its ``*_ns`` column). Ranks with
+    no compute span in a step have no row for it.
     """
     if len(parts) == 0:
         return _empty_table()

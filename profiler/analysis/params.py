@@ -132,8 +132,11 @@ def pipeline_layout(
     Columns: ``rank``; ``pipeline`` (pipeline id); ``pp_rank`` (position 0..PP-1 in the
     pipeline). With ``pp`` and ``world_size`` known (and world divisible by pp), PP is the
     outermost mesh dimension: ``pipeline = rank % (world/pp)``, ``pp_rank = rank // (world/pp)``.
-    Otherwise all ranks form one pipeline and ``pp_rank`` is the dense order of ``position``
-    (indexed by rank: :func:`position_stage`), or the rank's order when stages are unknown.
+    Otherwise ``pp_rank`` is the dense order of ``position`` (indexed by rank:
+    :func:`position_stage`) and ranks at the same position are replicas (expert / data
+    parallel): the n-th of them by rank id belongs to pipeline n. Without positions all ranks
+    form one pipeline in rank order. :func:`profiler.compare.compare` and every analysis use
+    this one rule.
     """
     r = np.array(sorted({int(x) for x in ranks}), dtype=np.int64)
     pp, world = params.pp, params.world_size
@@ -144,7 +147,8 @@ def pipeline_layout(
         sm = position.reindex(r)
         if sm.notna().all():
             pos = sm.rank(method="dense").to_numpy(dtype=np.int64) - 1
-            return pd.DataFrame({"rank": r, "pipeline": 0, "pp_rank": pos})
+            pipeline = pd.Series(pos).groupby(pos).cumcount().to_numpy(dtype=np.int64)
+            return pd.DataFrame({"rank": r, "pipeline": pipeline, "pp_rank": pos})
     return pd.DataFrame({"rank": r, "pipeline": 0, "pp_rank": np.arange(len(r), dtype=np.int64)})
 
 

@@ -8,8 +8,14 @@ stream of this node once per ``flush_s`` (one record batch, flushed and fsynced;
 sealed every ``rotate_s``).
 A collector that raises is replaced by a do-nothing one with the error as its reason; the
 agent itself never stops the training job or crashes on a partial failure. Stopping (``stop``
-event, SIGTERM / SIGINT in the CLI, or ``duration_s``) flushes and seals everything and
-records each collector's final state in the manifest.
+event, SIGTERM / SIGINT / SIGHUP in the CLI, or ``duration_s``) flushes and seals everything
+and records each collector's final state in the manifest.
+
+Sampling runs on its own thread; the caller's thread only waits for ``stop``, so stopping
+never waits on a collector: one stuck inside a read (a driver call that hangs) is left
+behind after ``stop_grace_s``, the run is sealed without the rows it was taking, and the
+manifest names it. A counter stream that cannot be written (a full disk) stops the writing,
+not the sampling: ``/metrics`` is still served, and the summary carries the error.
 
 Several nodes may share one run directory: each writes ``counters/<hostname>/`` and its own
 manifest entries (``probes["nvml@<host>"]`` ..., ``extra["probe"][<host>]``); the manifest is
@@ -20,7 +26,10 @@ status change rewrites).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -28,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import InputError, RunFormatError
+from profiler.errors import InputError, RunFormatError, io_error
 from profiler.manifest import Manifest, ProbeStatus
 from profiler.store import RunWriter, StreamWriter
 
@@ -36,7 +45,12 @@ from .base import Collector, NullCollector, Rows, Unavailable, log
 from .exporter import Exporter
 from .smsplit import declared_caps
 
-__all__ = ["Agent", "AgentConfig", "start_collectors"]
+__all__ = ["Agent", "AgentConfig", "start_collectors", "MIN_INTERVAL_S", "MAX_INTERVAL_S"]
+
+#: the sampling interval's bounds: below 1 ms the loop only spins; above an hour it is not a
+#: monitor (and a wait that long overflows some platforms' timers)
+MIN_INTERVAL_S = 0.001
+MAX_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -47,14 +61,18 @@ class AgentConfig:
     flush_s: float = 1.0
     rotate_s: float = 10.0
     hostname: str = field(default_factory=socket.gethostname)
+    #: how long stopping waits for a sample in progress before sealing the run without it
+    stop_grace_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise InputError(f"--interval {self.interval_s}: must be a positive number of "
-                             "seconds, e.g. --interval 0.1 for 10 Hz")
-        if self.duration_s is not None and not self.duration_s > 0:
-            raise InputError(f"--duration {self.duration_s}: must be positive seconds; leave "
-                             "it out to run until SIGTERM / Ctrl-C")
+        if not (MIN_INTERVAL_S <= self.interval_s <= MAX_INTERVAL_S):  # NaN fails too
+            raise InputError(f"--interval {self.interval_s}: must be a number of seconds from "
+                             f"{MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g}, e.g. --interval 0.1 "
+                             "for 10 Hz")
+        if self.duration_s is not None and not (self.duration_s > 0 and
+                                                math.isfinite(self.duration_s)):
+            raise InputError(f"--duration {self.duration_s}: must be a finite, positive number "
+                             "of seconds; leave it out to run until SIGTERM / Ctrl-C")
 
 
 def start_collectors(collectors: list[Collector]) -> list[Collector]:
@@ -92,7 +110,15 @@ class Agent:
         self.collector_s: dict[str, float] = {}
         self.flush_s_total = 0.0
         self._status_version = -1
-        self._store_failed = False
+        #: why writing counters stopped (a full disk ...), or None
+        self.store_error: str | None = None
+        #: the collector a sample is inside of (None between samples): named if it hangs
+        self._sampling: str | None = None
+        #: the collector the sampler was stuck in when the agent stopped, or None
+        self.stuck_in: str | None = None
+        #: writes to the run; after close() nothing more is written, from any thread
+        self._io = threading.RLock()
+        self._closed = False
         self._writer, self._stream, self._own = self._open_run(Path(config.out))
         self._started_ns = time.time_ns()
         if exporter is not None:
@@ -108,12 +134,22 @@ class Agent:
             raise InputError(f"--out {out}: exists and is not a dualscope run; choose a new "
                              "path or an existing run directory")
         else:
+            if out.is_symlink() and not out.exists():
+                raise InputError(f"--out {out}: is a symlink to {os.readlink(out)}, which "
+                                 "does not exist; remove the link or choose another path")
             if not out.parent.is_dir():
-                raise InputError(f"--out {out}: parent directory {out.parent} does not exist")
+                why = "is not a directory" if out.parent.exists() else "does not exist"
+                raise InputError(f"--out {out}: parent directory {out.parent} {why}")
             manifest, own = Manifest(source="probe",
                                      description=f"dualscope probe on {self.host}"), True
-        writer = RunWriter(out, manifest, rotate_s=self.config.rotate_s, flush_s=0.0)
-        return writer, writer.counters(self.host), own
+        created = not out.exists()
+        try:
+            writer = RunWriter(out, manifest, rotate_s=self.config.rotate_s, flush_s=0.0)
+            return writer, writer.counters(self.host), own
+        except OSError as e:  # read-only file system, full disk ...: nothing left behind
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise io_error(out, e) from None
 
     def _update_status(self, *, force: bool = False) -> None:
         version = sum(c.status_version for c in self.collectors)
@@ -125,7 +161,9 @@ class Agent:
             statuses.update(c.statuses())
         if self.exporter is not None:
             self.exporter.set_available({k: v.available for k, v in statuses.items()})
-        self._write_manifest(statuses)
+        with self._io:
+            if not self._closed:
+                self._write_manifest(statuses)
 
     def _write_manifest(self, statuses: dict[str, ProbeStatus], final: bool = False) -> None:
         path = self._writer.path
@@ -158,7 +196,8 @@ class Agent:
             mine.update({"stopped_unix_ns": time.time_ns(), "samples": s["samples"],
                          "rows": s["rows"], "mean_sample_s": s["mean_sample_s"],
                          "max_sample_s": s["max_sample_s"],
-                         "mean_collector_s": s["mean_collector_s"]})
+                         "mean_collector_s": s["mean_collector_s"],
+                         "store_error": s["store_error"], "stuck_in": s["stuck_in"]})
         self._writer.manifest = m
         try:
             m.write(path)
@@ -173,6 +212,7 @@ class Agent:
         t0 = t = time.perf_counter()
         spent = self.collector_s
         for i, c in enumerate(self.collectors):
+            self._sampling = c.name
             try:
                 c.sample(rows)
             except Exception as e:  # never let one collector stop the agent
@@ -181,6 +221,7 @@ class Agent:
                 self._status_version = -2
             t, before = time.perf_counter(), t
             spent[c.name] = spent.get(c.name, 0.0) + (t - before)
+        self._sampling = None
         dt = t - t0
         self.samples += 1
         self.sample_s_total += dt
@@ -199,21 +240,36 @@ class Agent:
         table = self.rows.drain(self.host)
         if self.exporter is not None:
             self.exporter.publish(table, [c.totals() for c in self.collectors])
-        if self._store_failed:
-            return
-        try:
-            self._stream.write(table)
-            self.rows_written += n
-            self.flush_s_total += time.perf_counter() - t0
-        except OSError as e:
-            self._store_failed = True
-            log.error("writing counters to %s failed (%s); still serving /metrics, "
-                      "no more rows are written", self._writer.path, e)
+        with self._io:
+            if self.store_error is not None or self._closed:
+                return
+            try:
+                self._stream.write(table)
+                self.rows_written += n
+                self.flush_s_total += time.perf_counter() - t0
+            except OSError as e:
+                self.store_error = str(io_error(self._writer.path, e))
+                log.error("writing counters failed: %s; still serving /metrics, no more rows "
+                          "are written", self.store_error)
 
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
-        """Sample every ``interval_s`` until ``stop`` is set or ``duration_s`` has passed;
-        then flush, seal and record the final state. Returns a summary."""
+        """Sample every ``interval_s`` on a sampler thread until ``stop`` is set or
+        ``duration_s`` has passed (the sampler then sets ``stop``); then flush, seal and
+        record the final state. Returns a summary. Never waits more than
+        ``stop_grace_s`` for a sample in progress (see the module's docstring)."""
         stop = stop or threading.Event()
+        sampler = threading.Thread(target=self._loop, args=(stop,), name="dualscope-sampler",
+                                   daemon=True)
+        sampler.start()
+        try:
+            stop.wait()
+        finally:
+            stop.set()
+            sampler.join(self.config.stop_grace_s)
+            self.close(stuck=sampler.is_alive())
+        return self.summary()
+
+    def _loop(self, stop: threading.Event) -> None:
         cfg = self.config
         t0 = time.monotonic()
         next_t = t0
@@ -231,34 +287,72 @@ class Agent:
                 if next_t <= now:  # overran: skip the missed ticks, keep the grid
                     next_t += ((now - next_t) // cfg.interval_s + 1) * cfg.interval_s
                 stop.wait(next_t - now)
+        except Exception:  # a bug in the loop itself: stop cleanly, say why
+            log.exception("the sampling loop failed; stopping")
         finally:
-            self.close()
-        return self.summary()
+            stop.set()
 
     def summary(self) -> dict[str, Any]:
         n = max(self.samples, 1)
         return {"samples": self.samples, "rows": self.rows_written,
                 "mean_sample_s": self.sample_s_total / n, "max_sample_s": self.sample_s_max,
                 "mean_collector_s": {k: v / n for k, v in self.collector_s.items()},
-                "flush_s_total": self.flush_s_total, "run": str(self._writer.path)}
+                "flush_s_total": self.flush_s_total, "run": str(self._writer.path),
+                "store_error": self.store_error, "stuck_in": self.stuck_in}
 
-    def close(self) -> None:
+    def close(self, *, stuck: bool = False) -> None:
+        """Close the collectors, write the last rows, seal the stream and record the final
+        state; once. ``stuck``: the sampler thread is still inside a sample, so the collector
+        it is in is not touched and the rows of that sample are dropped."""
+        if self._closed:
+            return
+        if stuck:
+            self.stuck_in = self._sampling or "the sampling loop"
+            log.error("a sample did not finish within %.3g s (stuck in %s); sealing the run "
+                      "without it", self.config.stop_grace_s, self.stuck_in)
         for c in self.collectors:
+            if stuck and c.name == self._sampling:
+                continue
             try:
                 c.close()
             except Exception:
                 log.exception("%s failed to close", c.name)
-        self.flush()
+        if not stuck:  # a stuck sampler may still be appending to the buffer
+            self.flush()
         statuses: dict[str, ProbeStatus] = {}
         for c in self.collectors:
             statuses.update(c.statuses())
+        if self.stuck_in is not None:
+            statuses[self.stuck_in] = ProbeStatus(False, f"stuck in a sample when the agent "
+                                                  f"stopped (more than {self.config.stop_grace_s:g}"
+                                                  " s); its last rows were not written")
+        if not self._io.acquire(timeout=self.config.stop_grace_s):
+            log.error("the run is being written by a stuck sampler; not sealed")
+            self._finish_exporter()
+            return
+        try:
+            self._seal(statuses)
+        finally:
+            self._closed = True
+            self._io.release()
+        self._finish_exporter()
+
+    def _seal(self, statuses: dict[str, ProbeStatus]) -> None:
         try:
             self._stream.close()
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            if self.store_error is None:
+                self.store_error = str(io_error(self._writer.path, e)) \
+                    if isinstance(e, OSError) else str(e)
             log.error("sealing the counter stream failed: %s", e)
         self._write_manifest(statuses, final=True)
         if self._own:
-            self._writer.close("finished")
-        if self.exporter is not None:
-            self.exporter.close()
+            try:
+                self._writer.close("failed" if self.store_error else "finished")
+            except (OSError, ValueError) as e:
+                log.error("finishing %s failed: %s", self._writer.path, e)
 
+    def _finish_exporter(self) -> None:
+        if self.exporter is not None:
+            with contextlib.suppress(Exception):
+                self.exporter.close()

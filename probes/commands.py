@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import click
 
 from profiler.errors import InputError
 
-from .agent import Agent, AgentConfig, start_collectors
+from .agent import MAX_INTERVAL_S, MIN_INTERVAL_S, Agent, AgentConfig, start_collectors
 from .base import Collector, Rows, log
 from .exporter import Exporter
 from .ib import DEFAULT_ROOT, IbCollector
@@ -41,7 +42,7 @@ def build_collectors(*, ib_sysfs: str = DEFAULT_ROOT, kernels_from: str | None =
               help="Run directory to write: created, or an existing run (the job's) that "
                    "gets this node's counters.")
 @click.option("--interval", type=float, default=0.1, show_default=True,
-              help="Seconds between samples.")
+              help=f"Seconds between samples ({MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g}).")
 @click.option("--duration", type=float, default=None,
               help="Stop after this many seconds (default: run until SIGTERM / Ctrl-C).")
 @click.option("--metrics-port", type=int, default=9400, show_default=True,
@@ -53,7 +54,7 @@ def build_collectors(*, ib_sysfs: str = DEFAULT_ROOT, kernels_from: str | None =
               help="Root of the InfiniBand sysfs tree (<hca>/ports/<n>/counters).")
 @click.option("--kernels-from", type=click.Path(file_okay=False), default=None,
               help="Run whose kernel spans (torch.profiler / Kineto) give the SM split.")
-@click.option("--sms-per-gpu", type=int, default=None,
+@click.option("--sms-per-gpu", type=click.IntRange(min=1), default=None,
               help="SMs per GPU for the SM split when the kernel run's manifest lacks it.")
 @click.option("--selftest", is_flag=True,
               help="Print what each collector can read on this machine, and why not; exit.")
@@ -61,8 +62,9 @@ def command(out: Path | None, interval: float, duration: float | None, metrics_p
             metrics_addr: str, ib_sysfs: str, kernels_from: str | None,
             sms_per_gpu: int | None, selftest: bool) -> None:
     """Sample NVLink, GPM, InfiniBand and the SM split beside a training job; write counter
-    rows to RUN while it runs and serve Prometheus /metrics. SIGTERM / Ctrl-C stop it cleanly
-    with everything flushed."""
+    rows to RUN while it runs and serve Prometheus /metrics. SIGTERM / SIGHUP / Ctrl-C stop
+    it cleanly with everything flushed, within about a second whatever a collector is
+    doing."""
     _setup_logging()
     if selftest:
         run_selftest(ib_sysfs=ib_sysfs, kernels_from=kernels_from, sms_per_gpu=sms_per_gpu)
@@ -73,8 +75,8 @@ def command(out: Path | None, interval: float, duration: float | None, metrics_p
         raise InputError(f"--metrics-port {metrics_port}: use 0..65535 (0 = any free port) "
                          "or -1 to serve nothing")
     cfg = AgentConfig(out, interval_s=interval, duration_s=duration)
-    stop = threading.Event()  # set by SIGTERM / SIGINT, also while starting up
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    stop = threading.Event()  # set by SIGTERM / SIGHUP / SIGINT, also while starting up
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with contextlib.suppress(OSError):
         os.nice(10)  # yield the CPU to the training job
@@ -85,9 +87,12 @@ def command(out: Path | None, interval: float, duration: float | None, metrics_p
             exporter = Exporter(cfg.hostname)
             exporter.serve(metrics_port, metrics_addr)
             log.info("serving %s", exporter.url)
-        collectors = start_collectors(build_collectors(
+        collectors = _start_unless_stopped(stop, lambda: start_collectors(build_collectors(
             ib_sysfs=ib_sysfs, kernels_from=kernels_from, sms_per_gpu=sms_per_gpu,
-            interval_s=interval))
+            interval_s=interval)))
+        if collectors is None:
+            log.info("stopped while the collectors were starting; nothing written")
+            return
         agent = Agent(cfg, collectors, exporter)
     finally:
         if agent is None and exporter is not None:
@@ -96,6 +101,31 @@ def command(out: Path | None, interval: float, duration: float | None, metrics_p
     s = agent.run(stop)
     log.info("%d samples (mean %.3f ms, max %.3f ms each), %d rows in %s", s["samples"],
              s["mean_sample_s"] * 1e3, s["max_sample_s"] * 1e3, s["rows"], s["run"])
+    if s["store_error"]:
+        raise InputError(f"{s['store_error']} ({s['rows']} rows were written before)")
+
+
+def _start_unless_stopped(stop: threading.Event,
+                          start: Callable[[], list[Collector]]) -> list[Collector] | None:
+    """Start the collectors on a helper thread, so that a stop signal is answered even while
+    one hangs in its start (a wedged driver); None when stopped first (the helper is a
+    daemon thread: it does not keep the process alive)."""
+    result: list[list[Collector]] = []
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            result.append(start())
+        except BaseException as e:  # re-raised on the command's thread
+            errors.append(e)
+
+    t = threading.Thread(target=body, name="dualscope-probe-start", daemon=True)
+    t.start()
+    while t.is_alive() and not stop.is_set():
+        t.join(0.05)
+    if errors:
+        raise errors[0]
+    return result[0] if result else None
 
 
 def _setup_logging() -> None:

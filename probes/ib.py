@@ -6,14 +6,21 @@ Per port and sample it reads five cumulative counters from ``<hca>/ports/<p>/cou
 ``port_xmit_packets``, ``port_rcv_packets`` and ``port_xmit_wait`` (ticks with data queued but
 no credits: congestion). Rates are deltas over the time between this port's reads.
 
-Never counted as traffic: a counter that went backwards (someone reset it) and a legacy 32-bit
-counter stuck at 2^32 - 1 (they saturate instead of wrapping); both give NaN for the interval
-and one log line. ``rate`` ("400 Gb/sec (4X NDR)") gives the port's one-direction peak in
-bytes/s; ``link_layer`` Ethernet marks a RoCE port (its counters count RDMA traffic only).
-A missing or unreadable file gives NaN for that counter and one note; the other counters and
-ports carry on. Counter files stay open between rescans (every ``rescan_s``, 10 s) and are
-read with one ``pread`` each; a rescan finds new ports, re-reads rates and reopens every file,
-so a file that comes back or is replaced is picked up then. Nothing is ever written.
+Never counted as traffic: a counter that went backwards (someone reset it), a legacy 32-bit
+counter stuck at 2^32 - 1 (they saturate instead of wrapping) and a value that is not an
+unsigned 64-bit number; each gives NaN and one log line. ``rate`` ("400 Gb/sec (4X NDR)")
+gives the port's one-direction peak in bytes/s; ``link_layer`` Ethernet marks a RoCE port (its
+counters count RDMA traffic only).
+
+A missing file gives NaN for that counter and one note; the other counters and ports carry
+on. Counter files stay open between rescans (every ``rescan_s``, 10 s) and are read with one
+``pread`` each; a rescan finds new ports, re-reads rates and reopens every file, so a file
+that comes back or is replaced is picked up then. A read that fails (or returns garbage) on
+an open file costs that one sample: the file is read again at the next, and the next good
+value's rate spans the gap. A path that is not a regular file (a FIFO, a device, a
+directory) is opened without blocking, checked and closed, never read: it is skipped with a
+note until a rescan finds a regular file there, so it cannot stall the sampling loop. Nothing
+is ever written.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from profiler.counters import ib_device
+from profiler.fsutil import NotRegularFile, open_regular
 
 from .base import NAN, CollectorBase, Rows, Unavailable
 
-__all__ = ["IbCollector", "parse_rate", "DEFAULT_ROOT", "SATURATED_32"]
+__all__ = ["IbCollector", "parse_rate", "DEFAULT_ROOT", "SATURATED_32", "MAX_64"]
 
 DEFAULT_ROOT = "/sys/class/infiniband"
 SATURATED_32 = 2**32 - 1
+MAX_64 = 2**64 - 1
 #: (counter file, rate metric, cumulative name, bytes or units per count)
 COUNTERS = (
     ("port_xmit_data", "tx_bytes_per_s", "tx_bytes", 4),
@@ -54,7 +63,7 @@ def parse_rate(text: str) -> float:
 
 
 def _read_text(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_regular(path)
     try:
         return os.read(fd, 256).decode("ascii", "replace").strip()
     finally:
@@ -128,12 +137,16 @@ class IbCollector(CollectorBase):
         """(Re)open the port's counter files. Held open between rescans and read with
         ``pread(fd, 64, 0)``: sysfs regenerates an attribute on every read from offset 0, and
         one pread costs ~2 µs against ~14 µs for open + read + close."""
+        was_open = [fd is not None for fd in p.fds]
         self._close_fds(p)
         for i, path in enumerate(p.files):
             try:
-                p.fds[i] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                p.fds[i] = open_regular(path)
             except OSError as e:
                 self._unreadable(p, i, e)
+                continue
+            if not was_open[i]:  # back after a gap, maybe a new counter: a fresh baseline
+                p.prev[i] = None
 
     @staticmethod
     def _close_fds(p: _Port) -> None:
@@ -210,20 +223,26 @@ class IbCollector(CollectorBase):
         fds, prev, prev_t, totals = p.fds, p.prev, p.prev_t, p.totals
         values: list[int | None] = [None] * len(fds)
         for i, fd in enumerate(fds):
-            if fd is not None:  # None: missing or unreadable, retried at the next rescan
+            if fd is not None:  # None: missing or not a regular file, retried at the rescan
                 try:
-                    values[i] = int(os.pread(fd, 64, 0))
-                except (OSError, ValueError) as e:
+                    read = int(os.pread(fd, 64, 0))
+                except (OSError, ValueError) as e:  # this sample only: read again next time
                     self._unreadable(p, i, e)
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                    fds[i] = None
+                    continue
+                if 0 <= read <= MAX_64:
+                    values[i] = read
+                else:
+                    self._board.note("ib", f"range:{p.name}:{i}",
+                                     f"port {p.name}: {COUNTERS[i][0]} read {read}, which is "
+                                     "not an unsigned 64-bit counter; NaN, never traffic")
         t = self._clock()
         rates = [NAN] * len(fds)
         for i, value in enumerate(values):
+            if value is None:  # keep the last good value: the next rate spans the gap
+                continue
             before, before_t = prev[i], prev_t[i]
             prev[i], prev_t[i] = value, t
-            if value is None or before is None or t <= before_t:
+            if before is None or t <= before_t:
                 continue
             if value >= before and value != SATURATED_32 and before != SATURATED_32:
                 counted = (value - before) * _SCALE[i]
@@ -246,6 +265,8 @@ class IbCollector(CollectorBase):
             why = "missing"
         elif isinstance(e, PermissionError):
             why = "permission denied"
+        elif isinstance(e, NotRegularFile):
+            why = f"unreadable: {e}; skipped"
         else:
             why = f"unreadable ({type(e).__name__}: {e})"
         self._board.note("ib", f"file:{p.name}:{i}:{type(e).__name__}",

@@ -10,6 +10,7 @@ older readers, and a ``schema_version`` newer than this code is refused by name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import msgspec
 
 from .errors import RunFormatError
+from .fsutil import NotRegularFile, read_regular
 from .schema import SCHEMA_VERSION
 
 __all__ = ["Manifest", "Topology", "Parallel", "ProbeStatus", "write_json_atomic", "fsync_dir"]
@@ -106,12 +108,15 @@ class Manifest:
         naming the file, the field and what was expected on any problem."""
         path = Path(run_dir) / "manifest.json"
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path)  # a FIFO there must not hang every reader of the run
         except FileNotFoundError:
             raise RunFormatError(
                 f"{run_dir}: not a dualscope run (no manifest.json); "
                 "create one with 'dualscope import' or 'dualscope run-reference'"
             ) from None
+        except NotRegularFile as e:
+            raise RunFormatError(f"{path}: {e}; the manifest is damaged: restore it or "
+                                 "re-create the run") from None
         except OSError as e:
             raise RunFormatError(f"{path}: cannot read ({e.strerror or e})") from None
         try:
@@ -159,11 +164,18 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` through a temporary file beside it, removed on any failure
+    (a full disk, a signal): ``path`` is either the old or the new document, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a read-only file system refuses even this
+            tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)

@@ -243,3 +243,116 @@ def test_port_that_appears_and_hca_that_vanishes(tree: IbTree) -> None:
     assert math.isnan(got[("ib:mlx5_1:1", "tx_bytes_per_s")])  # gone: NaN, not an error
     assert got[("ib:mlx5_0:1", "tx_bytes_per_s")] == 0
     assert "port mlx5_2:1 appeared" in c.statuses()["ib"].reason
+
+
+# -- issue 12, item 6: nothing under the sysfs root can stall or fool the sampling loop -------
+def _in_thread(fn, timeout_s: float = 5.0) -> None:
+    """Run ``fn`` on a thread and fail (instead of hanging the suite) if it blocks."""
+    import threading
+
+    err: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised below, on the test's thread
+            err.append(e)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert not t.is_alive(), f"blocked for more than {timeout_s} s"
+    if err:
+        raise err[0]
+
+
+@pytest.mark.parametrize("name", ["port_rcv_data", "rate", "link_layer", "state"])
+def test_fifo_in_the_tree_is_skipped_with_a_note_never_read(tree: IbTree, name: str) -> None:
+    d = tree.port_dir("mlx5_0", 1)
+    path = d / "counters" / name if name.startswith("port_") else d / name
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading (without O_NONBLOCK) would block forever
+    clock = Clock()
+    c = IbCollector(tree.root, clock=clock, rescan_s=0.05)  # every sample reopens
+    got: dict = {}
+
+    def run() -> None:
+        c.start()
+        for _ in range(3):
+            clock.advance(0.1)
+            tree.add("mlx5_0", 1, port_xmit_data=25)
+            got.update(sample(c))
+
+    _in_thread(run)
+    assert got[("ib:mlx5_0:1", "tx_bytes_per_s")] == pytest.approx(1000)  # the rest carries on
+    if name == "port_rcv_data":
+        assert math.isnan(got[("ib:mlx5_0:1", "rx_bytes_per_s")])
+        assert "port_rcv_data unreadable: a FIFO, not a regular file" in c.statuses()["ib"].reason
+    elif name == "rate":
+        assert math.isnan(got[("ib:mlx5_0:1", "peak_bytes_per_s")])
+        assert "rate unreadable (a FIFO, not a regular file" in c.statuses()["ib"].reason
+    c.close()
+
+
+@pytest.mark.parametrize("bad", [2**64, 2**70, 10**30, -5])
+def test_value_beyond_64_bits_is_nan_with_a_note_never_traffic(tree: IbTree, bad: int,
+                                                               caplog) -> None:
+    clock = Clock()
+    tree.set("mlx5_0", 1, port_xmit_packets=1000)
+    c = IbCollector(tree.root, clock=clock)
+    c.start()
+    with caplog.at_level(logging.WARNING, logger="dualscope.probes"):
+        for _ in range(3):
+            tree.set("mlx5_0", 1, port_xmit_packets=bad)
+            clock.advance(0.1)
+            assert math.isnan(sample(c)[("ib:mlx5_0:1", "tx_packets_per_s")])
+    assert sum("not an unsigned 64-bit counter" in r.message for r in caplog.records) == 1
+    assert f"read {bad}" in c.statuses()["ib"].reason
+    assert c.totals()[(None, "ib:mlx5_0:1", "tx_packets")] == 0
+    # sane again (rewritten whole: the tree's in-place writes keep a longer value's tail)
+    (tree.port_dir("mlx5_0", 1) / "counters" / "port_xmit_packets").write_text(f"{1100:>20}\n")
+    clock.advance(0.1)
+    assert sample(c)[("ib:mlx5_0:1", "tx_packets_per_s")] == pytest.approx(100 / 0.4)
+    assert c.totals()[(None, "ib:mlx5_0:1", "tx_packets")] == 100
+
+
+@pytest.mark.parametrize("failure", ["oserror", "garbage"])
+def test_transient_read_error_costs_one_sample_not_a_rescan(tree: IbTree, monkeypatch,
+                                                            failure: str) -> None:
+    clock = Clock()
+    c = IbCollector(tree.root, clock=clock, rescan_s=10)
+    c.start()
+    fd = c._ports[0].fds[0]  # mlx5_0:1 port_xmit_data
+    real_pread = os.pread
+    fail = {"left": 1}
+
+    def flaky(f, n, off):
+        if f == fd and fail["left"]:
+            fail["left"] -= 1
+            if failure == "oserror":
+                raise OSError(5, "Input/output error")
+            return b"\x00garbage\n"
+        return real_pread(f, n, off)
+
+    monkeypatch.setattr("probes.ib.os.pread", flaky)
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, *a):  # os is one module: the tree's writes come through here too
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            opened.append(path)
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr("probes.ib.os.open", spy)
+    rates = []
+    for _ in range(3):
+        clock.advance(0.1)
+        tree.add("mlx5_0", 1, port_xmit_data=100)
+        rates.append(sample(c)[("ib:mlx5_0:1", "tx_bytes_per_s")])
+    assert math.isnan(rates[0])  # the failed sample
+    assert rates[1] == pytest.approx(4 * 200 / 0.2)  # the next one spans the gap
+    assert rates[2] == pytest.approx(4000)
+    assert opened == []  # the file stayed open; no waiting for the 10 s rescan
+    assert c.totals()[(None, "ib:mlx5_0:1", "tx_bytes")] == 4 * 300
+    assert "port_xmit_data unreadable" in c.statuses()["ib"].reason
+    c.close()

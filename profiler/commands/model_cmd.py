@@ -25,16 +25,6 @@ _NAMES = {"1f1b": "1F1B", "zb1p": "ZB1P", "dualpipe": "DualPipe", "dualpipev": "
 _TOL = 1e-9
 
 
-class _OneLineErrors(click.Command):
-    """Report bad arguments as an :class:`InputError`: one line on stderr, exit status 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise InputError(f"model: {e.format_message()}") from None
-
-
 def _schedule(name: str, pp: int, microbatches: int, stages_per_rank: int | None) -> Schedule:
     if name.lower().startswith("torch:"):
         return from_torch(name.split(":", 1)[1], pp, microbatches, stages_per_rank)
@@ -69,7 +59,7 @@ def model_summary(result: SimResult, *, f: float, b: float, w: float, fb: float)
     }
 
 
-@click.command("model", cls=_OneLineErrors)
+@click.command("model")
 @click.option("--schedule", "schedule_name", default="dualpipe", show_default=True,
               help=f"{', '.join(BUILDERS)}, or torch:<Name> for a torch.distributed.pipelining "
                    "schedule (DualPipeV, ZBVZeroBubble, Interleaved1F1B, ...)")

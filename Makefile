@@ -30,10 +30,16 @@ $(CHROMIUM):
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
 
+# Debian's Prometheus for the rule checks and the live Prometheus tests (brings promtool)
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
 CODE := dualscope profiler probes dashboard tests bench sample_traces
 
 ## Install everything, then lint, type-check and run the whole test suite
-test: $(STAMP) $(CHROMIUM) lint
+test: $(STAMP) $(CHROMIUM) $(PROMTOOL) lint
 	$(BIN)/python -m pytest -q
 
 ## ruff and mypy, failing on any finding (also the pre-commit hooks)

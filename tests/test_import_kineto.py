@@ -7,6 +7,7 @@ import gzip
 import random
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -16,7 +17,7 @@ from profiler.classify import classify_kernels, host_comm_lane, name_evidence
 from profiler.errors import InputError
 from profiler.importers import import_kineto
 from profiler.importers.discover import load_trace, rank_from_filename
-from profiler.importers.jsonscan import ChunkingFailed, iter_event_chunks, split_trace
+from profiler.importers.jsonscan import find_events, iter_event_chunks
 from profiler.importers.kineto import to_ns
 from profiler.importers.labels import IntervalIndex, Label, parse_label, parse_step
 from profiler.store import RunReader
@@ -164,43 +165,75 @@ def _doc(n: int) -> dict:
             "baseTimeNanoseconds": 5}
 
 
+_ANY = msgspec.json.Decoder(list).decode
+
+
+def _chunks(buf: bytearray, chunk_bytes: int) -> tuple[list[list], dict]:
+    lay = find_events(buf)
+    chunks = list(iter_event_chunks(buf, lay, _ANY, chunk_bytes=chunk_bytes))
+    return chunks, {k: msgspec.json.decode(v) for k, v in lay.keys.items()}
+
+
 @pytest.mark.parametrize("option", [0, orjson.OPT_INDENT_2])
 def test_chunks_equal_whole_parse(option: int) -> None:
     doc = _doc(3000)
     raw = orjson.dumps(doc, option=option)
     buf = bytearray(raw)
-    split = split_trace(buf)
-    assert split is not None
-    assert split.meta == {k: v for k, v in doc.items() if k != "traceEvents"}
-    chunks = list(iter_event_chunks(buf, split, chunk_bytes=4096))
+    chunks, meta = _chunks(buf, 4096)
+    assert meta == {k: v for k, v in doc.items() if k != "traceEvents"}
     assert len(chunks) > 20
     assert [e for c in chunks for e in c] == doc["traceEvents"]
     assert bytes(buf) == raw  # restored
 
 
-def test_chunking_failure_is_reported() -> None:
+def test_log_arrays_after_the_events_are_chunked() -> None:
+    """Kineto writes other keys, arrays of log entries among them, after traceEvents: the
+    end of the array is where the decoders find it, not the last ']' of the file."""
+    doc = _doc(3000)
+    logs = [{"msg": f"warn ]}} {i}", "ts": [i, "]"]} for i in range(2000)]
+    doc = {"traceEvents": doc["traceEvents"], "INFO": logs, "ERROR": [["]", "]]"]] * 500,
+           "traceName": "x]", "baseTimeNanoseconds": 5}
+    raw = orjson.dumps(doc)
+    chunks, meta = _chunks(bytearray(raw), 4096)
+    assert len(chunks) > 20
+    assert [e for c in chunks for e in c] == doc["traceEvents"]
+    assert meta == {k: v for k, v in doc.items() if k != "traceEvents"}
+
+
+def test_key_order_and_bare_array() -> None:
+    doc = _doc(500)
+    events = doc.pop("traceEvents")
+    reordered = {"INFO": [["traceEvents", "]"]] * 100, "nested": {"traceEvents": [1]}, **doc,
+                 "traceEvents": events, "after": {"a": [events[0]]}}
+    chunks, meta = _chunks(bytearray(orjson.dumps(reordered)), 2048)
+    assert [e for c in chunks for e in c] == events
+    assert meta == {k: v for k, v in reordered.items() if k != "traceEvents"}
+    chunks, meta = _chunks(bytearray(orjson.dumps(events) + b"\n"), 2048)
+    assert [e for c in chunks for e in c] == events and meta == {}
+
+
+def test_broken_json_inside_the_events_is_reported(tmp_path: Path) -> None:
     raw = orjson.dumps(_doc(500))
     cut = raw.index(b'"name"', len(raw) // 2)
-    broken = bytearray(raw[:cut] + b'"oops' + raw[cut:])  # unbalanced quote mid-array
-    split = split_trace(broken)
-    assert split is not None  # the metadata is fine; the damage is inside the array
-    with pytest.raises(ChunkingFailed):
-        for _ in iter_event_chunks(broken, split, chunk_bytes=2048):
-            pass
+    path = tmp_path / "rank0.json"
+    path.write_bytes(raw[:cut] + b'"oops' + raw[cut:])  # unbalanced quote mid-array
+    with pytest.raises(InputError, match="rank0.json: invalid or truncated JSON"):
+        import_kineto([path], tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.json"]
 
 
-def test_import_falls_back_to_whole_parse(tmp_path: Path) -> None:
-    """Names full of '}, {' defeat the cut search; the file is then parsed whole."""
+def test_names_full_of_separators_are_still_chunked(tmp_path: Path) -> None:
+    """Names full of '}, {' defeat the cut search; the scanner that tracks nesting and
+    strings finds the cuts, so the file is still read a chunk at a time."""
     fake = "}, {" * 12
     events = [{"ph": "X", "cat": "user_annotation", "name": f"step {fake} {i}", "pid": 1,
                "tid": 1, "ts": i, "dur": 1} for i in range(40_000)]
+    raw = orjson.dumps({"traceEvents": events, "distributedInfo": {"rank": 0, "world_size": 1}})
+    assert len(raw) > 3 << 20
+    chunks, _ = _chunks(bytearray(raw), 1 << 20)
+    assert len(chunks) >= 3 and [e for c in chunks for e in c] == events
     path = tmp_path / "rank0.json"
-    path.write_bytes(orjson.dumps({"traceEvents": events,
-                                   "distributedInfo": {"rank": 0, "world_size": 1}}))
-    assert path.stat().st_size > 3 << 20
-    buf = bytearray(path.read_bytes())
-    with pytest.raises(ChunkingFailed):
-        list(iter_event_chunks(buf, split_trace(buf)))
+    path.write_bytes(raw)
     summary = import_kineto([path], tmp_path / "run")
     assert summary.ranks[0].spans == 40_000
 
@@ -209,10 +242,13 @@ def test_load_trace_variants(tmp_path: Path) -> None:
     doc = _doc(10)
     (tmp_path / "a.json").write_bytes(orjson.dumps(doc["traceEvents"]))  # bare array
     src = load_trace(tmp_path / "a.json")
-    assert [e for c in src.chunks() for e in c] == doc["traceEvents"]
+    got = [e for _, c in src.chunks() for e in c]
+    assert [(e.name, e.ts) for e in got] == [(e["name"], e["ts"]) for e in doc["traceEvents"]]
     (tmp_path / "b.json.gz").write_bytes(gzip.compress(orjson.dumps(doc)))
     src = load_trace(tmp_path / "b.json.gz")
-    assert src.meta["distributedInfo"]["rank"] == 3
+    for _ in src.chunks():
+        pass
+    assert src.meta.distributed["rank"] == 3
     (tmp_path / "c.json").write_bytes(b'{"traceEvents": [ ]}')
     with pytest.raises(InputError, match="traceEvents is empty"):
         load_trace(tmp_path / "c.json")

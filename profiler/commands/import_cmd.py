@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
+
+from ..errors import InputError, io_error
+
+if TYPE_CHECKING:
+    from ..importers import Progress
 
 __all__ = ["command", "gc_paused", "system_arrow_pool"]
 
@@ -45,23 +52,35 @@ def gc_paused() -> Iterator[None]:
 
 
 @contextmanager
-def _progress(total_files: int) -> Iterator[Callable[[Path, int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+def _progress(total_files: int) -> Iterator[Callable[[Progress], None] | None]:
+    """A progress bar of files and MB done over all workers, on stderr when it is a terminal;
+    otherwise nothing. Redrawn by the caller's updates (no refresh thread: the import forks
+    its workers while the bar is up)."""
     if not sys.stderr.isatty() or total_files == 0:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
 
-    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True),
-                  transient=True) as bar:
-        task = bar.add_task("", total=total_files)
+    with Bar(TextColumn("importing"), BarColumn(), TextColumn("{task.fields[files]}"),
+             TextColumn("{task.fields[mb]}"), TimeElapsedColumn(),
+             console=Console(stderr=True), transient=True, auto_refresh=False) as bar:
+        task = bar.add_task("", total=1, files="", mb="")
+        last = 0.0
 
-        def advance(path: Path, _size: int) -> None:
-            bar.update(task, advance=1, description=path.name)
+        def update(p: Progress) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < 0.1 and p.files_done < p.files_total:
+                return
+            last = now
+            bar.update(task, total=max(p.bytes_total, 1), completed=p.bytes_done,
+                       files=f"{p.files_done}/{p.files_total} files",
+                       mb=f"{p.bytes_done / 1e6:,.0f}/{p.bytes_total / 1e6:,.0f} MB")
+            bar.refresh()
 
-        yield advance
+        yield update
 
 
 def _print_summary(d: dict) -> None:
@@ -93,19 +112,34 @@ def _print_summary(d: dict) -> None:
               help="Kernel-name regex that forces a kernel to communication (repeatable).")
 @click.option("--keep-cpu-ops", is_flag=True,
               help="Also keep non-communication cpu_ops (kind cpu_op, lane host).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Files imported at once (processes; with --engine dask, LocalCluster "
+                   "workers). Default: the machine's cores.")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local",
+              help="Run the per-file tasks here (local) or on a Dask cluster.")
+@click.option("--scheduler", default=None, help="Address of a running dask.distributed "
+              "scheduler (with --engine dask; the traces and --out must be on storage its "
+              "workers share); default: start a LocalCluster.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
-            keep_cpu_ops: bool, as_json: bool) -> None:
+            keep_cpu_ops: bool, jobs: int | None, engine: str, scheduler: str | None,
+            as_json: bool) -> None:
     """Import Kineto / Chrome trace JSON (plain or .gz), one file per rank, or folders of
-    them, into a new run directory OUT."""
-    from ..importers import import_kineto
+    them, into a new run directory OUT. Files are imported in parallel (--jobs)."""
+    from ..importers import default_jobs, import_kineto
     from ..importers.discover import find_trace_files
 
+    if scheduler and engine != "dask":
+        raise InputError("--scheduler needs --engine dask")
     n_files = len(find_trace_files(list(traces)))
-    with _progress(n_files) as advance, system_arrow_pool():
-        summary = import_kineto(traces, out, comm_patterns=comm_patterns,
-                                keep_cpu_ops=keep_cpu_ops, progress=advance,
-                                around_parse=gc_paused)
+    try:
+        with _progress(n_files) as update, system_arrow_pool():
+            summary = import_kineto(traces, out, comm_patterns=comm_patterns,
+                                    keep_cpu_ops=keep_cpu_ops, jobs=jobs or default_jobs(),
+                                    engine=engine, scheduler=scheduler, on_progress=update,
+                                    around_parse=gc_paused)
+    except OSError as e:  # the inputs' errors are named by the importer: this is --out's
+        raise io_error(out, e, "write the run") from None
     d = summary.to_dict()
     if as_json:
         click.echo(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())

@@ -2,19 +2,22 @@
 
 :func:`import_kineto` reads Kineto / Chrome trace JSON (``torch.profiler``), one file per rank,
 plain or gzip, and writes one span stream per rank (see :mod:`.spans` for the mapping and
-:mod:`.kineto` for the clock). Files are processed one at a time and their parsed JSON is
-dropped before the next, so memory stays near the size of the largest single trace.
+:mod:`.kineto` for the clock). Each file is one task (:mod:`.rankfile`) that writes its rank's
+segments into a staging directory inside the run's temporary directory; the tasks run one
+after another, in a local process pool or on a Dask cluster (:mod:`.parallel`). The results
+are checked against each other in file order (one rank per file, one world size), each
+staging directory becomes its rank's stream directory, and the manifest is written once.
+Memory per worker stays near one file's bytes plus one chunk of parsed events plus that
+rank's columns, whatever the number of ranks.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
-import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +25,14 @@ from typing import Any
 from ..classify import compile_patterns
 from ..errors import InputError
 from ..manifest import Manifest, Parallel, Topology
-from ..store import RunWriter, atomic_run_dir
-from .discover import TraceSource, find_trace_files, load_trace, rank_from_filename
-from .jsonscan import ChunkingFailed
-from .kineto import RawTrace, extract, extract_flows
-from .spans import DEFAULT_SMS, build_spans
+from ..store import atomic_run_dir, rank_dir_name
+from .discover import find_trace_files
+from .parallel import ENGINES, Progress, default_jobs, run_tasks
+from .rankfile import FileResult, FileTask
+from .spans import DEFAULT_SMS
 
-__all__ = ["ImportSummary", "RankSummary", "import_kineto"]
+__all__ = ["ENGINES", "ImportSummary", "Progress", "RankSummary", "default_jobs",
+           "import_kineto"]
 
 
 @dataclass
@@ -89,41 +93,18 @@ class ImportSummary:
         }
 
 
-def _int_or_none(v: object) -> int | None:
-    """A non-negative int from an int or a digit string, else None."""
-    if type(v) is int:
-        return v if v >= 0 else None
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v)
-    return None
+def _summary(r: FileResult) -> RankSummary:
+    return RankSummary(path=r.path, rank=r.rank, rank_source=r.rank_source, events=r.events,
+                       spans=r.spans, cpu_only=r.cpu_only, lanes=r.lanes, kinds=r.kinds,
+                       comm_streams=r.comm_streams, comm_kernel_sms=r.comm_kernel_sms,
+                       reasons=r.reasons, notes=r.notes)
 
 
-def _dist_info(meta: dict[str, Any]) -> dict[str, Any]:
-    info = meta.get("distributedInfo")
-    return info if isinstance(info, dict) else {}
-
-
-def _resolve_rank(path: Path, meta: dict[str, Any], multi: bool) -> tuple[int, str, list[str]]:
-    dist = _dist_info(meta)
-    from_info = _int_or_none(dist.get("rank"))
-    from_name = rank_from_filename(path)
-    notes: list[str] = []
-    if from_info is not None:
-        if from_name is not None and from_name != from_info:
-            notes.append(f"file name says rank {from_name}, distributedInfo.rank {from_info}; "
-                         "used distributedInfo")
-        return from_info, "distributedInfo", notes
-    if from_name is not None:
-        notes.append(f"no distributedInfo.rank; rank {from_name} taken from the file name")
-        return from_name, "file name", notes
-    if multi:
-        stem = path.name.split(".")[0]
-        raise InputError(
-            f"{path}: no rank (no distributedInfo.rank and no rank in the file name); rename it "
-            f"to {stem}_rank<N>{path.name[len(stem):]}"
-        )
-    notes.append("no distributedInfo.rank and no rank in the file name; single file taken as rank 0")
-    return 0, "default", notes
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def import_kineto(
@@ -132,144 +113,111 @@ def import_kineto(
     *,
     comm_patterns: Sequence[str] = (),
     keep_cpu_ops: bool = False,
+    jobs: int = 1,
+    engine: str = "local",
+    scheduler: str | None = None,
     progress: Callable[[Path, int], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     around_parse: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> ImportSummary:
     """Import Kineto / Chrome traces (files or folders of them) into a new run at ``out``.
 
     ``comm_patterns``: regular expressions forcing kernels to communication;
     ``keep_cpu_ops``: also keep non-communication cpu_ops (kind ``cpu_op``, lane ``host``);
-    ``progress(path, size_bytes)`` is called after each file; ``around_parse()`` is entered
-    around each file's parse (the ``import`` command pauses the garbage collector there; a
-    library call changes no process-wide state by itself). Nothing is left at ``out`` (nor
-    beside it) when any input is bad: raises :class:`InputError` naming the file.
+    ``jobs`` / ``engine`` / ``scheduler``: where the per-file tasks run (:mod:`.parallel`;
+    the run is the same whichever). ``progress(path, size_bytes)`` is called after each file
+    (in file order), ``on_progress(state)`` as files and bytes advance over all workers;
+    ``around_parse()`` is entered around each file's parse in the process that parses it
+    (the ``import`` command pauses the garbage collector there; a library call changes no
+    process-wide state by itself; not applied on Dask workers). Nothing is left at ``out``
+    (nor beside it) when any input is bad: raises :class:`InputError` naming the file.
     """
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise InputError(f"{out}: already exists; choose a new --out path or remove it first")
     try:
-        patterns = compile_patterns(comm_patterns)
+        patterns = tuple(p.pattern for p in compile_patterns(comm_patterns))
     except ValueError as e:
         raise InputError(str(e)) from None
-    out = Path(out)
-    if out.exists():
-        raise InputError(f"{out}: already exists; choose a new --out path or remove it first")
     files = find_trace_files(list(inputs))
-    multi = len(files) > 1
-    manifest = Manifest(source="import", description=f"Kineto import of {len(files)} trace file(s)")
-    summaries: list[RankSummary] = []
-    owner: dict[int, Path] = {}
-    world: dict[int, Path] = {}
-    backend: set[str] = set()
-    gpus: dict[str, Any] = {}
-    sms_default = False
+    sizes = [_size(p) for p in files]
+    summaries: list[FileResult] = []
     with atomic_run_dir(out) as tmp:
-        # one rank is written whole, then its stream is sealed: no time-based rotation
-        writer = RunWriter(tmp, manifest, rotate_s=3600.0, flush_s=3600.0, batch_rows=1 << 20)
-        for path in files:
-            src = load_trace(path)
-            meta = src.meta
-            rank, source, notes = _resolve_rank(path, meta, multi)
-            if rank in owner:
-                raise InputError(
-                    f"{path}: claims rank {rank}, which {owner[rank]} already has; import "
-                    "one trace per rank (move the duplicate out of the folder)"
-                )
-            owner[rank] = path
-            dist = _dist_info(meta)
-            ws = _int_or_none(dist.get("world_size"))
-            if ws is not None:
-                if world and ws not in world:
-                    other_ws, other = next(iter(world.items()))
-                    raise InputError(
-                        f"{path}: distributedInfo.world_size {ws} differs from {other_ws} in "
-                        f"{other}; import the traces of one job only"
-                    )
-                world.setdefault(ws, path)
-            if isinstance(dist.get("backend"), str):
-                backend.add(dist["backend"])
-            raw = _extract(src, keep_cpu_ops, around_parse or nullcontext)
-            del src, meta
-            for d, info in raw.devices.items():
-                gpus.setdefault("sms", Counter())[info.sms] += 1
-                gpus.setdefault("names", Counter())[info.name] += 1
-                gpus.setdefault("count", set()).add(d)
-            res = build_spans(raw, rank, comm_patterns=patterns, keep_cpu_ops=keep_cpu_ops)
-            n_events = raw.n_events
-            del raw
-            sms_default |= res.sms_default_used
-            table = res.table
-            writer.spans(rank).write(table)
-            writer.spans(rank).close()
-            lanes = Counter(table.column("lane").to_pylist())
-            kinds = Counter(table.column("kind").to_pylist())
-            summaries.append(RankSummary(
-                path=str(path), rank=rank, rank_source=source, events=n_events,
-                spans=table.num_rows, cpu_only=res.cpu_only, lanes=dict(sorted(lanes.items())),
-                kinds=dict(sorted(kinds.items())), comm_streams=res.comm_streams,
-                comm_kernel_sms=res.comm_kernel_sms, reasons=res.reasons,
-                notes=notes + res.notes,
-            ))
-            del table, res
-            _trim_heap()
-            if progress is not None:
-                progress(path, path.stat().st_size)
+        staging = tmp / ".staging"
+        staging.mkdir()
+        tasks = [FileTask(index=i, path=str(p), staging=str(staging / f"{i:06d}"),
+                          multi=len(files) > 1, comm_patterns=patterns,
+                          keep_cpu_ops=keep_cpu_ops) for i, p in enumerate(files)]
+        owner: dict[int, str] = {}
+        world: dict[int, str] = {}
+
+        def advanced(state: Progress, res: FileResult | None) -> None:
+            if on_progress is not None:
+                on_progress(state)
+            if res is not None and progress is not None:
+                progress(Path(res.path), res.bytes)
+
+        for res in run_tasks(tasks, sizes, engine=engine, jobs=jobs, scheduler=scheduler,
+                             around_parse=around_parse, progress=advanced):
+            _check_against_others(res, owner, world)
+            target = tmp / "spans" / rank_dir_name(res.rank)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(res.staging, target)
+            summaries.append(res)
+        shutil.rmtree(staging)
         world_size = next(iter(world), None)
         if world_size is not None and max(owner) >= world_size:
             raise InputError(f"{owner[max(owner)]}: rank {max(owner)} is not below "
                              f"world_size {world_size}; check the file's rank")
-        _fill_manifest(manifest, gpus, world_size, backend, sms_default, summaries,
-                       patterns, keep_cpu_ops)
-        writer.close()
+        manifest = _manifest(len(files), summaries, world_size, patterns, keep_cpu_ops)
+        manifest.status = "finished"
+        manifest.write(tmp)
     return ImportSummary(out=str(out), run_id=manifest.run_id, world_size=world_size,
-                         ranks=sorted(summaries, key=lambda r: r.rank))
+                         ranks=[_summary(r) for r in sorted(summaries, key=lambda r: r.rank)])
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc
-        return None
+def _check_against_others(res: FileResult, owner: dict[int, str], world: dict[int, str]) -> None:
+    if res.rank in owner:
+        raise InputError(
+            f"{res.path}: claims rank {res.rank}, which {owner[res.rank]} already has; import "
+            "one trace per rank (move the duplicate out of the folder)"
+        )
+    owner[res.rank] = res.path
+    ws = res.world_size
+    if ws is not None:
+        if world and ws not in world:
+            other_ws, other = next(iter(world.items()))
+            raise InputError(
+                f"{res.path}: distributedInfo.world_size {ws} differs from {other_ws} in "
+                f"{other}; import the traces of one job only"
+            )
+        world.setdefault(ws, res.path)
 
 
-def _trim_heap() -> None:
-    """Hand the heap freed by the last rank back to the OS (glibc ``malloc_trim``, as Dask
-    workers do), so the next rank's peak is not stacked on fragments of this one's."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _extract(src: TraceSource, keep_cpu_ops: bool,
-             around_parse: Callable[[], AbstractContextManager[object]]) -> RawTrace:
-    with around_parse():
-        try:
-            raw = extract(src.path, src.meta, src.chunks(), keep_cpu_ops=keep_cpu_ops)
-        except ChunkingFailed:
-            src = src.parse_whole()
-            raw = extract(src.path, src.meta, src.chunks(), keep_cpu_ops=keep_cpu_ops)
-        if raw.n_flows and -1 in raw.g_corr:
-            # a GPU event without correlation id: link it through its ac2g flow
-            extract_flows(raw, src.chunks())
-        src.release()
-    if raw.n_events == 0:
-        raise InputError(f"{src.path}: traceEvents is empty; nothing to import")
-    return raw
-
-
-def _fill_manifest(manifest: Manifest, gpus: dict[str, Any], world_size: int | None,
-                   backend: set[str], sms_default: bool, summaries: list[RankSummary],
-                   patterns: tuple[re.Pattern[str], ...], keep_cpu_ops: bool) -> None:
-    sms = gpus.get("sms", Counter())
-    names = gpus.get("names", Counter())
+def _manifest(n_files: int, results: list[FileResult], world_size: int | None,
+              patterns: tuple[str, ...], keep_cpu_ops: bool) -> Manifest:
+    manifest = Manifest(source="import", description=f"Kineto import of {n_files} trace file(s)")
+    sms: Counter[int | None] = Counter()
+    names: Counter[str | None] = Counter()
+    devices: set[int] = set()
+    for r in results:
+        for d, (n_sms, name) in r.devices.items():
+            sms[n_sms] += 1
+            names[name] += 1
+            devices.add(d)
+    sms_default = any(r.sms_default_used for r in results)
     top_sms = next((s for s, _ in sms.most_common() if s), None)
     manifest.topology = Topology(
-        gpus_per_node=len(gpus["count"]) if gpus.get("count") else None,
+        gpus_per_node=len(devices) if devices else None,
         sms_per_gpu=top_sms if top_sms is not None else (DEFAULT_SMS if sms_default else None),
         gpu_name=next((n for n, _ in names.most_common() if n), None),
     )
     manifest.parallel = Parallel(world_size=world_size)
     lanes: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
-    for r in summaries:
+    for r in results:
         lanes.update(r.lanes)
         kinds.update(r.kinds)
     manifest.extra = {
@@ -278,12 +226,14 @@ def _fill_manifest(manifest: Manifest, gpus: dict[str, Any], world_size: int | N
                    "events": r.events, "spans": r.spans, "cpu_only": r.cpu_only,
                    "comm_streams": [list(s) for s in r.comm_streams],
                    "classification": r.reasons, "notes": r.notes}
-                  for r in sorted(summaries, key=lambda r: r.rank)],
-        "backend": sorted(backend),
-        "comm_patterns": [p.pattern for p in patterns],
+                  for r in sorted(results, key=lambda r: r.rank)],
+        "backend": sorted({r.backend for r in results if r.backend is not None}),
+        "comm_patterns": list(patterns),
         "keep_cpu_ops": keep_cpu_ops,
         "sms_per_gpu_default_used": sms_default,
         "clock": "unix-epoch ns: round(ts_us * 1000), plus baseTimeNanoseconds when the "
                  "trace's ts are relative to it; ranks not aligned to each other",
         "counts": {"lane": dict(sorted(lanes.items())), "kind": dict(sorted(kinds.items()))},
     }
+    return manifest
+

@@ -2,25 +2,30 @@
 
 A directory holds one Kineto / Chrome trace per rank: ``*.json``, ``*.json.gz`` (which covers
 ``*.pt.trace.json`` and ``*.pt.trace.json.gz``). Hidden files and sub-directories are skipped;
-any other file makes the import fail, so a stray file is never silently taken for a rank.
+any other entry makes the import fail, so a stray file is never silently taken for a rank.
+Only regular files are ever opened: a FIFO, socket or device is named and refused without
+being opened (opening a FIFO would block), and so are symlink loops and dangling symlinks.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
+import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
+import msgspec
 
 from ..errors import InputError
-from .jsonscan import TraceSplit, iter_event_chunks, split_trace
+from .events import EVENTS, Event, TraceMeta, event_error, read_meta
+from .jsonscan import ChunkDecodeError, EventsError, Layout, find_events, iter_event_chunks
 
-__all__ = ["TRACE_SUFFIXES", "TraceSource", "find_trace_files", "rank_from_filename", "load_trace"]
+__all__ = ["TRACE_SUFFIXES", "TraceSource", "find_trace_files", "rank_from_filename",
+           "load_trace", "load_document"]
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 _RANK_IN_NAME = re.compile(r"(?i)(?<![a-z])rank[_-]?(\d+)(?!\d)")
@@ -30,39 +35,84 @@ def _is_trace_name(name: str) -> bool:
     return name.endswith(TRACE_SUFFIXES)
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def _stat(path: Path) -> os.stat_result:
+    """``os.stat`` (following symlinks) with one line for each way it fails."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{path}: symlink loop (the link leads back to itself); fix or "
+                             "remove the link") from None
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise InputError(f"{path}: dangling symlink (points to {os.readlink(path)}, which "
+                             "does not exist); fix or remove the link") from None
+        if e.errno == errno.ENOENT:
+            raise InputError(f"{path}: no such file or directory") from None
+        if e.errno == errno.ENOTDIR:
+            raise InputError(f"{path}: a part of the path is not a directory") from None
+        raise InputError(f"{path}: cannot access ({e.strerror or e})") from None
+
+
+def _not_regular(path: Path, mode: int, folder: Path | None) -> InputError:
+    where = f" in trace folder {folder}; move it out of the folder" if folder else \
+        "; pass a trace file (*.json, *.json.gz) or a folder of them"
+    return InputError(f"{path}: {_kind(mode)}, not a trace file{where} (it was not opened)")
+
+
 def find_trace_files(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and directories into the list of trace files, in a stable order.
 
-    Raises :class:`InputError` for a missing path, an empty directory or a directory that
-    holds a file that is not a trace."""
-    files: list[Path] = []
+    Raises :class:`InputError` for a missing path, an empty directory, a directory that
+    holds a file that is not a trace, and anything that is not a regular file or directory
+    (never opened)."""
+    files: list[tuple[Path, os.stat_result]] = []
     for raw in inputs:
         path = Path(raw)
-        if path.is_dir():
+        st = _stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                entries = sorted(os.listdir(path))
+            except OSError as e:
+                raise InputError(f"{path}: cannot list the folder ({e.strerror or e})") from None
             found = []
-            for entry in sorted(os.listdir(path)):
+            for entry in entries:
                 if entry.startswith("."):
                     continue
                 p = path / entry
-                if p.is_dir():
+                est = _stat(p)
+                if stat.S_ISDIR(est.st_mode):
                     continue
+                if not stat.S_ISREG(est.st_mode):
+                    raise _not_regular(p, est.st_mode, path)
                 if not _is_trace_name(entry):
                     raise InputError(
                         f"{p}: not a trace file (want *.json or *.json.gz) in trace folder "
                         f"{path}; move it out of the folder or pass the trace files one by one"
                     )
-                found.append(p)
+                found.append((p, est))
             if not found:
                 raise InputError(f"{path}: no trace files (*.json, *.json.gz) in this folder")
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
+        elif stat.S_ISREG(st.st_mode):
+            files.append((path, st))
         else:
-            raise InputError(f"{path}: no such file or directory")
-    seen: set[Path] = set()
+            raise _not_regular(path, st.st_mode, None)
+    seen: set[tuple[int, int]] = set()
     unique = []
-    for f in files:
-        key = f.resolve()
+    for f, st in files:
+        key = (st.st_dev, st.st_ino)
         if key not in seen:
             seen.add(key)
             unique.append(f)
@@ -75,66 +125,21 @@ def rank_from_filename(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-_NON_BLANK = re.compile(rb"\S")
-
-
-class TraceSource:
-    """One trace file in memory: its metadata (top-level keys other than ``traceEvents``)
-    and its events, handed out in chunks by :meth:`chunks` (see :mod:`.jsonscan`)."""
-
-    def __init__(self, path: Path, buf: bytearray, split: TraceSplit | None,
-                 doc: dict[str, Any] | None) -> None:
-        self.path = path
-        self._buf = buf
-        self._split = split
-        self._doc = doc
-        self.meta: dict[str, Any] = (
-            split.meta if split is not None
-            else {k: v for k, v in (doc or {}).items() if k != "traceEvents"}
-        )
-
-    def chunks(self) -> Iterator[list[Any]]:
-        """The events, a list at a time (one list when the file was parsed whole).
-        May raise :class:`ChunkingFailed`; then call :meth:`parse_whole` and start over."""
-        if self._split is not None:
-            yield from iter_event_chunks(self._buf, self._split)
-        elif self._doc is not None:
-            yield self._doc["traceEvents"]
-
-    def parse_whole(self) -> TraceSource:
-        """The same file parsed with one ``orjson.loads`` (no chunking)."""
-        return TraceSource(self.path, self._buf, None, _parse_whole(self.path, self._buf))
-
-    def release(self) -> None:
-        self._buf = bytearray()
-        self._doc = None
-
-
-def _parse_whole(path: Path, buf: bytearray) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(buf)
-    except orjson.JSONDecodeError as e:
-        raise InputError(
-            f"{path}: invalid or truncated JSON ({e}); re-export the trace or check the copy"
-        ) from None
-    if isinstance(doc, list):
-        doc = {"traceEvents": doc}
-    if not isinstance(doc, dict):
-        raise InputError(f"{path}: top level is a JSON {type(doc).__name__}, not a trace object")
-    events = doc.get("traceEvents")
-    if not isinstance(events, list):
-        raise InputError(
-            f"{path}: no traceEvents list; this is not a Kineto / Chrome trace "
-            "(export one with prof.export_chrome_trace)"
-        )
-    if not events:
-        raise InputError(f"{path}: traceEvents is empty; nothing to import")
-    return doc
-
-
 def _read(path: Path) -> bytearray:
+    """The file's bytes (gzip decompressed). Opened non-blocking and checked to be a regular
+    file before any read, so a FIFO swapped in after discovery cannot hang the import."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            _stat(path)  # names the loop / dangling link / missing file
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode, None)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
             head = f.read(2)
             f.seek(0)
             if head == b"\x1f\x8b":
@@ -148,12 +153,73 @@ def _read(path: Path) -> bytearray:
                     raise InputError(
                         f"{path}: broken gzip file ({e}); re-export or re-copy it"
                     ) from None
-            buf = bytearray(os.fstat(f.fileno()).st_size)
+            buf = bytearray(st.st_size)
             n = f.readinto(buf)
             del buf[n:]
             return buf
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+class TraceSource:
+    """One trace in memory, read by :meth:`chunks` (see :mod:`.jsonscan`); :attr:`meta` (the
+    top-level keys the importer uses) is known once the events have been read, since keys may
+    follow them."""
+
+    def __init__(self, path: Path, buf: bytearray, lay: Layout) -> None:
+        self.path = path
+        self.nbytes = len(buf)
+        self._buf = buf
+        self._layout = lay
+        self._meta: TraceMeta | None = None
+
+    @property
+    def meta(self) -> TraceMeta:
+        if self._meta is None:
+            if self._layout.end < 0:
+                raise RuntimeError("TraceSource.meta is known once chunks() has been read")
+            self._meta = read_meta(self.path, self._layout.keys)
+        return self._meta
+
+    def chunks(self, on_bytes: Callable[[int], None] | None = None
+               ) -> Iterator[tuple[int, list[Event]]]:
+        """``(index of the first event, events)`` a chunk at a time. Raises
+        :class:`InputError` naming the file and the event for an event that does not decode
+        (a field of the wrong type, invalid UTF-8, ...) or a document that is not valid JSON."""
+        first = 0
+        try:
+            for chunk in iter_event_chunks(self._buf, self._layout, EVENTS.decode,
+                                           on_bytes=on_bytes):
+                yield first, chunk
+                first += len(chunk)
+        except ChunkDecodeError as e:
+            raise _locate(self.path, e) from None
+        except EventsError as e:
+            raise InputError(f"{self.path}: {e.reason}") from None
+
+    def release(self) -> None:
+        self._buf = bytearray()
+
+
+def _locate(path: Path, e: ChunkDecodeError) -> InputError:
+    """The event of a failed chunk decode: the decoder's own path when it gives one, else the
+    first event that fails on its own."""
+    if isinstance(e.error, msgspec.ValidationError):
+        return event_error(path, e.first_index, e.error)
+    try:
+        items = msgspec.json.decode(e.chunk, type=list[msgspec.Raw])
+    except msgspec.DecodeError as err:
+        return InputError(f"{path}: invalid JSON in events from index {e.first_index} ({err}); "
+                          "re-export the trace or check the copy")
+    for j, item in enumerate(items):
+        try:
+            msgspec.json.decode(item, type=Event)
+        except msgspec.DecodeError as err:
+            return InputError(f"{path}: event {e.first_index + j}: {err}; fix or drop that "
+                              "event, or re-export the trace")
+    return InputError(f"{path}: events from index {e.first_index}: {e.error}")
 
 
 def load_trace(path: Path) -> TraceSource:
@@ -162,12 +228,13 @@ def load_trace(path: Path) -> TraceSource:
     Raises :class:`InputError` naming the file for an unreadable, empty, truncated or
     invalid file and for one without trace events. A bare JSON array of events is accepted
     as ``{"traceEvents": [...]}``."""
-    buf = _read(path)
-    if _NON_BLANK.search(buf) is None:
-        raise InputError(f"{path}: empty file; re-export the trace from torch.profiler")
-    split = split_trace(buf)
-    if split is not None and _NON_BLANK.search(buf, split.start + 1, split.end) is None:
-        raise InputError(f"{path}: traceEvents is empty; nothing to import")
-    if split is None:
-        return TraceSource(path, buf, None, _parse_whole(path, buf))
-    return TraceSource(path, buf, split, None)
+    return load_document(path, _read(path))
+
+
+def load_document(path: Path, buf: bytearray) -> TraceSource:
+    """A trace document already in memory (``path`` names it in messages)."""
+    try:
+        lay = find_events(buf)
+    except EventsError as e:
+        raise InputError(f"{path}: {e.reason}") from None
+    return TraceSource(path, buf, lay)

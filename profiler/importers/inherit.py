@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .kernels import stream_keys
 from .kineto import RawTrace, to_ns
 from .labels import IntervalIndex, parse_label, parse_step
 
@@ -23,27 +24,32 @@ class LabelColumns:
     -1 none), ``labelled`` (bool). Each distinct name is parsed once."""
 
     def __init__(self, names: list[str]) -> None:
-        cache: dict[str, tuple[Any, int, int, str | None, int]] = {}
-        n = len(names)
-        self.op = np.empty(n, dtype=object)
-        self.stage = np.full(n, -1, np.int64)
-        self.mb = np.full(n, -1, np.int64)
-        self.role = np.empty(n, dtype=object)
-        self.step = np.full(n, -1, np.int64)
-        for i, name in enumerate(names):
-            got = cache.get(name)
-            if got is None:
-                lab = parse_label(name)
-                step = parse_step(name)
-                got = cache[name] = (
-                    (lab.op, -1 if lab.stage is None else lab.stage,
-                     -1 if lab.microbatch is None else lab.microbatch, lab.role,
-                     -1 if step is None else step)
-                    if lab is not None
-                    else (None, -1, -1, None, -1 if step is None else step)
-                )
-            self.op[i], self.stage[i], self.mb[i], self.role[i], self.step[i] = got
+        index: dict[str, int] = {}
+        codes = np.fromiter(map(index.setdefault, names, range(len(names))), dtype=np.int64,
+                            count=len(names))
+        # codes point at each name's first occurrence; renumber them 0..distinct-1
+        first = np.flatnonzero(codes == np.arange(len(names)))
+        dense = np.zeros(len(names), np.int64)
+        dense[first] = np.arange(len(first))
+        codes = dense[codes]
+        parsed = [_parsed(name) for name in index]
+        self.op = np.array([p[0] for p in parsed] or [None], dtype=object)[codes]
+        self.stage = np.array([p[1] for p in parsed] or [-1], dtype=np.int64)[codes]
+        self.mb = np.array([p[2] for p in parsed] or [-1], dtype=np.int64)[codes]
+        self.role = np.array([p[3] for p in parsed] or [None], dtype=object)[codes]
+        self.step = np.array([p[4] for p in parsed] or [-1], dtype=np.int64)[codes]
         self.labelled = self.role != None  # noqa: E711 (elementwise on an object array)
+
+
+def _parsed(name: str) -> tuple[str | None, int, int, str | None, int]:
+    """op, stage, micro-batch, role, step of one annotation name (-1 / None: none)."""
+    lab = parse_label(name)
+    step = parse_step(name)
+    if lab is None:
+        return None, -1, -1, None, -1 if step is None else step
+    return (lab.op, -1 if lab.stage is None else lab.stage,
+            -1 if lab.microbatch is None else lab.microbatch, lab.role,
+            -1 if step is None else step)
 
 
 def nullable(values: np.ndarray, typ: pa.DataType, missing: np.ndarray | None = None) -> pa.Array:
@@ -67,7 +73,7 @@ class AnnotationIndex:
         self.names = np.asarray(raw.a_name, dtype=object)
         self.start = ns(raw.a_ts)
         self.end = self.start + dur(raw.a_dur)
-        self.thread = np.asarray(raw.a_thread, dtype=np.int64)
+        self.thread = raw.a_thread
         self.lab = LabelColumns(raw.a_name)
         self.is_step = self.lab.step >= 0
         in_stack = ~self.is_step
@@ -146,9 +152,9 @@ def gpu_annotation_fallback(raw: RawTrace, base: int, device: np.ndarray, stream
         return None
     gs = to_ns(raw.ga_ts, base)
     ge = gs + np.maximum(to_ns(raw.ga_dur), 0)
-    gkey = (np.asarray(raw.ga_device, np.int64) << 32) | np.asarray(raw.ga_stream, np.int64)
+    gkey = stream_keys(raw.ga_device, raw.ga_stream)
     index = IntervalIndex(gkey[idx], gs[idx], ge[idx])
-    hit = index.stab((device << 32) | stream, start)
+    hit = index.stab(stream_keys(device, stream), start)
     hit = np.where(need & (hit >= 0), idx[np.maximum(hit, 0)], -1)
     ok, h = hit >= 0, np.maximum(hit, 0)
     names = np.asarray(raw.ga_name, dtype=object)

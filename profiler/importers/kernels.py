@@ -24,18 +24,22 @@ import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+import orjson
 
 from ..classify import KernelClasses, classify_kernels
-from .discover import TraceSource, load_trace
-from .jsonscan import ChunkingFailed
-from .kineto import RawTrace, clock_base, extract, to_ns
+from ..errors import InputError
+from .discover import load_document, load_trace
+from .events import TraceMeta
+from .kineto import RawTrace, clock_base, read_trace, to_ns
+
+if TYPE_CHECKING:  # pandas is imported when a table is built, not by the importer
+    import pandas as pd
 
 __all__ = ["DEFAULT_SMS", "KernelLanes", "device_sms", "kernel_lanes", "kernel_table",
-           "read_kernels"]
+           "read_kernels", "split_stream_key", "stream_keys"]
 
 #: SMs per GPU when a trace has no ``deviceProperties`` for a kernel's device (H100/H800)
 DEFAULT_SMS = 132
@@ -89,19 +93,21 @@ def kernel_table(raw: RawTrace, *, sms_per_gpu: int | None = None,
     :mod:`.kineto`); ``grid_blocks`` (float64, grid x*y*z, NaN unknown); ``sms`` (Int64, SMs
     held, <NA> unknown); ``lane`` (``comm`` | ``compute``); ``reason`` (the classifier's
     rule); ``pg`` (process group named by the args, None when none)."""
+    import pandas as pd
+
     idx = np.flatnonzero(np.asarray(raw.g_kind, dtype=object) == "kernel")
     pick = idx.tolist()
-    device = np.asarray(raw.g_device, dtype=np.int64)[idx]
-    stream = np.asarray(raw.g_stream, dtype=np.int64)[idx]
-    blocks = np.asarray(raw.g_blocks, dtype=np.float64)[idx]
+    device = raw.g_device[idx]
+    stream = raw.g_stream[idx]
+    blocks = raw.g_blocks[idx]
     pg = [raw.g_pg[i] for i in pick]
     names = [raw.g_name[i] for i in pick]
     base, _ = clock_base(raw)
-    start = to_ns([raw.g_ts[i] for i in pick], base) if pick else np.zeros(0, np.int64)
-    dur = to_ns([raw.g_dur[i] for i in pick]) if pick else np.zeros(0, np.int64)
+    start = to_ns(raw.g_ts[idx], base)
+    dur = to_ns(raw.g_dur[idx])
     sms_per = (np.full(len(idx), sms_per_gpu, dtype=np.int64) if sms_per_gpu
                else device_sms(raw, device)[0])
-    k = kernel_lanes(names, (device << 32) | stream, blocks, [p is not None for p in pg],
+    k = kernel_lanes(names, stream_keys(device, stream), blocks, [p is not None for p in pg],
                      sms_per_gpu=sms_per, comm_patterns=comm_patterns)
     return pd.DataFrame({
         "name": pd.Series(names, dtype=object),
@@ -125,17 +131,25 @@ def read_kernels(trace: str | os.PathLike[str] | Mapping[str, Any], *,
     ...}``). Columns as :func:`kernel_table`. Raises
     :class:`~profiler.errors.InputError` naming the file for an unreadable trace."""
     if isinstance(trace, Mapping):
-        events = trace.get("traceEvents") or []
-        meta = {k: v for k, v in trace.items() if k != "traceEvents"}
-        raw = extract(Path("<trace>"), meta, [events], keep_cpu_ops=False)
+        if not trace.get("traceEvents"):  # nothing to read: no kernels
+            return kernel_table(RawTrace(Path("<trace>"), TraceMeta()), sms_per_gpu=sms_per_gpu)
+        try:
+            doc = bytearray(orjson.dumps(trace))
+        except TypeError as e:
+            raise InputError(f"<trace>: not JSON-serialisable ({e})") from None
+        src = load_document(Path("<trace>"), doc)
     else:
-        raw = _extract_file(load_trace(Path(trace)))
+        src = load_trace(Path(trace))
+    raw = read_trace(src, keep_cpu_ops=False)
     return kernel_table(raw, sms_per_gpu=sms_per_gpu, comm_patterns=comm_patterns)
 
 
-def _extract_file(src: TraceSource) -> RawTrace:
-    try:
-        return extract(src.path, src.meta, src.chunks(), keep_cpu_ops=False)
-    except ChunkingFailed:
-        src = src.parse_whole()
-        return extract(src.path, src.meta, src.chunks(), keep_cpu_ops=False)
+def stream_keys(device: np.ndarray, stream: np.ndarray) -> np.ndarray:
+    """One int64 key per ``(device, stream)`` (both int32, as the importer checks them)."""
+    return (device.astype(np.int64) << 32) | (stream.astype(np.int64) & 0xFFFFFFFF)
+
+
+def split_stream_key(key: int) -> tuple[int, int]:
+    """``(device, stream)`` of a :func:`stream_keys` key."""
+    stream = key & 0xFFFFFFFF
+    return key >> 32, stream - (1 << 32) if stream >= 1 << 31 else stream

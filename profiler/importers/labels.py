@@ -125,21 +125,20 @@ class IntervalIndex:
         return len(self._order)
 
     def _parents(self) -> np.ndarray:
-        parent = np.full(len(self._order), -1, dtype=np.int64)
-        g, s, e = self._g.tolist(), self._s.tolist(), self._e.tolist()
-        stack: list[int] = []
+        parent = [-1] * len(self._order)
+        stack: list[tuple[int, int, int]] = []  # (end, start, sorted index) of open intervals
         prev_group = None
-        for i in range(len(g)):
-            if g[i] != prev_group:
+        for i, (g, si, ei) in enumerate(zip(self._g.tolist(), self._s.tolist(),
+                                            self._e.tolist(), strict=True)):
+            if g != prev_group:
                 stack.clear()
-                prev_group = g[i]
-            si = s[i]
-            while stack and e[stack[-1]] <= si and s[stack[-1]] < si:
+                prev_group = g
+            while stack and stack[-1][0] <= si and stack[-1][1] < si:
                 stack.pop()
             if stack:
-                parent[i] = stack[-1]
-            stack.append(i)
-        return parent
+                parent[i] = stack[-1][2]
+            stack.append((ei, si, i))
+        return np.array(parent, dtype=np.int64)
 
     def parents(self) -> np.ndarray:
         """Parent of each interval, as indices into the constructor's arrays (-1: none)."""

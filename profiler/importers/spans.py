@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from ..classify import host_comm_lane
 from ..schema import SPAN_SCHEMA
 from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback, nullable, strings
-from .kernels import DEFAULT_SMS, device_sms, kernel_lanes
+from .kernels import DEFAULT_SMS, device_sms, kernel_lanes, split_stream_key, stream_keys
 from .kineto import RawTrace, clock_base, to_ns
 from .labels import ROLE_COMM, ROLE_COMPUTE, ROLE_PP_COMM
 
@@ -132,15 +132,15 @@ def _launches(raw: RawTrace, g_start: np.ndarray, ns: Any, base: int) -> tuple[n
     n = len(g_start)
     thread = np.full(n, -1, np.int64)
     when = g_start.copy()
-    corr = np.asarray(raw.g_corr, dtype=np.int64)
-    if raw.l_corr:
-        l_corr = np.asarray(raw.l_corr, dtype=np.int64)
+    corr = raw.g_corr
+    if len(raw.l_corr):
+        l_corr = raw.l_corr
         order = np.argsort(l_corr, kind="stable")
         sc = l_corr[order]
         pos = np.clip(np.searchsorted(sc, corr), 0, len(sc) - 1)
         found = (sc[pos] == corr) & (corr >= 0)
         li = order[pos[found]]
-        thread[found] = np.asarray(raw.l_thread, dtype=np.int64)[li]
+        thread[found] = raw.l_thread[li]
         when[found] = ns(raw.l_ts)[li]
     missing = np.flatnonzero(thread < 0)
     if len(missing) and raw.flow_start:
@@ -160,9 +160,9 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
     n = len(raw.g_name)
     g_start = ns(raw.g_ts)
     g_end = g_start + dur(raw.g_dur)
-    device = np.asarray(raw.g_device, dtype=np.int64)
-    stream = np.asarray(raw.g_stream, dtype=np.int64)
-    blocks = np.asarray(raw.g_blocks, dtype=np.float64)
+    device = raw.g_device
+    stream = raw.g_stream
+    blocks = raw.g_blocks
     kind = np.asarray(raw.g_kind, dtype=object)
     is_kernel = kind == "kernel"
     k_idx = np.flatnonzero(is_kernel)
@@ -189,15 +189,15 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
     sms = np.full(n, np.nan)
     if len(k_idx):
         has_pg = np.array([raw.g_pg[i] is not None for i in k_idx.tolist()], dtype=bool)
-        keys = (device[k_idx] << 32) | stream[k_idx]
+        keys = stream_keys(device[k_idx], stream[k_idx])
         k = kernel_lanes([raw.g_name[i] for i in k_idx.tolist()], keys, blocks[k_idx], has_pg,
                          sms_per_gpu=dev_sms, comm_patterns=comm_patterns)
         lane[k_idx] = k.lane
         sms[k_idx] = k.sms
         cls = k.classes
         facts.reasons = cls.reason_counts()
-        stream_keys = [cast(int, key) for key in cls.comm_streams]
-        facts.comm_streams = sorted((key >> 32, key & 0xFFFFFFFF) for key in stream_keys)
+        comm_keys = [cast(int, key) for key in cls.comm_streams]
+        facts.comm_streams = sorted(split_stream_key(key) for key in comm_keys)
         cs = k.sms[cls.is_comm]
         facts.comm_kernel_sms = dict(Counter(int(x) for x in cs[~np.isnan(cs)].tolist()))
     sms_col = np.where(np.isnan(sms), -1, np.nan_to_num(sms, nan=-1))
@@ -205,7 +205,7 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
         n, lane=strings(lane), kind=strings(kind), name=strings(raw.g_name),
         start_ns=pa.array(g_start), end_ns=pa.array(g_end),
         sms=nullable(sms_col.astype(np.int64), pa.int32()),
-        bytes=nullable(np.asarray(raw.g_bytes, dtype=np.int64), pa.int64()),
+        bytes=nullable(raw.g_bytes, pa.int64()),
         stream=pa.array(stream), device=pa.array(device.astype(np.int32)),
         pg=strings(raw.g_pg), **fields,
     )
@@ -275,7 +275,7 @@ def _host_ops(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur: 
         return
     start = ns(raw.h_ts)
     end = start + dur(raw.h_dur)
-    thread = np.asarray(raw.h_thread, dtype=np.int64)
+    thread = raw.h_thread
     names = raw.h_name
     lanes = np.empty(n, dtype=object)
     prio = np.full(n, -1, np.int64)
@@ -302,8 +302,8 @@ def _host_ops(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur: 
             inside = (first < len(hs)) & (hs[np.minimum(first, len(hs) - 1)] <= end[lo])
             dropped[lo[inside]] = True
     as_comm = eligible & ~dropped
-    as_cpu_op = ~as_comm & np.asarray(raw.h_is_cpu_op, dtype=bool) & keep_cpu_ops
-    h_bytes = np.asarray(raw.h_bytes, dtype=np.int64)
+    as_cpu_op = ~as_comm & raw.h_is_cpu_op & keep_cpu_ops
+    h_bytes = raw.h_bytes
     for sel, kind in ((as_comm, "comm"), (as_cpu_op, "cpu_op")):
         idx = np.flatnonzero(sel)
         if not len(idx):

@@ -1,0 +1,156 @@
+"""What the importer reads from a Kineto / Chrome trace, as typed ``msgspec`` structs, and the
+checks a value passes where it enters.
+
+Every event is decoded into :class:`Event`: only the fields below become Python objects; any
+other key is skipped by the decoder without building anything. The event's own fields are
+typed strictly (a ``"cat": []`` or a pid that is a list stops the import with the file and
+the event index); ``args`` keys are typed loosely (``Any``) because tools reuse key names
+with other types in events the importer never uses, and are checked by :mod:`.kineto` where
+an event that enters the run uses them. The trace's top-level keys are decoded by
+:func:`read_meta` (``deviceProperties`` a list of objects, ``distributedInfo`` an object,
+``baseTimeNanoseconds`` an integer).
+
+Range. Times are stored as int64 nanoseconds since 1970 (the run clock), so ``ts`` and
+``dur`` (µs) must be finite and ``ts * 1000`` (plus ``baseTimeNanoseconds``) must fit int64:
+:data:`MAX_ABS_US`. Integers that go into int64 / int32 columns are checked against those
+types (:func:`int_in`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..errors import InputError
+
+__all__ = ["Args", "Event", "EVENTS", "TraceMeta", "DeviceInfo", "MAX_ABS_US", "INT32",
+           "INT64", "int_in", "read_meta", "event_error"]
+
+_NULL = msgspec.Raw(b"null")
+
+#: |ts| and |dur| limit in µs: 9.0e15 µs (year 2255) keeps ``ts * 1000`` plus any base of a
+#: trace written this century inside int64 ns, with the float64 ``ts`` still exact to 1 µs
+MAX_ABS_US = 9.0e15
+INT32 = (-(1 << 31), (1 << 31) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+class Args(msgspec.Struct, gc=False):
+    """The ``args`` keys the importer uses (all others are skipped unparsed)."""
+
+    correlation: Any = None
+    device: Any = None
+    stream: Any = None
+    #: raw JSON, decoded for all kernels of a chunk at once (:mod:`.kineto`)
+    grid: msgspec.Raw = _NULL
+    bytes: Any = None
+    pg_name: Any = msgspec.field(default=None, name="Process Group Name")
+    pg_desc: Any = msgspec.field(default=None, name="Process Group Description")
+    collective: Any = msgspec.field(default=None, name="Collective name")
+    dtype: Any = None
+    in_nelems: Any = msgspec.field(default=None, name="In msg nelems")
+    out_nelems: Any = msgspec.field(default=None, name="Out msg nelems")
+    #: raw JSON, decoded only for the few communication ops that need their size
+    input_dims: msgspec.Raw = msgspec.field(default=_NULL, name="Input Dims")
+    input_type: msgspec.Raw = msgspec.field(default=_NULL, name="Input type")
+
+
+class Event(msgspec.Struct, gc=False):
+    """One trace event (Chrome trace format): ``ts`` / ``dur`` in µs."""
+
+    ph: str | None = None
+    cat: str | None = None
+    name: str | None = None
+    pid: int | str | None = None
+    tid: int | str | None = None
+    ts: float | None = None
+    dur: float | None = None
+    id: int | str | None = None
+    args: Args | None = None
+
+
+#: decoder of one chunk of events (a JSON array)
+EVENTS = msgspec.json.Decoder(list[Event])
+
+_AT = re.compile(r"^(?P<msg>.*) - at `\$\[(?P<i>\d+)\](?P<path>[^`]*)`$", re.S)
+
+
+def event_error(path: Path, first_index: int, err: Exception) -> InputError:
+    """One line for a decoder error in a chunk whose first event is ``first_index``."""
+    m = _AT.match(str(err))
+    if m is None:
+        return InputError(f"{path}: events from index {first_index}: {err}; re-export the "
+                          "trace or check the copy")
+    where = m["path"].lstrip(".") or "the event"
+    msg = m["msg"].replace("Expected", "expected").replace("`", "")
+    return InputError(f"{path}: event {first_index + int(m['i'])}: {where}: {msg}; fix or drop "
+                      "that event, or re-export the trace")
+
+
+def int_in(value: object, bounds: tuple[int, int]) -> bool:
+    """``value`` is an int (not a bool) within ``bounds`` (inclusive)."""
+    return type(value) is int and bounds[0] <= value <= bounds[1]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    sms: int | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class TraceMeta:
+    """The top-level keys the importer uses: ``devices`` from ``deviceProperties`` (by id),
+    ``distributed`` (``distributedInfo``, empty when absent), ``base_ns``
+    (``baseTimeNanoseconds``, None when absent)."""
+
+    devices: dict[int, DeviceInfo] = field(default_factory=dict)
+    distributed: dict[str, Any] = field(default_factory=dict)
+    base_ns: int | None = None
+
+
+def _json(kind: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(kind), "a value")
+
+
+def read_meta(path: Path, keys: dict[str, msgspec.Raw]) -> TraceMeta:
+    """Decode and check the top-level keys the importer uses (others stay undecoded)."""
+
+    def get(key: str) -> Any:
+        raw = keys.get(key)
+        return None if raw is None else msgspec.json.decode(raw)
+
+    devices: dict[int, DeviceInfo] = {}
+    props = get("deviceProperties")
+    if props is not None:
+        if not isinstance(props, list):
+            raise InputError(f"{path}: deviceProperties is {_json(props)}, expected a list of "
+                             "objects (one per GPU); fix or drop the key")
+        for i, d in enumerate(props):
+            if not isinstance(d, dict):
+                raise InputError(f"{path}: deviceProperties[{i}] is {_json(d)}, expected an "
+                                 "object with id, name, numSms; fix or drop the entry")
+            if not int_in(d.get("id"), INT32):
+                continue
+            sms, name = d.get("numSms"), d.get("name")
+            devices[d["id"]] = DeviceInfo(
+                sms if int_in(sms, (1, INT32[1])) else None,
+                name if isinstance(name, str) else None)
+    dist = get("distributedInfo")
+    if dist is None:
+        dist = {}
+    elif not isinstance(dist, dict):
+        raise InputError(f"{path}: distributedInfo is {_json(dist)}, expected an object "
+                         "(rank, world_size, backend); fix or drop the key")
+    base = get("baseTimeNanoseconds")
+    if type(base) is not int:
+        base = None
+    elif not INT64[0] <= base <= INT64[1]:
+        raise InputError(f"{path}: baseTimeNanoseconds {base} does not fit int64 ns; fix the "
+                         "key or drop it")
+    return TraceMeta(devices=devices, distributed=dist, base_ns=base)

@@ -13,8 +13,10 @@ rank's columns, whatever the number of ranks.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..classify import compile_patterns
-from ..errors import InputError
+from ..errors import InputError, io_error
 from ..manifest import Manifest, Parallel, Topology
 from ..store import atomic_run_dir, rank_dir_name
 from .discover import find_trace_files
@@ -135,8 +137,7 @@ def import_kineto(
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     out = Path(out)
-    if out.exists() or out.is_symlink():
-        raise InputError(f"{out}: already exists; choose a new --out path or remove it first")
+    _check_out(out)
     try:
         patterns = tuple(p.pattern for p in compile_patterns(comm_patterns))
     except ValueError as e:
@@ -176,6 +177,34 @@ def import_kineto(
         manifest.write(tmp)
     return ImportSummary(out=str(out), run_id=manifest.run_id, world_size=world_size,
                          ranks=[_summary(r) for r in sorted(summaries, key=lambda r: r.rank)])
+
+
+def _check_out(out: Path) -> None:
+    """``out`` must be new and its parent a directory: one line for each way it is not."""
+    if os.path.islink(out) and not os.path.exists(out):
+        raise InputError(f"{out}: dangling symlink (points to {os.readlink(out)}); remove it or "
+                         "choose a new --out path")
+    if os.path.lexists(out):
+        raise InputError(f"{out}: already exists; choose a new --out path or remove it first")
+    parent = out.parent
+    try:
+        st = os.stat(parent)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{out}: symlink loop in the path; fix the link or choose "
+                             "another --out") from None
+        if e.errno == errno.ENOENT and os.path.islink(parent):
+            raise InputError(f"{out}: {parent} is a dangling symlink (points to "
+                             f"{os.readlink(parent)}); fix it or choose another --out") from None
+        if e.errno == errno.ENOENT:
+            raise InputError(f"{out}: parent directory {parent} does not exist; create it "
+                             "first") from None
+        if e.errno == errno.ENOTDIR:
+            raise InputError(f"{out}: a part of the path is not a directory; choose another "
+                             "--out") from None
+        raise io_error(out, e, "write the run") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{out}: {parent} is not a directory; choose another --out")
 
 
 def _check_against_others(res: FileResult, owner: dict[int, str], world: dict[int, str]) -> None:

@@ -198,6 +198,8 @@ class TraceSource:
             raise _locate(self.path, e) from None
         except EventsError as e:
             raise InputError(f"{self.path}: {e.reason}") from None
+        except RecursionError:
+            raise _too_deep(self.path) from None
 
     def release(self) -> None:
         self._buf = bytearray()
@@ -210,12 +212,17 @@ def _locate(path: Path, e: ChunkDecodeError) -> InputError:
         return event_error(path, e.first_index, e.error)
     try:
         items = msgspec.json.decode(e.chunk, type=list[msgspec.Raw])
+    except RecursionError:
+        return _too_deep(path)
     except msgspec.DecodeError as err:
         return InputError(f"{path}: invalid JSON in events from index {e.first_index} ({err}); "
                           "re-export the trace or check the copy")
     for j, item in enumerate(items):
         try:
             msgspec.json.decode(item, type=Event)
+        except RecursionError:
+            return InputError(f"{path}: event {e.first_index + j}: nested too deeply; fix or "
+                              "drop that event, or re-export the trace")
         except msgspec.DecodeError as err:
             return InputError(f"{path}: event {e.first_index + j}: {err}; fix or drop that "
                               "event, or re-export the trace")
@@ -237,4 +244,11 @@ def load_document(path: Path, buf: bytearray) -> TraceSource:
         lay = find_events(buf)
     except EventsError as e:
         raise InputError(f"{path}: {e.reason}") from None
+    except RecursionError:
+        raise _too_deep(path) from None
     return TraceSource(path, buf, lay)
+
+
+def _too_deep(path: Path) -> InputError:
+    return InputError(f"{path}: invalid trace (JSON nested too deeply to be a trace); "
+                      "re-export the trace or check the copy")

@@ -123,7 +123,10 @@ def read_meta(path: Path, keys: dict[str, msgspec.Raw]) -> TraceMeta:
 
     def get(key: str) -> Any:
         raw = keys.get(key)
-        return None if raw is None else msgspec.json.decode(raw)
+        try:
+            return None if raw is None else msgspec.json.decode(raw)
+        except RecursionError:
+            raise InputError(f"{path}: {key} is nested too deeply; fix or drop the key") from None
 
     devices: dict[int, DeviceInfo] = {}
     props = get("deviceProperties")

@@ -172,7 +172,7 @@ def _msg_bytes(a: Args) -> int:
             return best * size
     try:
         dims, types = msgspec.json.decode(a.input_dims), msgspec.json.decode(a.input_type)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return -1
     if isinstance(dims, list) and isinstance(types, list) and dims and types:
         size = dtype_bytes(types[0])
@@ -419,7 +419,7 @@ def _cpu_ops(path: Path, cols: _Columns, ev: list[Event], index: np.ndarray,
             if c or (keep_cpu_ops and n is not None)]
     keep = [i for i in cand if ev[i].ts is not None and ev[i].ph == "X"]
     if keep:
-        _host(cols, [ev[i] for i in keep], index[keep],
+        _host(path, cols, [ev[i] for i in keep], index[keep],
               [comm[i] for i in keep], cpu_op=True)
 
 
@@ -432,7 +432,7 @@ def _annotations(path: Path, cols: _Columns, ev: list[Event], index: np.ndarray)
     backend = [n.startswith(_BACKEND_PREFIX) for n in names]
     if any(backend):  # async backend work (gloo:/nccl:), not a range: a host comm op
         sel = np.flatnonzero(np.array(backend, dtype=bool)).tolist()
-        _host(cols, [ev[i] for i in sel], index[sel], [True] * len(sel), cpu_op=False)
+        _host(path, cols, [ev[i] for i in sel], index[sel], [True] * len(sel), cpu_op=False)
         rest = np.flatnonzero(~np.array(backend, dtype=bool)).tolist()
         ev, index, names = [ev[i] for i in rest], index[rest], [names[i] for i in rest]
     if not ev:
@@ -444,8 +444,8 @@ def _annotations(path: Path, cols: _Columns, ev: list[Event], index: np.ndarray)
     _thread_refs(cols, "a", index, [e.pid for e in ev], [e.tid for e in ev])
 
 
-def _host(cols: _Columns, ev: list[Event], index: np.ndarray, comm: list[bool], *,
-          cpu_op: bool) -> None:
+def _host(path: Path, cols: _Columns, ev: list[Event], index: np.ndarray, comm: list[bool],
+          *, cpu_op: bool) -> None:
     """Host ops (communication cpu_ops, kept cpu_ops, gloo/nccl annotations)."""
     names = [e.name for e in ev]
     nbytes, coll, pg = [], [], []
@@ -459,6 +459,7 @@ def _host(cols: _Columns, ev: list[Event], index: np.ndarray, comm: list[bool], 
             nbytes.append(-1)
             coll.append(None)
             pg.append(None)
+    _check_ints(path, index, nbytes, "message bytes", names, INT64)
     cols.get("h_idx").extend(index.tolist())
     cols.get("h_name").extend(names)
     cols.get("h_ts").extend([e.ts for e in ev])
@@ -535,6 +536,12 @@ def _number_threads(raw: RawTrace, cols: _Columns) -> None:
     index = np.concatenate([np.asarray(i, dtype=np.int64) for i, _, _, _ in cols.threads])
     pids = [p for _, ps, _, _ in cols.threads for p in ps]
     tids = [t for _, _, ts, _ in cols.threads for t in ts]
+    ints = [t for t in tids if type(t) is int]
+    if ints and not _ints_ok(ints, INT64):  # a host tid is stored (int64): it must fit
+        bad = [j for j, t in enumerate(tids) if type(t) is int and not int_in(t, INT64)]
+        j = min(bad, key=lambda j: index[j])
+        raise InputError(f"{raw.path}: event {index[j]}: tid {tids[j]} does not fit int64; fix "
+                         "the event or re-export the trace")
     ids = _first_seen_ids(index, pids, tids, raw)
     parts: dict[str, list[np.ndarray]] = {"l": [], "a": [], "h": []}
     pos = 0
@@ -593,7 +600,7 @@ def check_times(raw: RawTrace) -> None:
             i = int(np.argmax(bad))
             idx = int(getattr(raw, f"{prefix}_idx")[i])
             label = getattr(raw, name_col)[i] if name_col else "cuda launch"
-            value = f"ts={ts[i]!r}" + (f" dur={dur[i]!r}" if dur is not None else "")
+            value = f"ts={float(ts[i])!r}" + (f" dur={float(dur[i])!r}" if dur is not None else "")
             raise InputError(
                 f"{_where(raw.path, idx, 'event', label)} has {value} µs, out of range (ts "
                 f"and dur finite, |ts|, |dur| <= {MAX_ABS_US:.1e} µs, start and end within "

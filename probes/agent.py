@@ -13,8 +13,8 @@ and records each collector's final state in the manifest.
 
 Sampling runs on its own thread; the caller's thread only waits for ``stop``, so stopping
 never waits on a collector: one stuck inside a read (a driver call that hangs) is left
-behind after ``stop_grace_s``, the run is sealed without the rows it was taking, and the
-manifest names it. A counter stream that cannot be written (a full disk) stops the writing,
+behind after ``stop_grace_s``, the run is sealed without the rows buffered since the last
+flush, and the manifest names it. A counter stream that cannot be written (a full disk) stops the writing,
 not the sampling: ``/metrics`` is still served, and the summary carries the error.
 
 Several nodes may share one run directory: each writes ``counters/<hostname>/`` and its own

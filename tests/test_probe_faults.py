@@ -89,7 +89,7 @@ def _wait_rows(run: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
         try:
             if len(RunReader(run).counters()) > 0:
                 return
-        except Exception:  # noqa: BLE001 - not there yet
+        except Exception:  # not there yet
             pass
         time.sleep(0.05)
     raise AssertionError("the probe wrote no rows")

@@ -16,15 +16,15 @@ Rows: every rank gets three, ``measured`` (compute ops, with the bubbles of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from profiler.analysis import bubble_intervals, span_phases, union
+from profiler.analysis import assign_steps, bubble_intervals, span_phases, union
 
-__all__ = ["CATEGORIES", "ROW_KINDS", "BARS_MAX", "SEGMENTS_MAX", "TimelineIndex", "Window",
-           "build_index", "query", "busy_fraction"]
+__all__ = ["CATEGORIES", "ROW_KINDS", "BARS_MAX", "SEGMENTS_MAX", "PHASE_COLUMNS",
+           "TimelineIndex", "Window", "build_index", "query", "busy_fraction"]
 
 #: span categories, in drawing order (bubbles first, underneath)
 CATEGORIES = ("bubble", "F", "B", "I", "W", "FB", "compute", "dispatch", "combine", "pp", "comm")
@@ -34,11 +34,16 @@ ROW_KINDS = ("measured", "comm", "ideal")
 BARS_MAX = 2_500
 SEGMENTS_MAX = 50_000
 _NO = -1
+#: per (rank, step) of the bubble table: where the rank's warm-up ends and its cool-down
+#: starts (ns) and the idle of each phase (ns), see profiler.analysis.bubbles
+PHASE_COLUMNS = ["rank", "step", "warmup_end_ns", "cooldown_start_ns", "warmup_ns",
+                 "steady_ns", "cooldown_ns"]
 
 
 @dataclass(frozen=True)
 class TimelineIndex:
     rank: np.ndarray      # int32
+    step: np.ndarray      # int32, -1 unknown (the whole run is one step)
     row: np.ndarray       # int8: index into ROW_KINDS
     cat: np.ndarray       # int8: index into CATEGORIES
     start: np.ndarray     # int64 ns, sorted
@@ -48,6 +53,8 @@ class TimelineIndex:
     max_dur: int
     t0_ns: int
     ranks: np.ndarray     # sorted distinct ranks
+    #: PHASE_COLUMNS, sorted by warmup_end_ns
+    phases: pd.DataFrame
 
     def __len__(self) -> int:
         return len(self.start)
@@ -60,7 +67,8 @@ def _i32(s: pd.Series) -> np.ndarray:
 def _bubble_part(iv: pd.DataFrame, row: int) -> dict[str, np.ndarray]:
     """Bubble intervals (:func:`profiler.analysis.bubble_intervals`) as drawable rows of ``row``."""
     n = len(iv)
-    return {"rank": iv["rank"].to_numpy(dtype=np.int32), "row": np.full(n, row, np.int8),
+    return {"rank": iv["rank"].to_numpy(dtype=np.int32), "step": iv["step"].to_numpy(np.int32),
+            "row": np.full(n, row, np.int8),
             "cat": np.full(n, CAT["bubble"], np.int8), "start": iv["start_ns"].to_numpy(np.int64),
             "end": iv["end_ns"].to_numpy(np.int64), "stage": np.full(n, _NO, np.int32),
             "microbatch": np.full(n, _NO, np.int32)}
@@ -73,52 +81,70 @@ def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None, layout: pd.Data
     Bubbles are those of :mod:`profiler.analysis.bubbles`
     (:func:`~profiler.analysis.bubble_intervals`): the step windows of ``bubble_table``, the
     measured run's bubble table, or else of ``layout``; the ideal row's by ``layout``. The
-    shaded idle of a rank in a step adds up to the bubble table's ``bubble_ns``."""
+    shaded idle of a rank in a step adds up to the bubble table's ``bubble_ns``; the phase
+    boundaries are the table's (``warmup_end_ns``, ``cooldown_start_ns``)."""
     parts: list[dict[str, np.ndarray]] = []
+    steps = assign_steps(spans).astype(np.int32)
 
-    def add(df: pd.DataFrame, row: int, cat: np.ndarray) -> None:
-        parts.append({"rank": df["rank"].to_numpy(dtype=np.int32), "row": np.full(len(df), row, np.int8),
+    def add(df: pd.DataFrame, row: int, cat: np.ndarray, step: np.ndarray) -> None:
+        parts.append({"rank": df["rank"].to_numpy(dtype=np.int32), "step": step,
+                      "row": np.full(len(df), row, np.int8),
                       "cat": cat.astype(np.int8), "start": df["start_ns"].to_numpy(dtype=np.int64),
                       "end": df["end_ns"].to_numpy(dtype=np.int64), "stage": _i32(df["stage"]),
                       "microbatch": _i32(df["microbatch"])})
 
-    comp = spans.loc[spans["lane"] == "compute"]
-    with_op = comp.loc[comp["op"].notna()]
-    shown = with_op if len(with_op) else comp
+    is_comp = (spans["lane"] == "compute").to_numpy(dtype=bool)
+    with_op = is_comp & spans["op"].notna().to_numpy(dtype=bool)
+    shown_mask = with_op if with_op.any() else is_comp
+    shown = spans.loc[shown_mask]
     ops = shown["op"].astype("str").fillna("compute").to_numpy()
-    add(shown, 0, np.array([CAT.get(o, CAT["compute"]) for o in ops]) if len(ops) else np.empty(0))
-    comm = spans.loc[spans["lane"].isin(["comm", "pp_comm"])]
-    if len(comm):
+    add(shown, 0, np.array([CAT.get(o, CAT["compute"]) for o in ops]) if len(ops) else np.empty(0),
+        steps[shown_mask])
+    comm_mask = spans["lane"].isin(["comm", "pp_comm"]).to_numpy(dtype=bool)
+    if comm_mask.any():
+        comm = spans.loc[comm_mask]
         ph = span_phases(comm).to_numpy(dtype=object)
-        add(comm, 1, np.array([CAT.get(p, CAT["comm"]) for p in ph]))
+        add(comm, 1, np.array([CAT.get(p, CAT["comm"]) for p in ph]), steps[comm_mask])
     # measured bubbles: the analysis' idle inside each step window (steps from all lanes)
-    if len(comp):
-        parts.append(_bubble_part(bubble_intervals(spans, bubble_table, layout=layout), 0))
+    if is_comp.any():
+        parts.append(_bubble_part(bubble_intervals(spans, bubble_table, layout=layout,
+                                                   steps=steps.astype(np.int64)), 0))
     if ideal is not None and len(ideal):
         iops = ideal["op"].astype("str").to_numpy()
-        add(ideal, 2, np.array([CAT.get(o, CAT["compute"]) for o in iops]))
+        add(ideal, 2, np.array([CAT.get(o, CAT["compute"]) for o in iops]),
+            ideal["step"].to_numpy(dtype=np.int64, na_value=_NO).astype(np.int32))
         parts.append(_bubble_part(bubble_intervals(ideal, layout=layout), 2))
     cols = {k: np.concatenate([p[k] for p in parts]) if parts else np.empty(0)
-            for k in ("rank", "row", "cat", "start", "end", "stage", "microbatch")}
+            for k in ("rank", "step", "row", "cat", "start", "end", "stage", "microbatch")}
     order = np.argsort(cols["start"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
     dur = cols["end"] - cols["start"]
     t0 = int(spans["start_ns"].min()) if len(spans) else 0
+    has_phases = bubble_table is not None and len(bubble_table) and \
+        "warmup_end_ns" in bubble_table.columns
+    phases = (bubble_table[PHASE_COLUMNS].sort_values("warmup_end_ns", kind="stable")
+              .reset_index(drop=True) if has_phases and bubble_table is not None
+              else pd.DataFrame({c: np.empty(0, np.int64) for c in PHASE_COLUMNS}))
     return TimelineIndex(
-        rank=cols["rank"].astype(np.int32), row=cols["row"].astype(np.int8),
+        rank=cols["rank"].astype(np.int32), step=cols["step"].astype(np.int32),
+        row=cols["row"].astype(np.int8),
         cat=cols["cat"].astype(np.int8), start=cols["start"].astype(np.int64),
         end=cols["end"].astype(np.int64), stage=cols["stage"].astype(np.int32),
         microbatch=cols["microbatch"].astype(np.int32),
         max_dur=int(dur.max()) if len(dur) else 0, t0_ns=t0,
-        ranks=np.unique(spans["rank"].to_numpy(np.int32)) if len(spans) else np.empty(0, np.int32))
+        ranks=np.unique(spans["rank"].to_numpy(np.int32)) if len(spans) else np.empty(0, np.int32),
+        phases=phases)
 
 
 @dataclass(frozen=True)
 class Window:
     """The answer to one timeline request. ``mode`` is ``bars``, ``segments`` or ``heatmap``.
-    ``spans`` (bars / segments): y, cat, start_s, end_s, stage, microbatch — times in s
-    from the run start. ``heat`` (heatmap): busy fraction, one row per y, one column per
-    pixel bin, columns labelled with the bin centres (s). ``rows``: y, rank, kind, label."""
+    ``spans`` (bars / segments): y, cat, rank, step, start_s, end_s, stage, microbatch —
+    times in s from the run start, -1 unknown. ``heat`` (heatmap): busy fraction, one row per
+    y, one column per pixel bin, columns labelled with the bin centres (s). ``rows``: y, rank,
+    kind, label. ``phases``: the phase boundaries in the window, on the measured rows: y,
+    t_s, kind (``warmup_end`` / ``cooldown_start``), rank, step, warmup_s, steady_s,
+    cooldown_s (the idle of each phase of that rank and step, s)."""
 
     mode: str
     spans: pd.DataFrame
@@ -127,6 +153,7 @@ class Window:
     x0_s: float
     x1_s: float
     count: int
+    phases: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def rows_for(ranks: list[int]) -> pd.DataFrame:
@@ -175,14 +202,44 @@ def query(ix: TimelineIndex, ranks: list[int], x0_ns: int | None = None, x1_ns: 
     n = len(idx)
     t0 = ix.t0_ns
     x0_s, x1_s = (x0 - t0) / 1e9, (x1 - t0) / 1e9
+    phases = _phases(ix, pos, x0, x1, cutoff_ns)
     if n > segments_max:
         heat = busy_fraction(y, ix.cat[idx], start, end, 3 * len(ranks), x0, x1, bins, t0=t0)
-        return Window("heatmap", pd.DataFrame(), heat, rows, x0_s, x1_s, n)
+        return Window("heatmap", pd.DataFrame(), heat, rows, x0_s, x1_s, n, phases)
     spans = pd.DataFrame({
-        "y": y.astype(np.int32), "cat": ix.cat[idx], "start_s": (start - t0) / 1e9,
-        "end_s": (end - t0) / 1e9, "stage": ix.stage[idx], "microbatch": ix.microbatch[idx],
+        "y": y.astype(np.int32), "cat": ix.cat[idx], "rank": ix.rank[idx], "step": ix.step[idx],
+        "start_s": (start - t0) / 1e9, "end_s": (end - t0) / 1e9, "stage": ix.stage[idx],
+        "microbatch": ix.microbatch[idx],
     })
-    return Window("bars" if n <= bars_max else "segments", spans, None, rows, x0_s, x1_s, n)
+    return Window("bars" if n <= bars_max else "segments", spans, None, rows, x0_s, x1_s, n,
+                  phases)
+
+
+def _phases(ix: TimelineIndex, pos: np.ndarray, x0: int, x1: int,
+            cutoff_ns: int | None) -> pd.DataFrame:
+    """The phase boundaries (:data:`PHASE_COLUMNS`) of the shown ranks inside ``[x0, x1)``,
+    as :class:`Window` ``phases``."""
+    ph = ix.phases
+    if len(ph) == 0:
+        return pd.DataFrame(columns=["y", "t_s", "kind", "rank", "step", "warmup_s", "steady_s",
+                                     "cooldown_s"])
+    rank = ph["rank"].to_numpy(dtype=np.int64)
+    p = np.where((rank >= 0) & (rank < len(pos)), pos[np.clip(rank, 0, len(pos) - 1)], -1)
+    hi = x1 if cutoff_ns is None else min(x1, int(cutoff_ns))
+    out = []
+    for kind, col in (("warmup_end", "warmup_end_ns"), ("cooldown_start", "cooldown_start_ns")):
+        t = ph[col].to_numpy(dtype=np.int64)
+        m = (p >= 0) & (t >= x0) & (t < hi)
+        if m.any():
+            out.append(pd.DataFrame({
+                "y": (p[m] * 3).astype(np.int32), "t_s": (t[m] - ix.t0_ns) / 1e9, "kind": kind,
+                "rank": rank[m], "step": ph["step"].to_numpy()[m],
+                "warmup_s": ph["warmup_ns"].to_numpy()[m] / 1e9,
+                "steady_s": ph["steady_ns"].to_numpy()[m] / 1e9,
+                "cooldown_s": ph["cooldown_ns"].to_numpy()[m] / 1e9}))
+    if not out:
+        return _phases(replace(ix, phases=ix.phases.iloc[:0]), pos, x0, x1, cutoff_ns)
+    return pd.concat(out, ignore_index=True)
 
 
 def busy_fraction(y: np.ndarray, cat: np.ndarray, start: np.ndarray, end: np.ndarray,

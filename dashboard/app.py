@@ -43,8 +43,8 @@ def route(svc: DataService, pathname: str | None, search: str | None) -> tuple[A
         try:
             entry = svc.catalog.resolve(run)
         except Exception as e:
-            return (error_card("Unknown run", str(e)), nav_links(path, None, None),
-                    run_title(None))
+            return (error_card("Unknown run", svc.catalog.public(str(e))),
+                    nav_links(path, None, None), run_title(None))
     module = PAGE_MODULES.get(path)
     if module is None:
         body: Any = error_card("No such page", f"{path} is not a page of this dashboard")
@@ -54,8 +54,9 @@ def route(svc: DataService, pathname: str | None, search: str | None) -> tuple[A
         try:
             body = module.layout(svc, q)
         except Exception as e:  # a page must never take the app down
-            body = error_card("This page failed", f"{type(e).__name__}: {e}")
-    title = run_title(entry)
+            body = error_card("This page failed",
+                              f"{type(e).__name__}: {svc.catalog.public(str(e))}")
+    title = run_title(entry, corrupt=entry is not None and svc.known_error(entry.run_id) is not None)
     if q.get("compare"):
         title = [*title, html.Span(" vs ", className="dim"), html.Span(q["compare"], className="run-id")]
     return body, nav_links(path, run, q.get("compare")), title

@@ -10,17 +10,19 @@ bundled samples) are followed; a link inside a run is never looked at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from profiler.errors import InputError, RunFormatError
 from profiler.manifest import Manifest
 
-__all__ = ["RunCatalog", "RunEntry", "RunNotFound", "STALE_AFTER_S"]
+__all__ = ["RunCatalog", "RunEntry", "RunNotFound", "STALE_AFTER_S", "public_text"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 #: a run whose manifest says ``live`` but whose files have not changed for this long
@@ -52,7 +54,45 @@ class RunEntry:
 
 
 def _is_run_candidate(path: Path) -> bool:
-    return (path / "manifest.json").exists() or (path / "spans").is_dir()
+    try:
+        return (path / "manifest.json").exists() or (path / "spans").is_dir()
+    except OSError:  # unreadable, a symlink loop: not a run
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _listdir(path: Path) -> list[Path]:
+    try:
+        return sorted(path.iterdir())
+    except OSError:  # a folder we may not read is skipped, not an error of the page
+        return []
+
+
+_ABS_RE = re.compile(r"(?<![\w.~-])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+)")
+
+
+def public_text(text: str, root: Path, entries: Iterable[RunEntry] = ()) -> str:
+    """``text`` without the server's absolute paths: a run's directory (as listed, or where
+    its link points) becomes its run id, RUNS_DIR becomes ``RUNS_DIR``, and any other absolute
+    path keeps only its last part (``…/name``)."""
+    pairs: list[tuple[str, str]] = []
+    for e in entries:
+        pairs.append((str(e.path), e.run_id))
+        with contextlib.suppress(OSError):
+            pairs.append((str(e.path.resolve()), e.run_id))
+    pairs.append((str(root), "RUNS_DIR"))
+    with contextlib.suppress(OSError):
+        pairs.append((str(root.resolve()), "RUNS_DIR"))
+    for path, name in sorted(set(pairs), key=lambda p: -len(p[0])):
+        if path not in ("", "/"):
+            text = text.replace(path, name)
+    return _ABS_RE.sub(r"…/\1", text)
 
 
 class RunCatalog:
@@ -77,16 +117,21 @@ class RunCatalog:
 
     def _scan(self) -> list[RunEntry]:
         found: list[RunEntry] = []
-        for child in sorted(self.root.iterdir()):
-            if child.name.startswith(".") or not child.is_dir():
+        for child in _listdir(self.root):
+            if child.name.startswith(".") or not _is_dir(child):
                 continue
             if _is_run_candidate(child):
-                found.append(_entry(child.name, child))
+                found.append(_entry(child.name, child, self.root))
                 continue
-            for sub in sorted(child.iterdir()):
-                if not sub.name.startswith(".") and sub.is_dir() and _is_run_candidate(sub):
-                    found.append(_entry(f"{child.name}/{sub.name}", sub))
+            for sub in _listdir(child):
+                if not sub.name.startswith(".") and _is_dir(sub) and _is_run_candidate(sub):
+                    found.append(_entry(f"{child.name}/{sub.name}", sub, self.root))
         return [e for e in found if _ID_RE.match(e.run_id)]
+
+    def public(self, text: str) -> str:
+        """``text`` (an error message) with the server's paths replaced by run ids and paths
+        inside runs (:func:`public_text`): what the browser may see."""
+        return public_text(text, self.root, self._entries.values())
 
     # -- resolving -----------------------------------------------------------------------
     def resolve(self, run_id: object) -> RunEntry:
@@ -99,7 +144,8 @@ class RunCatalog:
             self.entries(refresh=True)
         entry = self._entries.get(run_id)
         if entry is None:
-            raise RunNotFound(f"no run {run_id!r} under {self.root}; pick one from the Runs page")
+            raise RunNotFound(f"no run {run_id!r} in this dashboard's runs folder; pick one "
+                              "from the Runs page")
         return entry
 
 
@@ -121,12 +167,14 @@ def _dir_stats(path: Path) -> tuple[int, float]:
     return size, newest
 
 
-def _entry(run_id: str, path: Path) -> RunEntry:
+def _entry(run_id: str, path: Path, root: Path) -> RunEntry:
     size, newest = _dir_stats(path)
     try:
         manifest = Manifest.read(path)
-    except (RunFormatError, OSError, json.JSONDecodeError) as e:
-        return RunEntry(run_id, path, None, "corrupt", size, newest, error=str(e))
+    except (RunFormatError, OSError, json.JSONDecodeError, ValueError) as e:
+        probe = RunEntry(run_id, path, None, "corrupt", size, newest)
+        return RunEntry(run_id, path, None, "corrupt", size, newest,
+                        error=public_text(str(e), root, [probe]))
     status = manifest.status
     if status == "live" and time.time() - newest > STALE_AFTER_S:
         status = "stale"

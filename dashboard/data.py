@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pandas as pd
+from pyarrow import ArrowException
 
 from profiler.analysis import AnalysisParams, Frames, pipeline_layout, run_analyses
+from profiler.errors import DualscopeError, RunFormatError
 from profiler.manifest import Manifest
 from profiler.store import RunReader
 
@@ -55,6 +57,9 @@ class RunData:
         self._loaded_at = -1e18
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._cache_size = cache_size
+        #: the files signature and error of the last failed read: the same files fail the
+        #: same way, so they are not read again (a damaged run costs one stat per file)
+        self._failed: tuple[tuple[Any, ...], DualscopeError] | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -90,7 +95,27 @@ class RunData:
 
     def snapshot(self) -> Snapshot:
         """The run as read now; a live run is re-read at most every ``live_reload_s``, and
-        only when its files changed."""
+        only when its files changed. A run that cannot be read raises the
+        :class:`~profiler.errors.DualscopeError` of its reader (one line naming the file),
+        again without reading while its files stay the same."""
+        with self._lock:
+            if self._failed is not None:
+                sig, err = self._failed
+                if self.files_signature() == sig:
+                    raise err
+                self._failed = None
+            try:
+                return self._read()
+            except DualscopeError as e:
+                self._failed = (self.files_signature(), e)
+                raise
+            except (OSError, ArrowException, ValueError) as e:  # what a damaged file may raise
+                err = RunFormatError(f"{self.entry.path}: cannot be read ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else 'no detail'})")
+                self._failed = (self.files_signature(), err)
+                raise err from e
+
+    def _read(self) -> Snapshot:
         with self._lock:
             now = time.monotonic()
             stale = self._snap is None or (
@@ -211,18 +236,46 @@ class DataService:
 
     def run(self, run_id: object) -> RunData:
         """The run ``run_id`` (validated by the catalog). Raises
-        :class:`~dashboard.catalog.RunNotFound` or :class:`~profiler.errors.RunFormatError`."""
+        :class:`~dashboard.catalog.RunNotFound` or :class:`~profiler.errors.RunFormatError`,
+        their messages free of the server's paths (:meth:`RunCatalog.public`)."""
         entry = self.catalog.resolve(run_id)
         with self._lock:
             rd = self._runs.get(entry.run_id)
             if rd is None or rd.entry.path != entry.path:
-                rd = RunData(entry, live_reload_s=self.live_reload_s)
+                try:
+                    rd = RunData(entry, live_reload_s=self.live_reload_s)
+                except DualscopeError as e:
+                    raise self._public(e) from e
                 self._runs[entry.run_id] = rd
             return rd
 
     def snapshot(self, run_id: object) -> tuple[RunData, Snapshot]:
+        """The run and its :class:`Snapshot`; errors as :meth:`run`."""
         rd = self.run(run_id)
-        return rd, rd.snapshot()
+        try:
+            return rd, rd.snapshot()
+        except DualscopeError as e:
+            raise self._public(e) from e
+
+    def _public(self, e: DualscopeError) -> DualscopeError:
+        """``e`` with a message the browser may see (no absolute server paths)."""
+        out = type(e)(self.catalog.public(str(e)))
+        return out
+
+    def known_error(self, run_id: str) -> str | None:
+        """Why ``run_id`` failed to read last time (public message), without reading it."""
+        rd = self._runs.get(run_id)
+        failed = rd._failed if rd is not None else None
+        return self.catalog.public(str(failed[1])) if failed is not None else None
+
+    def read_error(self, run_id: str) -> str | None:
+        """Why ``run_id`` cannot be read (its public message), or None when it reads; the
+        Runs page marks such a run CORRUPT."""
+        try:
+            self.snapshot(run_id)
+        except DualscopeError as e:
+            return str(e)
+        return None
 
     def warm(self) -> None:
         """Read and analyse every finished run once (what the Overview and Timeline need), so

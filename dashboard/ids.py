@@ -24,6 +24,7 @@ RUNS_PICK = "runs-pick"
 RUNS_COMPARE = "runs-compare"
 RUNS_REFRESH = "runs-refresh"
 RUNS_INIT = "runs-init"
+COMPARE_NOTE = "compare-note"
 
 # overview
 OV_KPIS = "ov-kpis"
@@ -37,6 +38,8 @@ OV_TH_BUBBLE = "ov-th-bubble"
 OV_TH_BW = "ov-th-bw"
 OV_TH_Z = "ov-th-z"
 OV_COMPARE = "ov-compare"
+OV_PHASES = "ov-phases"
+OV_PHASES_KEY = "ov-phases-key"
 
 # timeline
 TL_GRAPH = "tl-graph"
@@ -78,6 +81,7 @@ MD_TABLE = "md-table"
 MD_SUMMARY = "md-summary"
 MD_PREFILL = "md-prefill"
 MD_SOURCE = "md-source"
+MD_ERRORS = "md-errors"
 
 # experts
 EX_HEAT = "ex-heat"
@@ -86,6 +90,7 @@ EX_NODES = "ex-nodes"
 EX_LOSS = "ex-loss"
 EX_KPIS = "ex-kpis"
 EX_LAYER = "ex-layer"
+EX_NOTE = "ex-note"
 
 # render keys (see dashboard.pages.render_key): what each page last drew
 OV_KEY = "ov-key"

@@ -79,12 +79,12 @@ def nav_links(pathname: str, run: str | None, compare: str | None) -> list[Any]:
     return out
 
 
-def run_title(entry: Any) -> list[Any]:
-    """Run id plus badges (SYNTHETIC, source, status)."""
+def run_title(entry: Any, corrupt: bool = False) -> list[Any]:
+    """Run id plus badges (SYNTHETIC, source, status); ``corrupt``: its data failed to read."""
     if entry is None:
         return [html.Span("no run open", className="dim")]
     badges = []
-    if entry.status == "corrupt":
+    if entry.status == "corrupt" or corrupt:
         badges.append(html.Span("CORRUPT", className="badge badge-corrupt"))
     elif entry.synthetic:
         badges.append(html.Span("SYNTHETIC", className="badge badge-synthetic",
@@ -101,7 +101,7 @@ def graph(gid: str, config: Any, height: int = 260) -> dcc.Graph:
     return dcc.Graph(id=gid, config=config, figure=empty_figure("loading…", height=height))
 
 
-def panel(*children: Any, title: str | None = None, className: str = "") -> html.Div:
+def panel(*children: Any, title: Any = None, className: str = "") -> html.Div:
     head = [html.Div(title, className="panel-title")] if title else []
     return html.Div(className=f"panel {className}".strip(), children=[*head, *children])
 

@@ -24,7 +24,7 @@ from .ideal import IdealTimeline
 from .snapshot import Snapshot
 
 __all__ = ["DEFAULT_THRESHOLDS", "PORT_COLUMNS", "Alert", "LinkSummary", "Overview", "overview",
-           "link_ports", "alerts"]
+           "link_ports", "alerts", "Delta", "deltas", "cpu_run"]
 
 #: alert thresholds; the Overview page lets the user change them
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -81,7 +81,9 @@ class Overview(_ByName):
     ratio over ranks and steps), ``bubble_formula`` (the published bubble / ideal makespan),
     ``excess_parts`` (ns, see :meth:`IdealTimeline.excess_parts`); ``exposed_comm_share``
     (exposed / total communication time) and ``exposed_comm_s_per_step`` (s);
-    ``comm_sms_mean`` / ``comm_sms_max`` of ``sms_per_gpu``; ``ports`` (:func:`link_ports`),
+    ``comm_sms_mean`` / ``comm_sms_max`` of ``sms_per_gpu``, ``comm_sm_share`` (communication
+    SM-time / all SM-time, 0..1); ``cpu`` (a CPU run: no GPUs, no SMs); ``link_kinds``
+    (``nvlink`` / ``ib``: the link counters the run has); ``ports`` (:func:`link_ports`),
     ``nvlink`` / ``ib`` (:class:`LinkSummary`); ``stragglers`` (DataFrame); ``probes`` (name
     -> (available, reason)); ``alerts`` (worst first)."""
 
@@ -102,6 +104,9 @@ class Overview(_ByName):
     sms_per_gpu: int | None
     comm_sms_mean: float
     comm_sms_max: float
+    comm_sm_share: float
+    cpu: bool
+    link_kinds: frozenset[str]
     ports: pd.DataFrame
     nvlink: LinkSummary
     ib: LinkSummary
@@ -204,11 +209,94 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
         sms_per_gpu=m.topology.sms_per_gpu,
         comm_sms_mean=_nan(sm["comm_sms_mean"].mean()) if has_sm and sm is not None else _NAN,
         comm_sms_max=_nan(sm["comm_sms_max"].max()) if has_sm and sm is not None else _NAN,
+        comm_sm_share=_sm_share(sm) if has_sm and sm is not None else _NAN,
+        cpu=cpu_run(m),
+        link_kinds=_link_kinds(snap.counters),
         ports=ports, nvlink=links["nvlink"], ib=links["ib"],
         stragglers=st if st is not None else pd.DataFrame(columns=["rank", "z_max"]),
         probes={k: (v.available, v.reason) for k, v in m.probes.items()},
     )
     return replace(o, alerts=alerts(o, th))
+
+
+def cpu_run(m: Manifest) -> bool:
+    """The run ran on CPUs (the reference run records ``extra.device``): it has no SMs."""
+    return str((m.extra or {}).get("device", "")).lower() == "cpu"
+
+
+def _link_kinds(counters: pd.DataFrame) -> frozenset[str]:
+    if len(counters) == 0:
+        return frozenset()
+    devices = pd.Series(counters["device"].astype("str").unique())
+    return frozenset(str(k) for k in device_kinds(devices, family=True)) & {NVLINK, IB}
+
+
+def _sm_share(sm: pd.DataFrame) -> float:
+    total = float(sm[["comm_sm_s", "compute_sm_s", "idle_sm_s"]].to_numpy(dtype=float).sum())
+    return float(sm["comm_sm_s"].sum()) / total if total > 0 else _NAN
+
+
+@dataclass(frozen=True)
+class Delta(_ByName):
+    """One row of run vs run: ``label``, the two values (``a`` this run, ``b`` the compared
+    run, NaN unknown), their ``unit`` (``s``, ``share``, ``count``), ``change`` (b - a for
+    shares and counts, b / a - 1 for times) and ``verdict`` for b against a: ``better``,
+    ``worse``, ``same`` (within 1 % or 0.5 pp) or ``""`` when either is unknown."""
+
+    label: str
+    a: float
+    b: float
+    unit: str
+    change: float
+    verdict: str
+
+
+#: (label, field, unit, lower is better)
+_DELTAS: tuple[tuple[str, str, str, bool], ...] = (
+    ("step time (median)", "step_time_s", "s", True),
+    ("bubble measured", "bubble_measured", "share", True),
+    ("bubble above ideal", "bubble_excess", "share", True),
+    ("exposed communication", "exposed_comm_share", "share", True),
+    ("NVLink share of peak", "nvlink_share", "share", False),
+    ("InfiniBand share of peak", "ib_share", "share", False),
+    ("communication share of SM-time", "comm_sm_share", "share", True),
+    ("stragglers", "stragglers_n", "count", True),
+    ("alerts", "alerts_n", "count", True),
+)
+
+
+def _metric(o: Overview, name: str) -> float:
+    if name == "bubble_excess":
+        return o.bubble_measured - o.bubble_ideal
+    if name == "nvlink_share":
+        return o.nvlink.share
+    if name == "ib_share":
+        return o.ib.share
+    if name == "stragglers_n":
+        return float(len(o.stragglers))
+    if name == "alerts_n":
+        return float(len(o.alerts))
+    return _nan(getattr(o, name))
+
+
+def deltas(a: Overview, b: Overview) -> list[Delta]:
+    """Run ``b`` against run ``a``, metric by metric (see :class:`Delta`)."""
+    out = []
+    for label, name, unit, lower_better in _DELTAS:
+        va, vb = _metric(a, name), _metric(b, name)
+        if va != va or vb != vb:
+            out.append(Delta(label, va, vb, unit, _NAN, ""))
+            continue
+        if unit == "s":
+            change = vb / va - 1 if va else _NAN
+            same = change == change and abs(change) < 0.01
+        else:
+            change = vb - va
+            same = abs(change) < (0.005 if unit == "share" else 0.5)
+        better = (change < 0) == lower_better
+        out.append(Delta(label, va, vb, unit, change,
+                         "same" if same or change != change else ("better" if better else "worse")))
+    return out
 
 
 def alerts(o: Overview, th: Mapping[str, float]) -> list[Alert]:

@@ -12,7 +12,8 @@ from profiler.counters import device_kinds
 
 __all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
            "routing_long",
-           "metric_long", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER"]
+           "metric_long", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER", "spread",
+           "bias_spread"]
 
 #: columns a time heatmap or area chart gets at most
 MAX_BINS = 600
@@ -238,3 +239,33 @@ def bias_bands(counters: pd.DataFrame, hottest: int = 3, layer: int = 0) -> pd.D
                 rows.append(pd.DataFrame({"x": bias.columns, "series": f"expert {e} (hot)",
                                           "value": bias.loc[e].to_numpy()}))
     return pd.concat(rows, ignore_index=True)
+
+
+SPREAD_COLUMNS = ["x", "min", "p5", "median", "p95", "max"]
+
+
+def spread(long: pd.DataFrame) -> pd.DataFrame:
+    """Per ``x``: min, 5th percentile, median, 95th percentile and max of ``value`` over the
+    series of ``long`` (x, series, value)."""
+    if len(long) == 0:
+        return pd.DataFrame(columns=SPREAD_COLUMNS)
+    g = long.groupby("x", sort=True)["value"]
+    return pd.DataFrame({"x": g.min().index.to_numpy(), "min": g.min().to_numpy(),
+                         "p5": g.quantile(0.05).to_numpy(), "median": g.median().to_numpy(),
+                         "p95": g.quantile(0.95).to_numpy(), "max": g.max().to_numpy()})
+
+
+def bias_spread(counters: pd.DataFrame, hottest: int = 3,
+                layer: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The routing bias of one MoE layer as (spread over experts: :data:`SPREAD_COLUMNS`,
+    the ``hottest`` experts of the last step: x, series, value), from :func:`bias_bands`."""
+    bands = bias_bands(counters, hottest, layer)
+    if len(bands) == 0:
+        return pd.DataFrame(columns=SPREAD_COLUMNS), bands
+    names = {"min over experts": "min", "p5 over experts": "p5", "median over experts": "median",
+             "p95 over experts": "p95", "max over experts": "max"}
+    is_band = bands["series"].isin(list(names))
+    wide = bands.loc[is_band].pivot_table(index="x", columns="series", values="value",
+                                          sort=True).rename(columns=names)
+    out = wide.reset_index()[SPREAD_COLUMNS]
+    return out, bands.loc[~is_band].reset_index(drop=True)

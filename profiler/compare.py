@@ -268,7 +268,9 @@ def _replay_inputs(acts: pd.DataFrame, num_stages: int) -> tuple[np.ndarray, flo
     begin = np.maximum(start, ready)
     bound = (ready >= 0) & (ready >= prev_end)
     latency = float(np.median((begin - ready)[bound])) if bound.any() else 0.0
-    return (end - begin).astype(float), latency
+    # an input that arrived after the action ended (clocks skewed between ranks) leaves it no
+    # compute time to replay, not a negative one
+    return np.maximum(end - begin, 0).astype(float), latency
 
 
 def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,

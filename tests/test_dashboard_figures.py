@@ -29,8 +29,10 @@ from dashboard.figures import (
 def _spans(n: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     s = np.sort(rng.uniform(0, 1, n))
-    return pd.DataFrame({"y": rng.integers(0, 6, n).astype(np.int32),
+    y = rng.integers(0, 6, n).astype(np.int32)
+    return pd.DataFrame({"y": y,
                          "cat": rng.choice([CAT["F"], CAT["B"], CAT["dispatch"], CAT["bubble"]], n),
+                         "rank": (y // 3).astype(np.int32), "step": np.zeros(n, np.int32),
                          "start_s": s, "end_s": s + 1e-3, "stage": np.zeros(n, np.int32),
                          "microbatch": np.arange(n, dtype=np.int32)})
 

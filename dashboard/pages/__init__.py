@@ -49,15 +49,17 @@ def open_page(svc: DataService, q: dict[str, str],
         rd, snap = svc.snapshot(run)
         extra = load(rd, snap) if load is not None else None
     except Exception as e:
-        return error_card(*describe_error(e))
+        return error_card(*describe_error(e, svc))
     return rd, snap, extra
 
 
-def describe_error(e: BaseException) -> tuple[str, str]:
-    """(title, message) for an error card."""
+def describe_error(e: BaseException, svc: DataService | None = None) -> tuple[str, str]:
+    """(title, message) for an error card: the whole reason, without the server's paths
+    (``svc``: whose catalog knows the runs folder)."""
+    text = str(e) if svc is None else svc.catalog.public(str(e))
     if isinstance(e, DualscopeError):
-        return "This run cannot be read", str(e)
-    return "This view failed", f"{type(e).__name__}: {e}"
+        return "This run cannot be read", text
+    return "This view failed", f"{type(e).__name__}: {text}"
 
 
 def render_key(svc: DataService, clock: ClockLike, *inputs: Any) -> list[Any] | None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html
 
 from .. import ids
-from ..clock import ClockLike, cutoff_ns
+from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
-from ..figures import empty_figure, expert_heatmap_figure, lines_figure
+from ..figures import empty_figure, expert_heatmap_figure, lines_figure, spread_figure
 from ..layout import error_card, fmt_num, graph, kpi, panel
-from ..series import bias_bands, expert_layers, expert_wide, metric_long, routing_long
+from ..palette import RUNS, SERIES
+from ..series import bias_spread, expert_layers, expert_wide, metric_long, routing_long, spread
 from ..snapshot import clip_to_cutoff
 from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
@@ -27,6 +29,8 @@ TITLE = "Experts"
 __all__ = ["PATH", "TITLE", "layout", "register", "render"]
 
 _CONFIG = {"displaylogo": False, "displayModeBar": False}
+#: the heatmap and the bias chart side by side share this height (px)
+HEIGHT = 480
 
 
 def layout(svc: DataService, q: dict[str, str]) -> html.Div:
@@ -42,12 +46,12 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
             id=ids.EX_LAYER, options=[{"label": f"MoE layer {L}", "value": L} for L in layers],
             value=layers[0] if layers else None, clearable=False, className="node-pick",
             placeholder="no per-expert counters")]),
-        html.Div(className="grid-2-1", children=[
-            panel(graph(ids.EX_HEAT, _CONFIG)),
-            html.Div(children=[panel(graph(ids.EX_NODES, _CONFIG)),
-                               panel(graph(ids.EX_LOSS, _CONFIG))]),
+        html.Div(className="grid-2", children=[
+            panel(graph(ids.EX_HEAT, _CONFIG, height=HEIGHT)),
+            panel(graph(ids.EX_BIAS, _CONFIG, height=HEIGHT)),
+            panel(graph(ids.EX_NODES, _CONFIG)),
+            panel(graph(ids.EX_LOSS, _CONFIG)),
         ]),
-        panel(graph(ids.EX_BIAS, _CONFIG)),
     ])
 
 
@@ -59,7 +63,7 @@ def render(svc: DataService, clock: ClockLike, layer: int | None = 0) -> tuple[A
     except NoRun:
         return [], blank, blank, blank, blank
     except Exception as e:
-        title, msg = describe_error(e)
+        title, msg = describe_error(e, svc)
         return [error_card(title, msg)], blank, blank, blank, blank
     _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cutoff_ns(clock))
     layer = int(layer or 0)
@@ -76,21 +80,45 @@ def render(svc: DataService, clock: ClockLike, layer: int | None = 0) -> tuple[A
                         f"coldest {float(np.nanmin(last)) / mean:.2f}x",
                         "crit" if imb > 2 else ("warn" if imb > 1.5 else "ok")))
     else:
-        kpis.append(kpi("Routed experts", "n/a", "no expert:E counters in this run"))
+        kpis.append(kpi("Routed experts", "n/a", "no per-expert counters in this run"))
     last_nodes = nodes.loc[nodes["x"] == nodes["x"].max(), "value"].mean() if len(nodes) else None
     kpis.append(kpi("Nodes per token", fmt_num(last_nodes, ".2f") if len(nodes) else "n/a",
                     "mean over layers, last step (DeepSeek-V3 limits it to 4)"))
     kpis.append(kpi("Loss", fmt_num(loss["value"].iloc[-1], ".3f") if len(loss) else "n/a",
                     f"first {loss['value'].iloc[0]:.3f}" if len(loss) else "no train/loss counter"))
     heat = expert_heatmap_figure(tokens, title=f"Tokens per expert per step, layer {layer} "
-                                               "(vs mean load)")
-    bias = lines_figure(bias_bands(counters, layer=layer), title=f"Routing bias, layer {layer} "
-                        "(auxiliary-loss-free balancing): spread over experts and the hottest "
-                        "experts", y_title="bias", height=300)
-    return (kpis, heat, bias,
-            lines_figure(nodes, title="Nodes per token (mean, per layer)", y_title="nodes",
-                         height=230),
-            lines_figure(loss, title="Loss", y_title="loss", height=230))
+                                               "(vs the mean load)", height=HEIGHT)
+    band, hot = bias_spread(counters, layer=layer)
+    bias = spread_figure(band, hot, title=f"Routing bias, layer {layer}: spread over experts "
+                                          "and the hottest experts", y_title="bias",
+                         height=HEIGHT, band_label="over experts")
+    n_layers = nodes["series"].nunique() if len(nodes) else 0
+    node_title = "Nodes per token (mean per step)"
+    if n_layers > len(SERIES):
+        node_fig = spread_figure(spread(nodes), nodes.iloc[:0], title=node_title,
+                                 y_title="nodes", height=260,
+                                 band_label=f"over {n_layers} layers")
+    else:
+        node_fig = lines_figure(nodes, title=node_title, y_title="nodes", height=260,
+                                empty="no routing:L counters (nodes_per_token_mean) in this run")
+    return (kpis, heat, bias, node_fig, _loss_figure(svc, clock, loss))
+
+
+def _loss_figure(svc: DataService, clock: ClockLike, loss: pd.DataFrame) -> Any:
+    """The loss per step; with a compared run, both runs' losses overlaid."""
+    c = as_clock(clock)
+    if c is None or not c.compare or len(loss) == 0:
+        return lines_figure(loss, title="Loss", y_title="loss", height=260,
+                            empty="no train/loss counter in this run")
+    try:
+        _rd, osnap = svc.snapshot(c.compare)
+        other = metric_long(osnap.counters, "train", "loss")
+    except Exception:  # the Overview says why the compared run cannot be read
+        other = loss.iloc[:0]
+    both = pd.concat([loss.assign(series=str(c.run)), other.assign(series=str(c.compare))],
+                     ignore_index=True)
+    return lines_figure(both, title="Loss", y_title="loss", height=260,
+                        colors={str(c.run): RUNS[0], str(c.compare): RUNS[1]})
 
 
 def register(app: Dash, svc: DataService) -> None:

@@ -87,15 +87,25 @@ def extend_payload(new: pd.DataFrame, series: list[str]) -> dict[str, Any] | Non
     return {"x": xs, "y": ys}
 
 
-def _kpis(ports: pd.DataFrame, peaks: dict[str, float | None]) -> list[html.Div]:
+def _kpis(ports: pd.DataFrame, peaks: dict[str, float | None], has_counters: bool,
+          other: tuple[str, pd.DataFrame] | None = None) -> list[html.Div]:
     out = []
     for kind, label in (("nvlink", "NVLink"), ("ib", "InfiniBand")):
         sel = ports.loc[ports["kind"] == kind] if len(ports) else ports
         med = float(sel["p95_bytes_per_s"].median()) if len(sel) else float("nan")
         worst = sel.sort_values("share").iloc[0] if len(sel) else None
         peak = peaks[kind]
-        out.append(kpi(f"{label} while communicating", fmt_rate(med),
-                       f"median link, p95 of samples · peak {fmt_rate(peak)}"))
+        sub = f"median link, p95 of samples · peak {fmt_rate(peak)}"
+        if not has_counters:
+            sub = "this run has no link counters"
+        elif not len(sel):
+            sub = f"no {label} samples while dispatch / combine run"
+        if other is not None:
+            name, ports_b = other
+            ob = ports_b.loc[ports_b["kind"] == kind] if len(ports_b) else ports_b
+            vb = float(ob["p95_bytes_per_s"].median()) if len(ob) else float("nan")
+            sub += f" · {name}: {fmt_rate(vb)}"
+        out.append(kpi(f"{label} while communicating", fmt_rate(med), sub))
         if worst is not None:
             share = float(worst["share"])
             name = f"{worst['node']} {worst['device']}" + (
@@ -103,8 +113,22 @@ def _kpis(ports: pd.DataFrame, peaks: dict[str, float | None]) -> list[html.Div]
             out.append(kpi(f"Weakest {label}", fmt_pct(share, 0), f"{name} · {fmt_rate(worst['p95_bytes_per_s'])}",
                            "crit" if share < 0.34 else ("warn" if share < 0.5 else "ok")))
         else:
-            out.append(kpi(f"Weakest {label}", "n/a", "no samples while communicating"))
+            out.append(kpi(f"Weakest {label}", "n/a", "this run has no link counters"
+                           if not has_counters else "no samples while communicating"))
     return out
+
+
+def _phase_reason(results: dict[str, pd.DataFrame], has_counters: bool) -> str:
+    """Why the phase split is empty, in the words of the analyses' status table."""
+    if not has_counters:
+        return ("this run has no link counters: NVLink and InfiniBand rates come from "
+                "dualscope probe beside the training job")
+    st = results.get("status")
+    if st is not None and len(st):
+        row = st.loc[st["analysis"] == "bandwidth_phase_summary"]
+        if len(row) and row["reason"].iloc[0]:
+            return str(row["reason"].iloc[0])
+    return "no link samples fall in a communication phase"
 
 
 def render(svc: DataService, clock: ClockLike, node: str | None,
@@ -125,7 +149,7 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
         blank = empty_figure("")
         return [], blank, blank, blank, no_update, blank, no_update, blank, None
     except Exception as e:
-        title, msg = describe_error(e)
+        title, msg = describe_error(e, svc)
         err = empty_figure(f"{title}: {msg}")
         return [error_card(title, msg)], err, err, err, no_update, err, no_update, err, None
     cut = cutoff_ns(c)
@@ -156,22 +180,39 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
     nvl_long = link_long(counters, "nvlink", metric, node, t0)
     ib_long = link_long(counters, "ib", metric, node, t0)
     what = "transmit" if metric.startswith("tx") else "receive"
+    has_counters = bool(len(snap.counters)) and bool(
+        np.isin(device_kinds(snap.counters["device"], family=True), [NVLINK, IB]).any())
+    no_counters = "this run has no link counters (dualscope probe records them)"
     nvl_heat = link_heatmap_figure(link_wide(counters, "nvlink", metric, topo.nvlink_peak_bytes_per_s, t0),
-                                   title=f"NVLink {what}, share of peak, per GPU", uirevision=run)
+                                   title=f"NVLink {what}, share of peak, per GPU", uirevision=run,
+                                   row="GPU", empty=no_counters if not has_counters
+                                   else "no NVLink counters in this run")
     ib_heat = link_heatmap_figure(link_wide(counters, "ib", metric, topo.ib_peak_bytes_per_s, t0),
                                   title=f"InfiniBand {what}, share of peak, per HCA port",
-                                  uirevision=run)
-    nvl_lines = link_lines_figure(nvl_long, title=f"NVLink {what} · {node}", uirevision=run,
+                                  uirevision=run, row="HCA port", empty=no_counters
+                                  if not has_counters else "no InfiniBand counters in this run")
+    where = f" · {node}, GB/s per GPU" if node else ""
+    nvl_lines = link_lines_figure(nvl_long, title=f"NVLink {what}{where}", uirevision=run,
                                   peak=topo.nvlink_peak_bytes_per_s)
-    ib_lines = link_lines_figure(ib_long, title=f"InfiniBand {what} · {node}", uirevision=run,
+    where = f" · {node}, GB/s per port" if node else ""
+    ib_lines = link_lines_figure(ib_long, title=f"InfiniBand {what}{where}", uirevision=run,
                                  peak=topo.ib_peak_bytes_per_s)
     results = rd.analyses(snap, cut)
     summary = results.get("bandwidth_phase_summary")
     if summary is not None and len(summary):
         summary = summary.loc[summary["metric"] == metric]
-    phase = phase_bars_figure(phase_buckets(summary) if summary is not None else pd.DataFrame())
+    phase = phase_bars_figure(phase_buckets(summary) if summary is not None else pd.DataFrame(),
+                              empty=_phase_reason(results, has_counters))
     ports = rd.ports(snap, cut)
-    kpis = _kpis(ports, {"nvlink": topo.nvlink_peak_bytes_per_s, "ib": topo.ib_peak_bytes_per_s})
+    other = None
+    if c.compare:
+        try:
+            orun, osnap = svc.snapshot(c.compare)
+            other = (c.compare, orun.ports(osnap))
+        except Exception:  # the Overview says why the compared run cannot be read
+            other = None
+    kpis = _kpis(ports, {"nvlink": topo.nvlink_peak_bytes_per_s, "ib": topo.ib_peak_bytes_per_s},
+                 has_counters, other)
     last = int(counters["ts_ns"].max()) if len(counters) else t0
     cur = {"run": run, "node": node, "metric": metric, "mode": c.mode, "t0": t0,
            "ts_ns": last, "nvl": sorted(nvl_long["series"].unique().tolist()),

@@ -30,7 +30,7 @@ PATH = "/model"
 TITLE = "Model"
 
 __all__ = ["PATH", "TITLE", "layout", "register", "ModelInputs", "explore", "prefill",
-           "what_if_costs", "DEFAULTS"]
+           "what_if_costs", "field_errors", "DEFAULTS", "LIMITS"]
 
 #: the paper's regime (F, B, W, F&B = 1, 2, 1, 3 ms), PP 8, 20 micro-batches, 20 of 132 SMs
 DEFAULTS: dict[str, Any] = {"schedule": "dualpipe", "pp": 8, "mb": 20, "f": 1.0, "b": 2.0, "w": 1.0, "fb": 3.0,
@@ -39,6 +39,12 @@ DEFAULTS: dict[str, Any] = {"schedule": "dualpipe", "pp": 8, "mb": 20, "f": 1.0,
 MEMORY = {"1f1b": ("1x", "PP"), "zb1p": ("1x", "PP"), "dualpipe": ("2x", "PP+1"),
           "dualpipev": ("2x", "PP+1")}
 _CONFIG = {"displaylogo": False}
+#: what the form accepts: PP ranks and micro-batches (whole numbers), costs (ms)
+LIMITS = {"pp": (1, 64), "mb": (1, 512), "cost": (0.0, 1e6)}
+#: each input of the form: (component id, label)
+FIELDS = {"pp": (ids.MD_PP, "PP ranks"), "mb": (ids.MD_MB, "micro-batches"),
+          "f": (ids.MD_F, "F (ms)"), "b": (ids.MD_B, "B (ms)"), "w": (ids.MD_W, "W (ms)"),
+          "fb": (ids.MD_FB, "F&B (ms)"), "p2p": (ids.MD_P2P, "P2P (ms)")}
 WHAT_IF_TEXT = (
     "What-if: with c0 communication SMs measured and c asked, compute ops scale by "
     "(SMs − c0) / (SMs − c); an F&B chunk costs the larger of its scaled compute and its "
@@ -48,9 +54,10 @@ WHAT_IF_TEXT = (
     "rank does twice the work.")
 
 
-def _num(label: str, cid: str, value: float, step: float = 0.1, mn: float = 0) -> html.Label:
+def _num(label: str, cid: str, value: float, step: float = 0.1, mn: float = 0,
+         mx: float | None = None) -> html.Label:
     return html.Label(className="field", children=[
-        html.Span(label), dcc.Input(id=cid, type="number", value=value, min=mn,
+        html.Span(label), dcc.Input(id=cid, type="number", value=value, min=mn, max=mx,
                                     step=step if step >= 1 else "any", debounce=True)])
 
 
@@ -62,8 +69,8 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
             html.Label(className="field", children=[html.Span("schedule"), dcc.Dropdown(
                 id=ids.MD_SCHEDULE, options=[{"label": n, "value": n} for n in BUILDERS],
                 value=d["schedule"], clearable=False)]),
-            _num("PP ranks", ids.MD_PP, d["pp"], 1, 1),
-            _num("micro-batches", ids.MD_MB, d["mb"], 1, 1),
+            _num("PP ranks", ids.MD_PP, d["pp"], 1, *LIMITS["pp"]),
+            _num("micro-batches", ids.MD_MB, d["mb"], 1, *LIMITS["mb"]),
             _num("F (ms)", ids.MD_F, d["f"], 0.01),
             _num("B (ms)", ids.MD_B, d["b"], 0.01),
             _num("W (ms)", ids.MD_W, d["w"], 0.01),
@@ -76,6 +83,7 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
                        marks={v: str(v) for v in (2, 10, 20, 32, 48, 64)},
                        tooltip={"placement": "bottom", "always_visible": True}),
         ]), title="Schedule model"),
+        html.Div(id=ids.MD_ERRORS, className="field-errors"),
         html.Div(id=ids.MD_SUMMARY, className="kpi-grid kpi-grid-4"),
         panel(graph(ids.MD_FIG, _CONFIG)),
         panel(html.Div(id=ids.MD_TABLE), title="Every schedule with these costs"),
@@ -147,36 +155,93 @@ def what_if_costs(f: float, b: float, w: float, fb: float, *, comm_sms: float, c
     return f * slow, b * slow, w * slow, max(fb * slow, comm)
 
 
+def _whole(v: Any) -> int | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v != int(v):
+        return None
+    return int(v)
+
+
+def field_errors(x: ModelInputs) -> dict[str, str]:
+    """Field name (a key of :data:`FIELDS`) -> what is wrong with it and the valid range, in
+    the words of the form; empty when every field is valid."""
+    err: dict[str, str] = {}
+    lo, hi = LIMITS["pp"]
+    pp = _whole(x.pp)
+    dual = x.schedule == "dualpipe"
+    if pp is None or not lo <= pp <= hi:
+        err["pp"] = f"a whole number from {2 if dual else lo} to {hi}" + (
+            ", even for dualpipe" if dual else "")
+    elif dual and pp % 2:
+        err["pp"] = (f"dualpipe needs an even number of pipeline ranks: {pp} is odd; use "
+                     f"{max(2, pp - 1)} or {pp + 1}")
+    mb = _whole(x.mb)
+    lo, hi = LIMITS["mb"]
+    need = (2 * pp if x.schedule in ("dualpipe", "dualpipev") else pp) if pp else lo
+    if mb is None or not lo <= mb <= hi:
+        err["mb"] = f"a whole number from {max(lo, need)} to {hi}"
+    elif pp and "pp" not in err and mb < need:
+        err["mb"] = (f"{x.schedule} needs at least {need} micro-batches with {pp} PP ranks "
+                     f"({'2 × PP' if need == 2 * pp else 'PP'}); {mb} is too few")
+    elif dual and mb % 2:
+        err["mb"] = f"dualpipe splits micro-batches between two directions: use {mb - 1} or {mb + 1}"
+    lo_c, hi_c = LIMITS["cost"]
+    for name in ("f", "b", "w", "fb", "p2p"):
+        v = getattr(x, name)
+        if name == "p2p" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not lo_c <= v <= hi_c:
+            err[name] = f"a duration in ms from {lo_c:g} to {hi_c:g}"
+    if "w" not in err and "b" not in err and x.w > x.b:
+        err["w"] = f"W is part of the backward B ({x.b:g} ms) and cannot exceed it"
+    return err
+
+
+def _for_people(msg: str) -> str:
+    """A library message (written for the CLI) in the words of the form."""
+    for flag, label in (("--microbatches", "micro-batches"), ("--pp", "PP ranks"),
+                        ("cost --fb", "F&B"), ("cost --w", "W"), ("cost --b", "B"),
+                        ("cost --f", "F"), ("--w", "W"), ("--b", "B"), ("--", "")):
+        msg = msg.replace(flag, label)
+    return msg
+
+
 def explore(inputs: ModelInputs) -> tuple[Any, list[html.Div], Any]:
-    """(ideal timeline figure, summary tiles, schedules table) for the inputs."""
+    """(ideal timeline figure, summary tiles, schedules table) for the inputs; when a field is
+    invalid, an empty figure and one line per invalid field with its valid range."""
     x = inputs
-    schedule, f, b, w, fb, p2p = x.schedule, x.f, x.b, x.w, x.fb, x.p2p
-    comm_sms, sms, c0, ratio = x.comm_sms, x.sms, x.c0, x.ratio
+    bad = field_errors(x)
+    if bad:
+        lines = [html.Div([html.B(FIELDS[k][1]), f": {v}"]) for k, v in bad.items()]
+        return (empty_figure("Fix the marked fields to see the schedule"),
+                [html.Div(lines, className="error-inline")], "")
+    schedule, f, b, w, fb, p2p = x.schedule, float(x.f), float(x.b), float(x.w), float(x.fb), x.p2p
+    comm_sms, sms, c0, ratio = float(x.comm_sms), float(x.sms), float(x.c0), x.ratio
+    pp, mb = int(x.pp), int(x.mb)
     try:
-        pp, mb = int(x.pp), int(x.mb)
-        f2, b2, w2, fb2 = what_if_costs(float(f), float(b), float(w), float(fb),
-                                        comm_sms=float(comm_sms), c0=float(c0), sms=float(sms),
+        f2, b2, w2, fb2 = what_if_costs(f, b, w, fb, comm_sms=comm_sms, c0=c0, sms=sms,
                                         ratio=ratio)
         costs = Costs(f2, b2, w2, fb2)
         sim = simulate(build(schedule, pp, mb), costs, p2p=float(p2p or 0), unit_ns=1e6)
-        base = simulate(build(schedule, pp, mb), Costs(float(f), float(b), float(w), float(fb)),
-                        p2p=float(p2p or 0), unit_ns=1e6)
-    except (InputError, TypeError, ValueError) as e:
-        msg = str(e)
+        base = simulate(build(schedule, pp, mb), Costs(f, b, w, fb), p2p=float(p2p or 0),
+                        unit_ns=1e6)
+    except InputError as e:
+        msg = _for_people(str(e))
         return empty_figure(msg), [html.Div(msg, className="error-inline")], ""
     formula = bubble_formula(schedule, pp, f=f2, b=b2, w=w2, fb=fb2)
     spans = sim.spans.assign(start=sim.spans["start_ns"] / 1e6, end=sim.spans["end_ns"] / 1e6)
-    fig = schedule_figure(spans, title=f"Ideal {schedule} · PP {pp} · {mb} micro-batches · "
+    fig = schedule_figure(spans, title=f"Simulated {schedule} · PP {pp} · {mb} micro-batches · "
                                        f"{comm_sms:g} comm SMs")
     delta = sim.makespan / base.makespan - 1 if base.makespan else 0.0
     tiles = [
-        kpi("Makespan", f"{sim.makespan:.2f} ms",
-            f"{delta:+.1%} vs {c0:g} comm SMs" if comm_sms != c0 else "as measured"),
+        kpi("Makespan (simulated)", f"{sim.makespan:.2f} ms",
+            f"{delta:+.1%} vs {c0:g} comm SMs" if comm_sms != c0
+            else f"with the costs above and {c0:g} comm SMs"),
         kpi("Largest bubble (simulated)", f"{sim.max_bubble:.2f} ms",
             f"{sim.max_bubble / sim.makespan:.1%} of the step" if sim.makespan else ""),
         kpi("Published formula", "n/a" if formula is None else f"{formula:.2f} ms",
             FORMULAS.get(schedule, "")),
-        kpi("Costs used (ms)", f"{f2:.2f} / {b2:.2f} / {w2:.2f} / {fb2:.2f}", "F / B / W / F&B"),
+        kpi("Costs simulated (ms)", f"{f2:.2f} / {b2:.2f} / {w2:.2f} / {fb2:.2f}",
+            "F / B / W / F&B" + ("" if comm_sms == c0 else f" at {comm_sms:g} comm SMs")),
     ]
     rows = []
     for name in BUILDERS:
@@ -187,7 +252,7 @@ def explore(inputs: ModelInputs) -> tuple[Any, list[html.Div], Any]:
             rows.append({"schedule": name, "makespan_ms": s.makespan, "bubble_ms": s.max_bubble,
                          "formula_ms": fo, "params": mem[0], "activations": mem[1], "error": ""})
         except InputError as e:
-            rows.append({"schedule": name, "error": str(e)})
+            rows.append({"schedule": name, "error": _for_people(str(e))})
     table = _table(pd.DataFrame(rows), schedule)
     return fig, tiles, table
 
@@ -227,9 +292,11 @@ def register(app: Dash, svc: DataService) -> None:
         return (p["schedule"], p["pp"], p["mb"], p["f"], p["b"], p["w"], p["fb"], p["comm_sms"],
                 {"run": p["run"], "sms": p["sms"], "c0": p["c0"], "source": p["source"]})
 
+    field_outputs = [Output(cid, "className") for cid, _ in FIELDS.values()]
+
     @app.callback(
         Output(ids.MD_FIG, "figure"), Output(ids.MD_SUMMARY, "children"),
-        Output(ids.MD_TABLE, "children"),
+        Output(ids.MD_TABLE, "children"), Output(ids.MD_ERRORS, "children"), *field_outputs,
         Input(ids.MD_SCHEDULE, "value"), Input(ids.MD_PP, "value"), Input(ids.MD_MB, "value"),
         Input(ids.MD_F, "value"), Input(ids.MD_B, "value"), Input(ids.MD_W, "value"),
         Input(ids.MD_FB, "value"), Input(ids.MD_P2P, "value"), Input(ids.MD_COMM_SMS, "value"),
@@ -237,8 +304,14 @@ def register(app: Dash, svc: DataService) -> None:
     def _explore(schedule: str, pp: int, mb: int, f: float, b: float, w: float, fb: float,
                  p2p: float, comm: float, source: dict[str, Any] | None) -> tuple[Any, ...]:
         src = source or {}
-        fig, tiles, table = explore(ModelInputs(
+        inputs = ModelInputs(
             schedule=schedule, pp=pp, mb=mb, f=f, b=b, w=w, fb=fb, p2p=p2p, comm_sms=comm,
-            sms=src.get("sms", DEFAULTS["sms"]), c0=src.get("c0", DEFAULTS["c0"])))
+            sms=src.get("sms", DEFAULTS["sms"]), c0=src.get("c0", DEFAULTS["c0"]))
+        bad = field_errors(inputs)
+        fig, tiles, table = explore(inputs)
         note = html.Div(src.get("source", ""), className="source-note dim small")
-        return fig, [*tiles, note] if isinstance(tiles, list) else tiles, table
+        errors: Any = ""
+        if bad:  # the messages sit under the form, the tiles stay empty
+            errors, tiles = tiles, []
+        classes = ["invalid" if k in bad else "" for k in FIELDS]
+        return (fig, [*tiles, note] if not bad else [note], table, errors, *classes)

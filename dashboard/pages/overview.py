@@ -1,6 +1,7 @@
-"""Overview: step time, bubble ratio measured vs ideal, exposed communication, comm SMs,
-NVLink / IB achieved vs peak, stragglers, probe availability, and alerts when a threshold is
-crossed. With ``compare=`` in the URL, a second run's numbers side by side."""
+"""Overview: step time, bubble ratio measured vs ideal (and by pipeline phase), exposed
+communication, comm SMs, NVLink / IB achieved vs peak, stragglers, probe availability, and
+alerts when a threshold is crossed. With ``compare=`` in the URL: the deltas of the compared
+run, better / worse coloured, and its step times and bubbles overlaid."""
 
 from __future__ import annotations
 
@@ -15,18 +16,20 @@ from ..data import DataService
 from ..figures import (
     bubble_attribution_figure,
     bubble_compare_figure,
+    bubble_phase_figure,
     empty_figure,
     exposed_comm_figure,
     step_time_figure,
 )
 from ..layout import alert_list, error_card, fmt_num, fmt_pct, fmt_rate, fmt_s, graph, kpi, panel
-from ..overview_model import DEFAULT_THRESHOLDS, LinkSummary, Overview, overview
+from ..overview_model import DEFAULT_THRESHOLDS, Delta, LinkSummary, Overview, deltas, overview
 from . import NoRun, describe_error, open_run, render_if_changed
 
 PATH = "/overview"
 TITLE = "Overview"
 
-__all__ = ["PATH", "TITLE", "layout", "register", "render", "kpi_tiles", "compute"]
+__all__ = ["PATH", "TITLE", "layout", "register", "render", "render_phases", "kpi_tiles",
+           "compute", "compare_panel"]
 
 _GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": False}
 
@@ -37,10 +40,12 @@ def layout(svc: DataService, query: dict[str, str]) -> html.Div:
         dcc.Store(id=ids.OV_KEY),
         html.Div(id=ids.OV_ALERTS),
         html.Div(id=ids.OV_KPIS, className="kpi-grid"),
+        dcc.Store(id=ids.OV_PHASES_KEY),
         html.Div(id=ids.OV_COMPARE),
-        html.Div(className="grid-3", children=[
+        html.Div(className="grid-4", children=[
             panel(graph(ids.OV_STEPS, _GRAPH_CONFIG)),
             panel(graph(ids.OV_BUBBLES, _GRAPH_CONFIG)),
+            panel(graph(ids.OV_PHASES, _GRAPH_CONFIG)),
             panel(graph(ids.OV_COMM, _GRAPH_CONFIG)),
         ]),
         html.Div(className="grid-2", children=[
@@ -48,15 +53,17 @@ def layout(svc: DataService, query: dict[str, str]) -> html.Div:
             panel(html.Div(id=ids.OV_PROBES), title="Probes"),
         ]),
         panel(html.Div(className="thresholds", children=[
-            html.Label(["bubble above ideal by more than (pp) ",
+            html.Label(["bubble above ideal by more than (pp, > 0) ",
                         dcc.Input(id=ids.OV_TH_BUBBLE, type="number", value=th["bubble_excess_pp"],
                                   min=0, step=0.5, debounce=True)]),
-            html.Label(["bandwidth below (share of peak) ",
+            html.Label(["bandwidth below (share of peak, 0 to 1) ",
                         dcc.Input(id=ids.OV_TH_BW, type="number", value=th["bandwidth_share_min"],
                                   min=0, max=1, step=0.05, debounce=True)]),
-            html.Label(["straggler z-score above ",
+            html.Label(["straggler z-score above (> 0) ",
                         dcc.Input(id=ids.OV_TH_Z, type="number", value=th["straggler_z"], min=0.5,
                                   step=0.5, debounce=True)]),
+            html.Span("A value outside its range is ignored and the default applies.",
+                      className="dim small"),
         ]), title="Alert thresholds"),
     ])
 
@@ -111,11 +118,13 @@ def kpi_tiles(o: Overview, th: dict[str, float]) -> list[html.Div]:
         kpi("Exposed communication", fmt_pct(o.exposed_comm_share),
             f"{fmt_s(o.exposed_comm_s_per_step)} per rank per step",
             _level(o.exposed_comm_share, 0.25, 0.5)),
-        kpi("Comm SMs", f"{fmt_num(o.comm_sms_mean, '.1f')} / {fmt_num(o.comm_sms_max, '.0f')}",
-            f"mean / max of {sms} SMs" if sms else "SMs per GPU unknown"),
-        kpi("NVLink achieved", fmt_rate(nv.bytes_per_s), _link_sub(nv, "NVLink", ""),
+        kpi("Comm SMs", "n/a" if not sms or o.comm_sms_mean != o.comm_sms_mean else
+            f"{fmt_num(o.comm_sms_mean, '.1f')} / {fmt_num(o.comm_sms_max, '.0f')}",
+            f"mean / max of {sms} SMs" if sms else (
+                "CPU run: no SMs" if o.cpu else "SMs per GPU not recorded for this run")),
+        kpi("NVLink achieved", fmt_rate(nv.bytes_per_s), _link_sub(nv, "NVLink", "", o),
             bw_level(nv.worst_share)),
-        kpi("InfiniBand achieved", fmt_rate(ib.bytes_per_s), _link_sub(ib, "IB", " per port"),
+        kpi("InfiniBand achieved", fmt_rate(ib.bytes_per_s), _link_sub(ib, "IB", " per port", o),
             bw_level(ib.worst_share)),
         kpi("Stragglers", str(len(st)),
             ", ".join(f"rank {int(r)}" for r in st["rank"].head(4)) if len(st) else "none",
@@ -126,10 +135,14 @@ def kpi_tiles(o: Overview, th: dict[str, float]) -> list[html.Div]:
     ]
 
 
-def _link_sub(d: LinkSummary, name: str, per: str) -> str:
+def _link_sub(d: LinkSummary, name: str, per: str, o: Overview) -> str:
     v = d.bytes_per_s
     if v != v:
-        return f"no {name} counters while communicating" + ("" if d.peak else "; peak unknown")
+        if o.cpu:
+            return f"CPU run: no {name}"
+        kind = "nvlink" if name == "NVLink" else "ib"
+        return (f"no {name} samples while dispatch / combine run" if kind in o.link_kinds
+                else f"this run has no {name} counters")
     text = f"{fmt_pct(d.share, 0)} of {fmt_rate(d.peak)}{per}" if d.peak else "peak unknown"
     if d.worst:
         text += f" · worst {d.worst} {fmt_pct(d.worst_share, 0)}"
@@ -157,34 +170,53 @@ def _probes_table(probes: dict[str, tuple[bool, str]]) -> Any:
         for name, (a, reason) in sorted(probes.items())])])
 
 
-def _compare_table(a: Overview, b: Overview, ra: str, rb: str) -> html.Div:
-    def row(label: str, fa: str, fb: str) -> html.Tr:
-        return html.Tr([html.Td(label), html.Td(fa), html.Td(fb)])
+def _fmt_delta(d: Delta) -> tuple[str, str, str]:
+    """(a, b, change) of a delta row as text."""
+    if d.unit == "s":
+        change = "n/a" if d.change != d.change else f"{d.change:+.1%}"
+        return fmt_s(d.a), fmt_s(d.b), change
+    if d.unit == "share":
+        change = "n/a" if d.change != d.change else f"{d.change * 100:+.1f} pp"
+        return fmt_pct(d.a), fmt_pct(d.b), change
+    change = "n/a" if d.change != d.change else f"{d.change:+.0f}"
+    return fmt_num(d.a, ".0f"), fmt_num(d.b, ".0f"), change
 
-    rows = [
-        row("step time", fmt_s(a.step_time_s), fmt_s(b.step_time_s)),
-        row("bubble measured", fmt_pct(a.bubble_measured), fmt_pct(b.bubble_measured)),
-        row("bubble ideal", fmt_pct(a.bubble_ideal), fmt_pct(b.bubble_ideal)),
-        row("exposed comm", fmt_pct(a.exposed_comm_share), fmt_pct(b.exposed_comm_share)),
-        row("comm SMs mean", fmt_num(a.comm_sms_mean), fmt_num(b.comm_sms_mean)),
-        row("NVLink achieved", fmt_rate(a.nvlink.bytes_per_s), fmt_rate(b.nvlink.bytes_per_s)),
-        row("IB achieved", fmt_rate(a.ib.bytes_per_s), fmt_rate(b.ib.bytes_per_s)),
-        row("stragglers", str(len(a.stragglers)), str(len(b.stragglers))),
-        row("alerts", str(len(a.alerts)), str(len(b.alerts))),
-    ]
-    return panel(html.Table(className="table compare", children=[
-        html.Thead(html.Tr([html.Th(""), html.Th(ra), html.Th(rb)])), html.Tbody(rows)]),
-        title="Compare")
+
+_VERDICT = {"better": "▲ better", "worse": "▼ worse", "same": "= same", "": "not comparable"}
+
+
+def compare_panel(a: Overview, b: Overview, ra: str, rb: str) -> html.Div:
+    """The compared run ``rb`` against the open run ``ra``: one row per metric with the
+    change, coloured better / worse for ``rb``."""
+    rows = []
+    for d in deltas(a, b):
+        fa, fb, change = _fmt_delta(d)
+        rows.append(html.Tr(className=f"delta-{d.verdict or 'na'}", children=[
+            html.Td(d.label), html.Td(fa), html.Td(fb), html.Td(change, className="delta-change"),
+            html.Td(_VERDICT[d.verdict], className="delta-verdict")]))
+    head = html.Thead(html.Tr([
+        html.Th("metric"), html.Th(html.Span(ra, className="swatch-a run-name")),
+        html.Th(html.Span(rb, className="swatch-b run-name")), html.Th("change"),
+        html.Th(["for ", html.Span(rb, className="run-name")])]))
+    return panel(html.Table(className="table compare", children=[head, html.Tbody(rows)]),
+                 title=["Compare ", html.Span(rb, className="run-name"), " against ",
+                        html.Span(ra, className="run-name"), " (▲ better, ▼ worse)"])
+
+
+def _thresholds(th_bubble: float | None, th_bw: float | None,
+                th_z: float | None) -> dict[str, float]:
+    th = dict(DEFAULT_THRESHOLDS)
+    for k, v, hi in (("bubble_excess_pp", th_bubble, None), ("bandwidth_share_min", th_bw, 1.0),
+                     ("straggler_z", th_z, None)):
+        if isinstance(v, (int, float)) and v > 0 and (hi is None or v <= hi):
+            th[k] = float(v)
+    return th
 
 
 def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
            th_bw: float | None, th_z: float | None) -> tuple[Any, ...]:
     """(kpis, alerts, steps fig, bubbles fig, comm fig, stragglers, probes, compare)."""
-    th = dict(DEFAULT_THRESHOLDS)
-    for k, v in (("bubble_excess_pp", th_bubble), ("bandwidth_share_min", th_bw),
-                 ("straggler_z", th_z)):
-        if isinstance(v, (int, float)) and v > 0:
-            th[k] = float(v)
+    th = _thresholds(th_bubble, th_bw, th_z)
     blank = empty_figure("")
     c = as_clock(clock)
     try:
@@ -194,7 +226,7 @@ def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
     except NoRun:
         return [], html.Div(), blank, blank, blank, "", "", ""
     except Exception as e:
-        title, msg = describe_error(e)
+        title, msg = describe_error(e, svc)
         return [], error_card(title, msg), blank, blank, blank, "", "", ""
     analyses = rd.analyses(snap, cutoff_ns(c), th)
     ideal = o.ideal
@@ -202,23 +234,47 @@ def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
     measured = by_stage if by_stage is not None else pd.DataFrame(
         columns=["pp_rank", "bubble_ratio_mean", "bubble_ratio_max"])
     ov = analyses.get("overlap", pd.DataFrame(columns=["rank", "overlapped_ns", "exposed_comm_ns"]))
-    compare: Any = ""
+    run = c.run
     other = c.compare
+    compare: Any = ""
+    ob: Overview | None = None
     if other:
         try:
             ob = compute(svc, other, None, th)
-            compare = _compare_table(o, ob, c.run, other)
+            compare = compare_panel(o, ob, run, other)
         except Exception as e:
-            title, msg = describe_error(e)
-            compare = error_card(f"compare run {other}: {title}", msg)
-    run = c.run
-    return (kpi_tiles(o, th), alert_list(o.alerts, run),
-            step_time_figure(o.steps, uirevision=run),
-            bubble_attribution_figure(ideal.attribution)
-            if ideal is not None and ideal.ok and len(ideal.attribution)
-            else bubble_compare_figure(measured, None, o.bubble_formula),
+            title, msg = describe_error(e, svc)
+            compare = error_card(f"Compared run {other}: {title}", msg)
+    if ob is not None:
+        orun, osnap = svc.snapshot(other)
+        ob_stage = orun.analyses(osnap, None, th).get("bubbles_by_stage")
+        steps_fig = step_time_figure(o.steps, uirevision=run, other=ob.steps, names=(run, str(other)))
+        bubbles_fig = bubble_compare_figure(
+            measured, None if ob_stage is None else ob_stage.rename(
+                columns={"bubble_ratio_mean": "bubble_ratio"}), names=(run, str(other)))
+    else:
+        steps_fig = step_time_figure(o.steps, uirevision=run)
+        bubbles_fig = (bubble_attribution_figure(ideal.attribution)
+                       if ideal is not None and ideal.ok and len(ideal.attribution)
+                       else bubble_compare_figure(measured, None, o.bubble_formula))
+    return (kpi_tiles(o, th), alert_list(o.alerts, run), steps_fig, bubbles_fig,
             exposed_comm_figure(ov, max(1, len(o.steps))),
             _stragglers_table(o.stragglers), _probes_table(o.probes), compare)
+
+
+def render_phases(svc: DataService, clock: ClockLike) -> tuple[Any]:
+    """(the bubble by pipeline phase figure,): profiler.analysis.bubbles_by_stage, the
+    warm-up / steady / cool-down split ``dualscope analyze`` prints."""
+    c = as_clock(clock)
+    try:
+        rd, snap = open_run(svc, c)
+        by_stage = rd.analyses(snap, cutoff_ns(c)).get("bubbles_by_stage")
+    except NoRun:
+        return (empty_figure(""),)
+    except Exception as e:
+        title, msg = describe_error(e, svc)
+        return (empty_figure(f"{title}: {msg}"),)
+    return (bubble_phase_figure(by_stage if by_stage is not None else pd.DataFrame()),)
 
 
 def register(app: Dash, svc: DataService) -> None:
@@ -233,3 +289,8 @@ def register(app: Dash, svc: DataService) -> None:
     def _render(clock: dict[str, Any] | None, b: float | None, w: float | None,
                 z: float | None, last: list[Any] | None) -> tuple[Any, ...]:
         return render_if_changed(svc, clock, last, render, b, w, z)
+
+    @app.callback(Output(ids.OV_PHASES, "figure"), Output(ids.OV_PHASES_KEY, "data"),
+                  Input(ids.CLOCK, "data"), State(ids.OV_PHASES_KEY, "data"))
+    def _phases(clock: dict[str, Any] | None, last: list[Any] | None) -> tuple[Any, ...]:
+        return render_if_changed(svc, clock, last, render_phases)

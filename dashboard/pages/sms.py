@@ -15,6 +15,7 @@ from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
 from ..figures import empty_figure, sm_area_figure, sm_seconds_figure
 from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel
+from ..overview_model import cpu_run
 from ..series import sm_binned
 from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
@@ -43,15 +44,28 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     ranks = sorted(int(r) for r in snap.spans["rank"].unique()) if len(snap.spans) else []
     opts = [{"label": f"mean of all {len(ranks)} GPUs", "value": "all"}] + [
         {"label": f"rank {r}", "value": str(r)} for r in ranks]
+    sms = snap.manifest.topology.sms_per_gpu
+    charts = "" if sms else "hidden"  # no SMs: one empty state says why, not two blank charts
     return html.Div(className="sms-page", children=[
         dcc.Store(id=ids.SM_KEY),
         html.Div(id=ids.SM_KPIS, className="kpi-grid kpi-grid-4"),
-        html.Div(className="controls", children=[
-            dcc.Dropdown(id=ids.SM_GPU, options=opts, value="all", clearable=False,
-                         className="ranks-pick")]),
-        panel(graph(ids.SM_AREA, _CONFIG)),
-        panel(graph(ids.SM_SECONDS, _CONFIG)),
+        html.Div(className="empty-card" if not sms else "hidden", children=[
+            html.Div(_no_sms(snap.manifest), className="empty-title"),
+            html.Div("The SM split needs GPU kernels with their SM counts (a Kineto capture "
+                     "or the SM-split probe) and the GPU's SM count in the run's topology.")]),
+        html.Div(className=charts, children=[
+            html.Div(className="controls", children=[
+                dcc.Dropdown(id=ids.SM_GPU, options=opts, value="all", clearable=False,
+                             className="ranks-pick")]),
+            panel(graph(ids.SM_AREA, _CONFIG)),
+            panel(graph(ids.SM_SECONDS, _CONFIG)),
+        ]),
     ])
+
+
+def _no_sms(m: Any) -> str:
+    return ("CPU run: no SMs" if cpu_run(m) else
+            "The number of SMs per GPU was not recorded for this run")
 
 
 def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ...]:
@@ -63,12 +77,13 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ..
     except NoRun:
         return [], empty_figure(""), empty_figure("")
     except Exception as e:
-        title, msg = describe_error(e)
+        title, msg = describe_error(e, svc)
         return [error_card(title, msg)], empty_figure(title), empty_figure(title)
     sms = snap.manifest.topology.sms_per_gpu
     if not sms:
-        msg = "SMs per GPU unknown: the manifest's topology.sms_per_gpu is not set"
-        return [kpi("SM split", "n/a", msg)], empty_figure(msg), empty_figure(msg)
+        msg = _no_sms(snap.manifest)
+        return ([], empty_figure(msg, title="SMs held"),
+                empty_figure(msg, title="SM-seconds per GPU"))
     cut = cutoff_ns(c)
 
     def series() -> pd.DataFrame:
@@ -92,11 +107,13 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ..
         total = sm_s[["comm_sm_s", "compute_sm_s", "idle_sm_s"]].sum()
         tot = float(total.sum()) or 1.0
         over = (sm_s["comm_sms_max"] > cap).sum() if cap else 0
+        other = _compared_share(svc, c.compare)
         kpis = [
             kpi("Comm SMs", f"{fmt_num(sm_s['comm_sms_mean'].mean())} / {fmt_num(sm_s['comm_sms_max'].max(), '.0f')}",
                 f"mean while communicating / max, of {sms}"),
             kpi("Comm share of SM-time", fmt_pct(total["comm_sm_s"] / tot),
-                f"{total['comm_sm_s']:.1f} SM·s over {len(sm_s)} GPUs"),
+                f"{total['comm_sm_s']:.4g} SM·s over {len(sm_s)} GPUs"
+                + (f" · {c.compare}: {fmt_pct(other)}" if c.compare else "")),
             kpi("Compute share of SM-time", fmt_pct(total["compute_sm_s"] / tot),
                 f"idle {fmt_pct(total['idle_sm_s'] / tot)}"),
             kpi("Declared comm cap", "n/a" if cap is None else f"{cap:g} SMs",
@@ -107,6 +124,21 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ..
     else:
         kpis = [kpi("SM split", "n/a", "no kernels with SM counts in this run")]
     return kpis, fig, bars
+
+
+def _compared_share(svc: DataService, run: str | None) -> float:
+    """The compared run's communication share of SM-time (NaN when unknown)."""
+    if not run:
+        return float("nan")
+    try:
+        rd, snap = svc.snapshot(run)
+        sm = rd.analyses(snap).get("sm_seconds")
+    except Exception:  # the Overview says why the compared run cannot be read
+        return float("nan")
+    if sm is None or len(sm) == 0:
+        return float("nan")
+    total = float(sm[["comm_sm_s", "compute_sm_s", "idle_sm_s"]].to_numpy(dtype=float).sum())
+    return float(sm["comm_sm_s"].sum()) / total if total > 0 else float("nan")
 
 
 def register(app: Dash, svc: DataService) -> None:

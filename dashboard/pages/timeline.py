@@ -1,7 +1,9 @@
 """Timeline: for each rank the measured row, its communication, and beneath them the ideal
 row from the schedule model fed with the run's fitted costs. Bubbles shaded, ops and comm
-phases coloured, zoom and pan (the server re-cuts the window on every zoom), hover with op,
-stage, micro-batch and duration. Big windows arrive as per-pixel aggregates."""
+phases coloured, ticks where each rank's warm-up ends and cool-down starts (the bubble
+analysis' phases), zoom and pan (the server re-cuts the window on every zoom), hover with op,
+rank, step, stage, micro-batch, start and duration. Big windows arrive as per-pixel
+aggregates."""
 
 from __future__ import annotations
 
@@ -147,10 +149,11 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
             id=ids.TL_GRAPH, config=_CONFIG, figure=empty_figure("loading…"),
             className="timeline-graph")),
         html.Div(className="legend-help dim small", children=(
-            "Rows per rank: measured ops (bubbles shaded red), communication (dispatch, combine, "
-            "PP), and the ideal schedule with this run's fitted per-stage costs. Drag to zoom, "
-            "double-click to reset; the server sends spans when few, per-pixel busy fractions "
-            "when many.")),
+            "Rows per rank: measured ops (idle in the step shaded as bubble; the white ticks mark "
+            "where the rank's warm-up ends and its cool-down starts), communication (dispatch, "
+            "combine, PP), and the ideal schedule with this run's fitted per-stage costs. Drag "
+            "to zoom, double-click to reset; the server sends spans when few, per-pixel busy "
+            "fractions when many.")),
     ])
 
 
@@ -168,8 +171,8 @@ def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
     except NoRun:
         return empty_figure("no run open"), "", None, no_update
     except Exception as e:
-        title, msg = describe_error(e)
-        return empty_figure(f"{title}: {msg}"), "error", None, no_update
+        title, msg = describe_error(e, svc)
+        return empty_figure(title), f"error: {msg}", None, no_update
     step_out: Any = no_update
     if trigger == ids.TL_GRAPH:
         new_view = view_from_relayout(relayout, view)

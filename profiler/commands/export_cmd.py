@@ -109,8 +109,7 @@ def command(run: Path, fmt: str, out: Path, ranks_opt: str | None, window_opt: s
     one track per lane and stream, counters per node."""
     t0 = time.perf_counter()
     start_ns, end_ns = parse_window(window_opt) if window_opt is not None else (None, None)
-    if out.exists() and not force:  # fail before reading a large run
-        raise InputError(f"--out {out}: already exists; choose a new path or pass --force")
+    perfetto.check_trace_out(out, force=force)  # fail before reading a large run
     reader = RunReader(run)
     ranks = _select_ranks(reader.ranks(), ranks_opt)
     nodes = reader.nodes() if counters else []

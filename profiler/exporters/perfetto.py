@@ -23,6 +23,7 @@ ns", which would scale every event by 1000.
 
 from __future__ import annotations
 
+import contextlib
 import gzip as _gzip
 import os
 from collections.abc import Iterable, Iterator
@@ -35,9 +36,10 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, io_error, is_output_error
 from ..manifest import Manifest, fsync_dir
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
+from ..store.writer import check_output_path
 
 __all__ = [
     "NODE_PID_BASE",
@@ -49,6 +51,7 @@ __all__ = [
     "iter_chrome_events",
     "to_chrome_trace",
     "other_data",
+    "check_trace_out",
     "write_chrome_trace",
 ]
 
@@ -330,6 +333,20 @@ def to_chrome_trace(spans_df: pd.DataFrame | None, counters_df: pd.DataFrame | N
 # writing
 
 
+def check_trace_out(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Refuse, in one line, an ``--out`` the trace cannot be written to (see
+    :func:`write_chrome_trace`); returns its parent directory. The export command calls it
+    before reading the run."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"--out {target}: is a directory; give a file name such as "
+                         f"{target / 'trace.json'}")
+    if force and target.exists() and not target.is_file():  # never replace /dev/null ...
+        raise InputError(f"--out {target}: is not a regular file (a device, FIFO or socket); "
+                         "--force only replaces files: choose a file name")
+    return check_output_path(target, overwrite=force, force_flag="--force")
+
+
 def write_chrome_trace(path: str | os.PathLike[str], events: Iterable[dict[str, Any]], *,
                        other: dict[str, Any] | None = None, gzip: bool = False,
                        force: bool = False, batch: int = 10_000) -> int:
@@ -337,17 +354,11 @@ def write_chrome_trace(path: str | os.PathLike[str], events: Iterable[dict[str, 
     gzip-compressed; atomic: a temporary file beside ``path`` renamed on success, removed on
     any error. Returns the number of events written.
 
-    Raises :class:`InputError` when ``path`` exists (unless ``force``), is a directory, or
-    its parent directory does not exist."""
+    Raises :class:`InputError` when ``path`` exists (unless ``force``), is a directory or a
+    dangling symlink, or its parent directory does not exist; and, naming ``path``, when the
+    file cannot be written (no space left, a read-only file system ...)."""
     target = Path(path)
-    if target.is_dir():
-        raise InputError(f"--out {target}: is a directory; give a file name such as "
-                         f"{target / 'trace.json'}")
-    if target.exists() and not force:
-        raise InputError(f"--out {target}: already exists; choose a new path or pass --force")
-    parent = target.parent
-    if not parent.is_dir():
-        raise InputError(f"--out {target}: directory {parent} does not exist; create it first")
+    parent = check_trace_out(target, force=force)
     tmp = parent / f".{target.name}.{os.getpid()}.tmp"
     count = 0
     try:
@@ -370,8 +381,11 @@ def write_chrome_trace(path: str | os.PathLike[str], events: Iterable[dict[str, 
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, target)
-        fsync_dir(parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # a read-only file system refuses even this
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and (is_output_error(e, tmp) or e.filename == str(target)):
+            raise io_error(target, e) from None
         raise
+    fsync_dir(parent)
     return count

@@ -9,10 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import RunFormatError
+from ..errors import RunFormatError, io_error
 from ..manifest import Manifest, fsync_dir
 from .integrity import crc_path, read_segment, verify_file_checksum, write_file_checksum
 from .segments import PART_RE, SEG_RE, part_first
+from .writer import removed_on_error
 
 __all__ = ["compact"]
 
@@ -51,14 +52,7 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
             first = min([s for s, _ in sealed] + [part_first(p) for p in old_parts])
             last = sealed[-1][0]
             target = stream / f"part-{first:06d}-{last:06d}.parquet"
-            tmp = stream / f".{target.name}.tmp"
-            pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp,
-                           compression="zstd")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            write_file_checksum(target, source=tmp)
-            os.replace(tmp, target)
-            fsync_dir(stream)
+            _write_part(pa.concat_tables(tables, promote_options="default"), target)
             for p in old_parts:
                 if p != target:
                     p.unlink()
@@ -69,3 +63,20 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
             fsync_dir(stream)
             written.append(target)
     return written
+
+
+def _write_part(table: pa.Table, target: Path) -> None:
+    """Write ``target`` and its checksum atomically. On any failure (a full disk, a read-only
+    file system, a signal) nothing new is left in the stream's folder; an :class:`OSError`
+    becomes one :class:`InputError` naming the part."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with removed_on_error(target.parent, target.name):
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            write_file_checksum(target, source=tmp)
+            os.replace(tmp, target)
+    except OSError as e:
+        raise io_error(target, e, "compact into", flag=None) from None
+    fsync_dir(target.parent)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import RunFormatError
+from ..errors import RunFormatError, io_error
 from ..manifest import Manifest
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
 from .integrity import (
     CRC_SUFFIX,
+    crc_path,
     read_segment,
     verify_file_checksum,
     write_file_checksum,
@@ -22,6 +23,7 @@ from .integrity import (
 )
 from .reader import _irregular
 from .segments import OPEN, PART_RE, SEG_RE
+from .writer import removed_on_error
 
 __all__ = ["Finding", "verify_run", "add_missing_checksums"]
 
@@ -126,16 +128,22 @@ def verify_run(run_dir: str | os.PathLike[str]) -> list[Finding]:
 
 def add_missing_checksums(run_dir: str | os.PathLike[str], findings: list[Finding]) -> int:
     """Write the sidecar of every sealed file that :func:`verify_run` found ``unchecked``
-    (readable and valid, but written before checksums existed); the number written."""
+    (readable and valid, but written before checksums existed); the number written. A
+    sidecar that cannot be written (read-only file system, full disk) stops it with one
+    :class:`InputError` naming the file; nothing half-written is left."""
     run = Path(run_dir)
     n = 0
     for f in findings:
         if f.status != "unchecked" or f.path.endswith(OPEN):
             continue
         path = run / f.path
-        if PART_RE.match(path.name):
-            write_file_checksum(path)
-        else:
-            write_segment_checksum(path)
+        try:
+            with removed_on_error(path.parent, crc_path(path).name):
+                if PART_RE.match(path.name):
+                    write_file_checksum(path)
+                else:
+                    write_segment_checksum(path)
+        except OSError as e:
+            raise io_error(path, e, "add a checksum beside", flag=None) from None
         n += 1
     return n

@@ -1,11 +1,13 @@
 """Writing a run: :class:`StreamWriter` (one segment stream), :class:`RunWriter` (a run
-directory: manifest plus streams) and :func:`atomic_run_dir` (see :mod:`profiler.store`)."""
+directory: manifest plus streams), :func:`atomic_run_dir` and :func:`check_output_path` (see
+:mod:`profiler.store`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,13 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from ..errors import InputError, RunFormatError
+from ..errors import InputError, RunFormatError, io_error, is_output_error
 from ..manifest import Manifest, fsync_dir
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
 from .integrity import ChecksumSink, crc_path
 from .segments import IPC_OPTIONS, OPEN, SEALED, next_seq, rank_dir_name, safe_name
 
-__all__ = ["StreamWriter", "RunWriter", "atomic_run_dir"]
+__all__ = ["StreamWriter", "RunWriter", "atomic_run_dir", "check_output_path",
+           "removed_on_error"]
 
 
 class StreamWriter:
@@ -218,24 +221,89 @@ class RunWriter:
         self.close("finished" if exc_type is None else "failed")
 
 
-@contextlib.contextmanager
-def atomic_run_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; rename it to ``target`` on success,
-    remove it on any error, so a failed command leaves no half-written run."""
+#: the signals a command stops on (:func:`dualscope.cli.main` turns them into exceptions);
+#: held back while a temporary directory is created, so the cleanup always knows its name
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def check_output_path(target: str | os.PathLike[str], *, flag: str = "--out",
+                      overwrite: bool = False, force_flag: str | None = None) -> Path:
+    """Refuse, in one line, an output path that cannot be created: one that exists (unless
+    ``overwrite``), a dangling symlink, a parent that is missing or not a directory. Returns
+    the parent directory. ``force_flag``: the option that allows overwriting, if any."""
     target = Path(target)
-    if target.exists():
-        raise InputError(f"{target}: already exists; choose a new --out path or remove it first")
+    other = f"pass {force_flag}" if force_flag else "remove it first"
+    if target.is_symlink() and not target.exists() and not overwrite:
+        raise InputError(f"{flag} {target}: is a symlink to {os.readlink(target)}, which does "
+                         f"not exist; choose another path or {other}")
+    if target.exists() and not overwrite:
+        raise InputError(f"{flag} {target}: already exists; choose a new path or {other}")
     parent = target.parent if str(target.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"{flag} {target}: directory {parent} does not exist; create it first")
     if not parent.is_dir():
-        raise InputError(f"{target}: parent directory {parent} does not exist; create it first")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        raise InputError(f"{flag} {target}: {parent} is not a directory")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_run_dir(target: str | os.PathLike[str], *, flag: str = "--out") -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` on success,
+    remove it on any error (a signal included), so a failed command leaves no half-written
+    run. An :class:`OSError` of the output (no space, read-only file system, ...) becomes one
+    :class:`InputError` naming ``target``; errors reading inputs pass through unchanged."""
+    target = Path(target)
+    parent = check_output_path(target, flag=flag)
+    tmp: Path | None = None
     try:
+        held = _hold_stop_signals()
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        finally:
+            _release_stop_signals(held)
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a run is as readable as any dir
         os.replace(tmp, target)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_output_error(e, tmp):
+            raise io_error(target, e, "create" if tmp is None else "write", flag=flag) from None
         raise
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(parent)  # the run is in place; an error here is not "cannot write"
+
+
+@contextlib.contextmanager
+def removed_on_error(directory: str | os.PathLike[str], token: str) -> Iterator[None]:
+    """If the block fails (an error or a signal), remove every entry of ``directory`` that
+    appeared during it with ``token`` in its name: a file written in place with its
+    temporaries and checksum, never another writer's new segment."""
+    directory = Path(directory)
+    before = set(os.listdir(directory))
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error being raised is the one to report
+            for name in set(os.listdir(directory)) - before:
+                if token in name:
+                    (directory / name).unlink(missing_ok=True)
+        raise
+
+
+def _hold_stop_signals() -> set[int | signal.Signals] | None:
+    """Block the stop signals in this thread (they stay pending); None where not possible."""
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _release_stop_signals(held: set[int | signal.Signals] | None) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)

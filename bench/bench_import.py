@@ -1,6 +1,7 @@
 """Import benchmark: ``dualscope import`` against HTA's ``TraceAnalysis`` on one trace set.
 
-    python bench/bench_import.py --traces bench/data/kineto-200mb --hta
+    python bench/bench_import.py --traces bench/data/kineto-200mb --hta --jobs 1,2 --repeat 3
+    python bench/bench_import.py --traces bench/data/kineto-2048 --scaling 256,512,1024,2048
 
 Each tool runs in its own child process (dualscope: ``python -m dualscope import DIR --out
 TMP``; HTA: ``TraceAnalysis(trace_dir=DIR)``, which parses every rank and aligns them), so its
@@ -21,6 +22,18 @@ time and memory are measured apart from this driver and from each other:
 The trace files are read once before the runs (to count events), so both tools start with
 the files in the page cache. A child whose tree passes ``--mem-limit-gb`` is killed and
 reported as such, with the size of the trace set it failed on.
+
+``--jobs 1,2`` runs ``dualscope import --jobs N`` for each N (alternating with HTA in every
+repeat). The JSON's ``summary`` holds, per N: ``speedup_wall`` and ``speedup_cpu`` (HTA's
+median wall / CPU seconds over dualscope's), ``mem_ratio`` (dualscope's peak memory over
+HTA's, both ``peak_mem_bytes``), ``mb_per_s_per_core`` (trace MB per CPU second of
+dualscope's process tree: the throughput of one core, whatever the load) and
+``mb_per_s_wall_per_job`` (MB per wall second per worker), each with its target and whether
+it is met.
+
+``--scaling 256,512,1024,2048`` imports the first N files of the set (symlinked into a
+temporary folder) for each N with ``--jobs``'s first value and reports wall and CPU time per
+file and per MB: flat when the cost per file does not grow with the number of files.
 
 Prints a table and writes the result as JSON (``--json-out``, default
 ``bench/results/import-<UTC time>.json``).
@@ -234,11 +247,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs per tool, alternating; median time, largest peak memory")
     ap.add_argument("--keep-run", type=Path, default=None,
                     help="keep the imported run at this path (default: deleted)")
+    ap.add_argument("--jobs", default="1",
+                    help="comma-separated values of 'dualscope import --jobs' to run, e.g. 1,2")
+    ap.add_argument("--scaling", default=None, metavar="N,N,...",
+                    help="import the first N files for each N (no HTA) and report the cost "
+                         "per file")
     args = ap.parse_args(argv)
+    try:
+        args.jobs = [int(j) for j in str(args.jobs).split(",") if j]
+    except ValueError:
+        ap.error(f"--jobs {args.jobs!r}: want comma-separated integers")
+    if not args.jobs or min(args.jobs) < 1:
+        ap.error("--jobs: at least one value, each >= 1")
 
     files = trace_files(args.traces)
     if not files:
         ap.error(f"--traces {args.traces}: no *.json or *.json.gz files")
+    if args.scaling:
+        return scaling(args, files)
     size = sum(p.stat().st_size for p in files)
     print(f"trace set: {len(files)} files, {size / 1e6:.1f} MB in {args.traces}", file=sys.stderr)
     counted = count_events(files)  # also warms the page cache for both tools
@@ -261,56 +287,143 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "import", "utc": stamp, "machine": machine(),
         "traces": {"dir": str(args.traces), "files": len(files), "bytes": size,
                    "events": events},
-        "targets": {"speedup_min": 5.0, "memory_ratio_max": 1 / 3},
-        "import_args": args.import_arg, "import_env": args.import_env,
+        "targets": TARGETS,
+        "import_args": args.import_arg, "import_env": args.import_env, "jobs": args.jobs,
     }
 
-    runs: dict[str, list[dict[str, Any]]] = {"dualscope": [], "hta": []}
+    runs: dict[str, list[dict[str, Any]]] = {tool(j): [] for j in args.jobs}
+    runs["hta"] = []
     for i in range(args.repeat):
         log = json_out.parent / f"{json_out.stem}.run{i + 1}"
-        print(f"run {i + 1}/{args.repeat}: dualscope import ...", file=sys.stderr)
-        runs["dualscope"].append(run_dualscope(args, ds_env, mem_limit, log))
+        for j in args.jobs:
+            print(f"run {i + 1}/{args.repeat}: dualscope import --jobs {j} ...", file=sys.stderr)
+            runs[tool(j)].append(run_dualscope(args, ds_env, mem_limit, Path(f"{log}.j{j}"),
+                                               j))
         if args.hta:
             print(f"run {i + 1}/{args.repeat}: HTA TraceAnalysis ...", file=sys.stderr)
             runs["hta"].append(measure(
                 [sys.executable, "-c", HTA_SNIPPET, str(args.traces)], env=env,
                 poll_s=args.poll_s, mem_limit=mem_limit, timeout_s=args.timeout_s,
                 log=Path(f"{log}.hta.log")))
-    for tool, tool_runs in runs.items():
+    for name, tool_runs in runs.items():
         if not tool_runs:
             continue
         for m in tool_runs:
-            if tool == "hta" and m["status"] == "ok":
+            if name == "hta" and m["status"] == "ok":
                 with contextlib.suppress(orjson.JSONDecodeError, IndexError):
                     m.update(orjson.loads(m["stdout"].strip().splitlines()[-1]))
             m["stdout_tail"] = m.pop("stdout")[-2000:]
             _add_rates(m, events, size)
-        result[tool] = summarize(tool_runs)
-        result[tool]["runs"] = tool_runs
-    ds, hta = result["dualscope"], result.get("hta")
-    if hta is not None and ds["status"] == "ok" and hta["status"] == "ok":
-        r = result["ratios"] = {
-            "speedup_wall": hta["wall_s"] / ds["wall_s"],
-            "speedup_cpu": (hta["cpu_s"] / ds["cpu_s"]) if ds["cpu_s"] else None,
-            "memory_ratio_peak": ds["peak_mem_bytes"] / hta["peak_mem_bytes"],
-            "memory_ratio_rss_tree": ds["peak_rss_tree_bytes"] / hta["peak_rss_tree_bytes"],
-        }
-        result["meets_targets"] = {"speed": r["speedup_wall"] >= 5.0,
-                                   "memory": r["memory_ratio_peak"] <= 1 / 3}
+        result[name] = summarize(tool_runs)
+        result[name]["runs"] = tool_runs
+    result["summary"] = {str(j): summary_of(result[tool(j)], result.get("hta"), size, j)
+                         for j in args.jobs}
     json_out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     _print_table(result)
     print(f"result: {json_out}", file=sys.stderr)
-    return 0 if ds["status"] == "ok" else 1
+    return 0 if all(result[tool(j)]["status"] == "ok" for j in args.jobs) else 1
+
+
+#: issue 14's targets on the 240 MB set
+TARGETS = {"speedup_wall": 10.0, "speedup_cpu": 8.0, "mem_ratio": 0.25,
+           "mb_per_s_per_core": 80.0}
+
+
+def tool(jobs: int) -> str:
+    return "dualscope" if jobs == 1 else f"dualscope_jobs{jobs}"
+
+
+def summary_of(ds: dict[str, Any], hta: dict[str, Any] | None, size: int,
+               jobs: int) -> dict[str, Any]:
+    """The headline figures of one ``--jobs`` value, with the targets and whether each is met
+    (None: not measured)."""
+    out: dict[str, Any] = {"jobs": jobs, "status": ds["status"]}
+    if ds["status"] != "ok":
+        return out
+    mb = size / 1e6
+    out["mb_per_s_per_core"] = mb / ds["cpu_s"] if ds["cpu_s"] else None
+    out["mb_per_s_wall_per_job"] = mb / ds["wall_s"] / jobs
+    if hta is not None and hta.get("status") == "ok":
+        out["speedup_wall"] = hta["wall_s"] / ds["wall_s"]
+        out["speedup_cpu"] = hta["cpu_s"] / ds["cpu_s"] if ds["cpu_s"] else None
+        out["mem_ratio"] = ds["peak_mem_bytes"] / hta["peak_mem_bytes"]
+        out["mem_ratio_rss_tree"] = ds["peak_rss_tree_bytes"] / hta["peak_rss_tree_bytes"]
+    met = {}
+    for key, target in TARGETS.items():
+        value = out.get(key)
+        met[key] = None if value is None else (value <= target if key == "mem_ratio"
+                                               else value >= target)
+    out["targets"] = TARGETS
+    out["met"] = met
+    return out
+
+
+def scaling(args: argparse.Namespace, files: list[Path]) -> int:
+    """Import the first N files for each N of ``--scaling``: cost per file as files grow."""
+    counts = sorted({int(n) for n in args.scaling.split(",") if n})
+    if not counts or counts[-1] > len(files) or counts[0] < 1:
+        print(f"--scaling {args.scaling}: each N in 1..{len(files)}", file=sys.stderr)
+        return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    json_out = args.json_out or ROOT / "bench" / "results" / f"import-scaling-{stamp}.json"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    jobs = args.jobs[0]
+    rows = []
+    for n in counts:
+        subset = files[:n]
+        size = sum(p.stat().st_size for p in subset)
+        best: dict[str, Any] | None = None
+        for i in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+                d = Path(tmp) / "traces"
+                d.mkdir()
+                for p in subset:
+                    (d / p.name).symlink_to(p.resolve())
+                run = Path(tmp) / "run"
+                cmd = [sys.executable, "-m", "dualscope", "import", str(d), "--out", str(run),
+                       "--jobs", str(jobs), "--json"]
+                print(f"scaling: {n} files, run {i + 1}/{args.repeat} ...", file=sys.stderr)
+                m = measure(cmd, env=env, poll_s=args.poll_s,
+                            mem_limit=int(args.mem_limit_gb * 1e9), timeout_s=args.timeout_s,
+                            log=json_out.with_suffix(f".n{n}.log"))
+            m.pop("stdout", None)
+            if m["status"] != "ok":
+                best = m
+                break
+            if best is None or m["cpu_s"] < best["cpu_s"]:
+                best = m
+        assert best is not None
+        rows.append({"files": n, "bytes": size, "jobs": jobs, "status": best["status"],
+                     "wall_s": best["wall_s"], "cpu_s": best["cpu_s"],
+                     "wall_ms_per_file": 1e3 * best["wall_s"] / n,
+                     "cpu_ms_per_file": 1e3 * (best["cpu_s"] or 0) / n,
+                     "cpu_s_per_mb": (best["cpu_s"] or 0) / (size / 1e6),
+                     "peak_mem_bytes": best["peak_mem_bytes"],
+                     "loadavg": [best["loadavg_before"], best["loadavg_after"]]})
+    result = {"benchmark": "import-scaling", "utc": stamp, "machine": machine(),
+              "traces": str(args.traces), "repeat": args.repeat, "rows": rows,
+              "note": "each row: the run with the least CPU time of --repeat runs"}
+    json_out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"{'files':>6} {'MB':>8} {'wall s':>8} {'CPU s':>8} {'ms/file':>8} "
+          f"{'CPU ms/file':>11} {'peak GB':>8}")
+    for r in rows:
+        print(f"{r['files']:>6} {r['bytes'] / 1e6:>8.1f} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
+              f"{r['wall_ms_per_file']:>8.2f} {r['cpu_ms_per_file']:>11.2f} "
+              f"{_gb(r['peak_mem_bytes']):>8}")
+    print(f"result: {json_out}", file=sys.stderr)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 def run_dualscope(args: argparse.Namespace, env: dict[str, str], mem_limit: int,
-                  log: Path) -> dict[str, Any]:
-    """One ``dualscope import`` into a temporary run, then count what it wrote."""
+                  log: Path, jobs: int = 1) -> dict[str, Any]:
+    """One ``dualscope import --jobs N`` into a temporary run, then count what it wrote."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-import-"))
     try:
         run_dir = tmp / "run"
         cmd = [sys.executable, "-m", "dualscope", "import", str(args.traces), "--out",
-               str(run_dir), "--json", *args.import_arg]
+               str(run_dir), "--json", "--jobs", str(jobs), *args.import_arg]
         m = measure(cmd, env=env, poll_s=args.poll_s, mem_limit=mem_limit,
                     timeout_s=args.timeout_s, log=Path(f"{log}.dualscope.log"))
         if m["status"] == "ok":
@@ -350,12 +463,13 @@ def _add_rates(m: dict[str, Any], events: int, size: int) -> None:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    tools = [t for t in ("dualscope", "hta") if t in result]
-    head = f"{'':28}" + "".join(f"{t:>16}" for t in tools)
+    tools = [t for t in result if t.startswith("dualscope") or t == "hta"]
+    tools = [t for t in tools if isinstance(result[t], dict) and "status" in result[t]]
+    head = f"{'':28}" + "".join(f"{t:>20}" for t in tools)
     lines = [head]
 
     def row(label: str, fmt: Any) -> None:
-        lines.append(f"{label:28}" + "".join(f"{fmt(result[t]):>16}" for t in tools))
+        lines.append(f"{label:28}" + "".join(f"{fmt(result[t]):>20}" for t in tools))
 
     row("status", lambda m: m["status"].split(":")[0])
     row("wall s (median)", lambda m: f"{m['wall_s']:.2f}")
@@ -371,12 +485,17 @@ def _print_table(result: dict[str, Any]) -> None:
     print(f"\nimport benchmark: {t['files']} files, {t['bytes'] / 1e6:.1f} MB, "
           f"{t['events']:,} events")
     print("\n".join(lines))
-    if "ratios" in result:
-        r = result["ratios"]
-        print(f"\nspeedup (HTA wall / dualscope wall): {r['speedup_wall']:.2f}x  (target >= 5x)"
-              f"{'  MET' if result['meets_targets']['speed'] else '  NOT MET'}")
-        print(f"memory (dualscope peak / HTA peak):  {r['memory_ratio_peak']:.3f}   "
-              f"(target <= 0.333){'  MET' if result['meets_targets']['memory'] else '  NOT MET'}")
+    for jobs, s in result.get("summary", {}).items():
+        if s.get("status") != "ok":
+            continue
+        parts = []
+        for key, target in TARGETS.items():
+            v = s.get(key)
+            if v is None:
+                continue
+            op = "<=" if key == "mem_ratio" else ">="
+            parts.append(f"{key} {v:.2f} ({op} {target:g}: {'MET' if s['met'][key] else 'NOT MET'})")
+        print(f"--jobs {jobs}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

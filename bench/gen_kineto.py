@@ -33,6 +33,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +287,10 @@ def _weight_parts(layers: int) -> list[tuple[str, list[str]]]:
     return [p for _ in range(layers) for p in (("mlp(W)", _W_MLP), ("attn(W)", _W_ATTN))]
 
 
-def gen_step(rt: RankTrace, step: int, pp: int, microbatches: int) -> None:
+def gen_step(rt: RankTrace, step: int, pp: int, microbatches: int,
+             full: Callable[[], bool] | None = None) -> None:
+    """One training step of the rank; ``full()`` is asked after each op and ends the step
+    early (the ProfilerStep still closes) when it says the file is big enough."""
     r, p = rt.rank, pp
     stages = (r, 2 * p - 1 - r)
     mb = {(k, ph): 0 for k in "FBI" for ph in (0, 1)}
@@ -339,6 +343,8 @@ def gen_step(rt: RankTrace, step: int, pp: int, microbatches: int) -> None:
             rt.launch("sendrecv", rt.tid_main, max(fwd.ready, bwd.ready), False)
         rt.sync(rt.tid_main)
         rt.annotation(label, rt.tid_main, t0, rt.cpu - t0)
+        if full is not None and full():
+            break
     rt.annotation(f"ProfilerStep#{step}", rt.tid_main, step_start, rt.cpu - step_start)
     rt.cpu += rt.rng.uniform(50_000, 150_000)
 
@@ -400,10 +406,22 @@ def generate_rank(out_dir: str, rank: int, world: int, target_bytes: int, seed: 
         written = f.tell()
         step = 0
         sep = b"    "
+        sized = [written, 0]  # bytes written + bytes of the step so far, events counted
+
+        def full() -> bool:
+            """Small files (a 2,048-rank set): the first step stops at an op boundary once
+            the file has reached its target; bigger files hold whole steps only (unchanged
+            output for them)."""
+            new = rt.events[sized[1]:]
+            sized[0] += len(orjson.dumps(new)) + 6 * len(new)
+            sized[1] = len(rt.events)
+            return sized[0] >= target_bytes
+
         while written < target_bytes or step == 0:
             step += 1
             rt.events = first if step == 1 else []
-            gen_step(rt, step, pp=world, microbatches=microbatches)
+            gen_step(rt, step, pp=world, microbatches=microbatches,
+                     full=full if step == 1 else None)
             body = orjson.dumps(rt.events)[1:-1].replace(b'},{"', b'},\n    {"')
             f.write(sep + body)
             sep = b",\n    "

@@ -13,7 +13,9 @@ rank's columns, whatever the number of ranks.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -26,7 +28,7 @@ from typing import Any
 
 from ..classify import compile_patterns
 from ..errors import InputError, io_error
-from ..manifest import Manifest, Parallel, Topology
+from ..manifest import Manifest, Parallel, Topology, fsync_dir
 from ..store import atomic_run_dir, rank_dir_name
 from .discover import find_trace_files
 from .parallel import ENGINES, Progress, default_jobs, run_tasks
@@ -174,9 +176,42 @@ def import_kineto(
                              f"world_size {world_size}; check the file's rank")
         manifest = _manifest(len(files), summaries, world_size, patterns, keep_cpu_ops)
         manifest.status = "finished"
+        sync_tree(tmp)  # the segments the tasks wrote, durable before the run appears
         manifest.write(tmp)
     return ImportSummary(out=str(out), run_id=manifest.run_id, world_size=world_size,
                          ranks=[_summary(r) for r in sorted(summaries, key=lambda r: r.rank)])
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux / glibc
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn  # type: ignore[no-any-return]
+
+
+def sync_tree(root: Path) -> None:
+    """Make every file under ``root`` durable: one ``syncfs`` of its file system (Linux), else
+    an fsync per file and directory. The tasks write without syncing (one sync per segment
+    costs more than the parse of a small file)."""
+    fn = _syncfs()
+    if fn is not None:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if fn(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for base, _dirs, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(base, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(base)
 
 
 def _check_out(out: Path) -> None:

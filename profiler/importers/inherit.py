@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .arrowcols import nullable, strings
 from .kernels import stream_keys
 from .kineto import RawTrace, to_ns
 from .labels import IntervalIndex, parse_label, parse_step
 
-__all__ = ["LabelColumns", "AnnotationIndex", "gpu_annotation_fallback", "nullable", "strings"]
+__all__ = ["LabelColumns", "AnnotationIndex", "gpu_annotation_fallback"]
 
 
 class LabelColumns:
@@ -41,28 +42,21 @@ class LabelColumns:
         self.labelled = self.role != None  # noqa: E711 (elementwise on an object array)
 
 
+def _number(n: int | None) -> int:
+    """-1 for none, and for a number too large for the int32 columns (a garbage label)."""
+    return -1 if n is None or n > _INT32_MAX else n
+
+
+_INT32_MAX = (1 << 31) - 1
+
+
 def _parsed(name: str) -> tuple[str | None, int, int, str | None, int]:
     """op, stage, micro-batch, role, step of one annotation name (-1 / None: none)."""
     lab = parse_label(name)
-    step = parse_step(name)
+    step = _number(parse_step(name))
     if lab is None:
-        return None, -1, -1, None, -1 if step is None else step
-    return (lab.op, -1 if lab.stage is None else lab.stage,
-            -1 if lab.microbatch is None else lab.microbatch, lab.role,
-            -1 if step is None else step)
-
-
-def nullable(values: np.ndarray, typ: pa.DataType, missing: np.ndarray | None = None) -> pa.Array:
-    """Integer Arrow array; negative values (the "none" sentinel) or ``missing`` become null."""
-    mask = values < 0 if missing is None else missing
-    return pa.array(values, type=typ, mask=np.asarray(mask, dtype=bool))
-
-
-def strings(values: Any) -> pa.Array:
-    """Arrow string array from a list / object array (None -> null)."""
-    if isinstance(values, np.ndarray):
-        values = values.tolist()
-    return pa.array(values, type=pa.string())
+        return None, -1, -1, None, step
+    return lab.op, _number(lab.stage), _number(lab.microbatch), lab.role, step
 
 
 class AnnotationIndex:

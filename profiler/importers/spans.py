@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 
 from ..classify import host_comm_lane
 from ..schema import SPAN_SCHEMA
-from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback, nullable, strings
+from .arrowcols import ints, nullable, strings
+from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback
 from .kernels import DEFAULT_SMS, device_sms, kernel_lanes, split_stream_key, stream_keys
 from .kineto import RawTrace, clock_base, to_ns
 from .labels import ROLE_COMM, ROLE_COMPUTE, ROLE_PP_COMM
@@ -70,7 +71,7 @@ class _Parts:
         arrays = []
         for f in SPAN_SCHEMA:
             if f.name == "rank":
-                arrays.append(pa.array(np.full(n, self.rank, np.int32)))
+                arrays.append(ints(np.full(n, self.rank, np.int32), pa.int32()))
             elif f.name in cols:
                 arrays.append(cols[f.name])
             else:
@@ -203,10 +204,10 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
     sms_col = np.where(np.isnan(sms), -1, np.nan_to_num(sms, nan=-1))
     parts.add(
         n, lane=strings(lane), kind=strings(kind), name=strings(raw.g_name),
-        start_ns=pa.array(g_start), end_ns=pa.array(g_end),
+        start_ns=ints(g_start), end_ns=ints(g_end),
         sms=nullable(sms_col.astype(np.int64), pa.int32()),
         bytes=nullable(raw.g_bytes, pa.int64()),
-        stream=pa.array(stream), device=pa.array(device.astype(np.int32)),
+        stream=ints(stream), device=ints(device, pa.int32()),
         pg=strings(raw.g_pg), **fields,
     )
     return facts
@@ -232,7 +233,7 @@ def _annotation_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, cpu_on
             lane[sel] = ln
     parts.add(
         n, lane=strings(lane), kind=strings(kind), name=strings(raw.a_name),
-        start_ns=pa.array(ann.start), end_ns=pa.array(ann.end),
+        start_ns=ints(ann.start), end_ns=ints(ann.end),
         tid=_host_tid(raw, ann.thread), **ann.fields(parent, pp_hit, step_hit),
     )
 
@@ -251,17 +252,18 @@ def _gpu_annotation_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns
     parts.add(
         n, lane=strings(np.full(n, "host", dtype=object)),
         kind=strings(np.full(n, "annotation", dtype=object)),
-        name=strings(raw.ga_name), start_ns=pa.array(start),
-        end_ns=pa.array(start + dur(raw.ga_dur)),
+        name=strings(raw.ga_name), start_ns=ints(start),
+        end_ns=ints(start + dur(raw.ga_dur)),
         op=strings(lab.op), stage=nullable(lab.stage, pa.int32()),
         microbatch=nullable(lab.mb, pa.int32()), step=nullable(step, pa.int32()),
-        stream=pa.array(raw.ga_stream, pa.int64()), device=pa.array(raw.ga_device, pa.int32()),
+        stream=ints(raw.ga_stream), device=ints(raw.ga_device, pa.int32()),
     )
 
 
 def _host_tid(raw: RawTrace, thread: np.ndarray) -> pa.Array:
     tids = [raw.thread_keys[t][1] for t in thread.tolist()]
-    return pa.array([t if type(t) is int else None for t in tids], type=pa.int64())
+    valid = np.array([type(t) is int for t in tids], dtype=bool)
+    return ints(np.array([t if type(t) is int else 0 for t in tids], dtype=np.int64), valid=valid)
 
 
 #: specificity of host comm ops: the backend's own op beats its wrappers
@@ -313,7 +315,7 @@ def _host_ops(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur: 
         parts.add(
             len(idx), lane=strings(lane), kind=strings(np.full(len(idx), kind, dtype=object)),
             name=strings([names[i] for i in idx.tolist()]),
-            start_ns=pa.array(t0), end_ns=pa.array(end[idx]),
+            start_ns=ints(t0), end_ns=ints(end[idx]),
             bytes=nullable(h_bytes[idx], pa.int64()),
             pg=strings([raw.h_pg[i] for i in idx.tolist()]),
             tid=_host_tid(raw, thr), **ann.host_fields(thr, t0),

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from ..errors import RunFormatError, io_error
 from ..manifest import Manifest, fsync_dir
+from .cursor import SEGMENT_ROWS_KEY, part_blocks, segment_rows_meta
 from .integrity import crc_path, read_segment, verify_file_checksum, write_file_checksum
 from .segments import PART_RE, SEG_RE, part_first
 from .writer import removed_on_error
@@ -22,7 +23,9 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Merge each stream's sealed segments into one Parquet file ``part-FIRST-LAST.parquet``
     (written atomically), then delete the merged segments. Open segments are left alone, so
     this is safe on a live run. A crash between the two steps leaves duplicates that the
-    reader ignores (segments inside a part's range are skipped). Returns the new parts."""
+    reader ignores (segments inside a part's range are skipped). The part records how many
+    rows each merged segment held (:data:`~.cursor.SEGMENT_ROWS_KEY`), so a reader's cursor
+    inside those segments still finds its place. Returns the new parts."""
     run = Path(run_dir)
     Manifest.read(run)  # refuse a non-run
     written = []
@@ -36,23 +39,32 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
                 for e in os.listdir(stream)
                 if (m := SEG_RE.match(e)) and not m.group(2)
             )
-            old_parts = [stream / e for e in os.listdir(stream) if PART_RE.match(e)]
+            old_parts = sorted((stream / e for e in os.listdir(stream) if PART_RE.match(e)),
+                               key=part_first)
             if not sealed:
                 continue
             tables = []
+            blocks: list[tuple[int, int, int]] = []  # rows of each merged segment, in order
             for p in old_parts:  # checked before parsing; damage refuses the compaction
                 verify_file_checksum(p, "error")
-                tables.append(pq.read_table(p))
-            for _, p in sealed:
+                table = pq.read_table(p)
+                m = PART_RE.match(p.name)
+                assert m is not None
+                blocks += part_blocks(p) or [(int(m.group(1)), int(m.group(2)), table.num_rows)]
+                tables.append(table.replace_schema_metadata(_without_rows(table.schema)))
+            for seq, p in sealed:
                 got = read_segment(p, sealed=True, policy="error")
                 if not got.complete:
                     raise RunFormatError(f"{p}: sealed segment is truncated; not compacting")
+                blocks.append((seq, seq, 0 if got.table is None else got.table.num_rows))
                 if got.table is not None:
                     tables.append(got.table)
             first = min([s for s, _ in sealed] + [part_first(p) for p in old_parts])
             last = sealed[-1][0]
             target = stream / f"part-{first:06d}-{last:06d}.parquet"
-            _write_part(pa.concat_tables(tables, promote_options="default"), target)
+            merged = pa.concat_tables(tables, promote_options="default")
+            meta = {**_without_rows(merged.schema), **segment_rows_meta(blocks)}
+            _write_part(merged.replace_schema_metadata(meta), target)
             for p in old_parts:
                 if p != target:
                     p.unlink()
@@ -80,3 +92,8 @@ def _write_part(table: pa.Table, target: Path) -> None:
     except OSError as e:
         raise io_error(target, e, "compact into", flag=None) from None
     fsync_dir(target.parent)
+
+
+def _without_rows(schema: pa.Schema) -> dict[bytes, bytes]:
+    """A schema's metadata less the segment-row record (a merged part writes its own)."""
+    return {k: v for k, v in (schema.metadata or {}).items() if k != SEGMENT_ROWS_KEY}

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError, RunFormatError
 from ..manifest import Manifest
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
+from .cursor import Cursor, ReadContext, StreamPos, StreamRead, read_stream_since
 from .integrity import POLICIES, read_segment, verify_file_checksum
 from .segments import (
     OPEN,
@@ -56,6 +57,7 @@ class RunReader:
         self.notes: list[str] = []
         self.manifest = Manifest.read(self.path)
         self._cache: dict[Path, pa.Table] = {}
+        self._ctx = ReadContext(policy=on_damage, notes=self.notes)
 
     def refresh_manifest(self) -> Manifest:
         self.manifest = Manifest.read(self.path)
@@ -123,6 +125,57 @@ class RunReader:
     def counters(self, nodes: Sequence[str] | None = None, start_ns: int | None = None,
                  end_ns: int | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
         return to_pandas(self.counter_table(nodes, start_ns, end_ns, columns))
+
+    # -- incremental reading (a live tick costs what is new) ----------------------------
+    def streams(self, kind: str) -> list[str]:
+        """The streams of ``kind``, as paths relative to the run: ``"spans"`` ->
+        ``["spans/rank-00000", ...]``, ``"counters"`` -> ``["counters/node0", ...]``; a path
+        that is itself a stream (``"derived/steps/bubbles"``) -> ``[kind]``."""
+        root = self.path / kind
+        if not root.is_dir():
+            return []
+        if kind not in ("spans", "counters"):
+            return [kind]
+        with os.scandir(root) as it:  # d_type: no stat per entry
+            return sorted(f"{kind}/{e.name}" for e in it if e.is_dir())
+
+    def read_since(self, cursor: Cursor | None = None, *, kind: str = "spans",
+                   streams: Sequence[str] | None = None) -> tuple[list[StreamRead], Cursor]:
+        """The rows of each stream of ``kind`` (or of ``streams``) written after ``cursor``
+        (None: from the start), and the cursor after them. Reads only bytes not read before:
+        the rest of the segment the cursor is in (sealed, or the checksum-covered part of the
+        open one), then newer segments and parts (docs/trace-format.md, "Cursors"). Span
+        rows come back conformed and on the run clock, as :meth:`span_table` gives them;
+        a stream with nothing new is left out."""
+        cursor = cursor or Cursor()
+        names = self.streams(kind) if streams is None else list(streams)
+        out: list[StreamRead] = []
+        moved: dict[str, StreamPos] = {}
+        for name in names:
+            got = read_stream_since(self.path, name, cursor.pos(name), self._ctx)
+            if got.end != got.start:
+                moved[name] = got.end
+            if got.table is None:
+                continue
+            if name.startswith("spans/"):
+                if not self._conforms(self.path / name, got.table, SPAN_SCHEMA):
+                    continue
+                got.table = self._apply_offsets(spans_table(got.table))
+            elif name.startswith("counters/"):
+                if not self._conforms(self.path / name, got.table, COUNTER_SCHEMA):
+                    continue
+                got.table = counters_table(got.table)
+            out.append(got)
+        return out, cursor.advanced(moved)
+
+    def table_since(self, cursor: Cursor | None = None, *,
+                    kind: str = "spans") -> tuple[pa.Table, Cursor]:
+        """:meth:`read_since` as one table (all streams of ``kind`` concatenated)."""
+        reads, cursor = self.read_since(cursor, kind=kind)
+        schema = {"spans": SPAN_SCHEMA, "counters": COUNTER_SCHEMA}.get(kind)
+        if schema is None and not reads:
+            return pa.table({}), cursor
+        return concat([r.table for r in reads], schema), cursor
 
     # -- internals -----------------------------------------------------------------------
     def _apply_offsets(self, table: pa.Table) -> pa.Table:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pyarrow.ipc as ipc
 from ..errors import InputError, RunFormatError, io_error, is_output_error
 from ..manifest import Manifest, fsync_dir
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
+from .heartbeat import Heartbeat
 from .integrity import ChecksumSink, crc_path
 from .segments import IPC_OPTIONS, OPEN, SEALED, next_seq, rank_dir_name, safe_name
 
@@ -35,6 +37,11 @@ class StreamWriter:
     Rows are flushed as one record batch when ``batch_rows`` are buffered or ``flush_s``
     seconds passed since the last flush; the open segment is sealed every ``rotate_s``.
     Not thread-safe: one writer per stream, used from one thread.
+
+    ``heartbeat``: the writer's :class:`~.heartbeat.Heartbeat`, told after every flush how
+    many rows of this stream (named ``name``, default ``<parent>/<dir>``, e.g.
+    ``spans/rank-00003``) reached the store and how new the newest is. A schema other than
+    spans or counters (a derived stream) takes Arrow tables or DataFrames cast to it.
     """
 
     def __init__(
@@ -46,6 +53,8 @@ class StreamWriter:
         flush_s: float = 1.0,
         batch_rows: int = 65_536,
         fsync: bool = True,
+        heartbeat: Heartbeat | None = None,
+        name: str | None = None,
     ) -> None:
         if rotate_s <= 0 or flush_s < 0 or batch_rows <= 0:
             raise ValueError("rotate_s and batch_rows must be positive, flush_s non-negative")
@@ -56,7 +65,12 @@ class StreamWriter:
         self.flush_s = flush_s
         self.batch_rows = batch_rows
         self.fsync = fsync
-        self._conform = spans_table if schema.equals(SPAN_SCHEMA) else counters_table
+        self.heartbeat = heartbeat
+        self.name = name or f"{self.directory.parent.name}/{self.directory.name}"
+        self._conform = (spans_table if schema.equals(SPAN_SCHEMA) else counters_table
+                         if schema.equals(COUNTER_SCHEMA) else self._cast)
+        self._time_col = ("end_ns" if schema.equals(SPAN_SCHEMA) else "ts_ns"
+                          if schema.equals(COUNTER_SCHEMA) else None)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._seq = next_seq(self.directory)
@@ -93,6 +107,8 @@ class StreamWriter:
             assert self._sink is not None
             self._sink.record(self.fsync)  # data to the OS (and disk), then its checksum
             self.rows_written += table.num_rows
+            if self.heartbeat is not None:
+                self._beat(table)
         if self._writer is not None and time.monotonic() - self._opened_at >= self.rotate_s:
             self.rotate()
 
@@ -118,6 +134,8 @@ class StreamWriter:
         self.flush()
         self.rotate()
         self._closed = True
+        if self.heartbeat is not None:
+            self.heartbeat.closed(self.name)
 
     def __enter__(self) -> StreamWriter:
         return self
@@ -126,6 +144,20 @@ class StreamWriter:
         self.close()
 
     # -- internals ----------------------------------------------------------------------
+    def _cast(self, data: object) -> pa.Table:
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(
+            data, schema=self.schema, preserve_index=False)
+        return table.select(self.schema.names).cast(self.schema)
+
+    def _beat(self, table: pa.Table) -> None:
+        assert self.heartbeat is not None
+        last = step = None
+        if self._time_col is not None:
+            last = pc.max(table.column(self._time_col)).as_py()
+        if "step" in table.column_names:
+            step = pc.max(table.column("step")).as_py()
+        self.heartbeat.wrote(self.name, table.num_rows, last_data_ns=last, step=step)
+
     def _seg_path(self, seq: int, *, open_: bool) -> Path:
         return self.directory / f"seg-{seq:06d}{OPEN if open_ else SEALED}"
 
@@ -146,14 +178,23 @@ class RunWriter:
     """Writes one run directory: the manifest plus span and counter streams.
 
     The manifest's ``status`` is ``live`` until :meth:`close`, which flushes and seals every
-    stream and marks it ``finished``.
+    stream and marks it ``finished``. ``heartbeat``: leave ``RUN/heartbeat/<name>.json``
+    (:class:`~.heartbeat.Heartbeat`, every second) under this name, or under
+    ``writer-<host>-<pid>`` when True; what live writers do (the probe agent). Off by
+    default: a run written at once (an import) has nobody to tell that it is alive.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], manifest: Manifest, **stream_kw: Any):
+    def __init__(self, run_dir: str | os.PathLike[str], manifest: Manifest, *,
+                 heartbeat: bool | str = False, **stream_kw: Any):
         self.path = Path(run_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest = manifest
         self._stream_kw = stream_kw
+        self.heartbeat: Heartbeat | None = None
+        if heartbeat:
+            name = heartbeat if isinstance(heartbeat, str) else (
+                f"writer-{safe_name(socket.gethostname())}-{os.getpid()}")
+            self.heartbeat = Heartbeat(self.path, name)
         self._spans: dict[int, StreamWriter] = {}
         self._counters: dict[str, StreamWriter] = {}
         self.update_manifest()
@@ -161,14 +202,16 @@ class RunWriter:
     def spans(self, rank: int) -> StreamWriter:
         if rank not in self._spans:
             self._spans[rank] = StreamWriter(
-                self.path / "spans" / rank_dir_name(rank), SPAN_SCHEMA, **self._stream_kw
+                self.path / "spans" / rank_dir_name(rank), SPAN_SCHEMA,
+                heartbeat=self.heartbeat, **self._stream_kw
             )
         return self._spans[rank]
 
     def counters(self, node: str) -> StreamWriter:
         if node not in self._counters:
             self._counters[node] = StreamWriter(
-                self.path / "counters" / safe_name(node), COUNTER_SCHEMA, **self._stream_kw
+                self.path / "counters" / safe_name(node), COUNTER_SCHEMA,
+                heartbeat=self.heartbeat, **self._stream_kw
             )
         return self._counters[node]
 
@@ -213,6 +256,8 @@ class RunWriter:
             w.close()
         self.manifest.status = status
         self.update_manifest()
+        if self.heartbeat is not None:
+            self.heartbeat.close("finished" if status == "finished" else "failed")
 
     def __enter__(self) -> RunWriter:
         return self

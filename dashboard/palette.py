@@ -4,7 +4,8 @@ Rules (docs/dashboard.md, "Colours"):
 
 - a data colour means one thing everywhere: F is the same blue on the Timeline, the Model page
   and the ideal rows; PP send/recv is the same yellow on the Timeline and in the bubble
-  attribution ("waiting on P2P");
+  attribution ("waiting on P2P"); the colours of ops and communication kinds are used for
+  nothing else (only where the meaning is the same: :data:`SM`, :data:`ATTRIBUTION` ``p2p``);
 - status colours (:data:`OK`, :data:`WARN`, :data:`CRIT`) mark states only (KPI borders,
   alerts, badges, better / worse deltas) and are never used for a data series;
 - the series of any one figure differ by at least CIEDE2000 10 for normal vision and under
@@ -62,9 +63,10 @@ ATTRIBUTION = {"ideal": "#a99bd8", "slow_stage": "#e39a7a", "p2p": COMM["pp"],
                "host_gap": "#6b7684", "measured": TEXT}
 #: communication hidden behind compute vs exposed on the critical path
 OVERLAP = {"hidden": "#2f6f86", "exposed": "#c4e9f7"}
-#: SMs held by communication vs compute kernels, and idle
+#: SMs held by communication vs compute kernels, and idle (communication and compute take
+#: the colours of dispatch and F: the same meaning, never a different one)
 SM = {"comm": COMM["dispatch"], "compute": OPS["F"], "idle": "#273445"}
-LINKS = {"nvlink": "#60a0f8", "ib": "#d08000"}
+LINKS = {"nvlink": "#4a78f0", "ib": "#f4a6c6"}
 #: the open run and the run it is compared with
 RUNS = ("#8ec5ff", "#f4a6c6")
 #: generic series (layers, experts): at most this many lines share one figure

@@ -60,6 +60,19 @@ def test_data_colours_have_contrast_on_the_dark_theme() -> None:
             assert contrast(fg, bg) >= 4.5, (fg, bg)
 
 
+def test_op_and_comm_colours_mean_nothing_else() -> None:
+    """A colour of the Timeline (ops, communication kinds, bubble) appears in another family
+    only where it means the same (SM: communication / compute; attribution: P2P)."""
+    same_meaning = {("sm", "comm"), ("sm", "compute"), ("attribution", "p2p")}
+    timeline = {c.lower() for c in palette.TIMELINE.values()}
+    for fam, colors in palette.FAMILIES.items():
+        if fam == "timeline":
+            continue
+        for key, c in colors.items():
+            if (fam, key) not in same_meaning:
+                assert c.lower() not in timeline, (fam, key, c)
+
+
 def test_status_colours_are_never_data_colours() -> None:
     data = {c.lower() for fam in palette.FAMILIES.values() for c in fam.values()}
     for name, s in palette.STATUS.items():

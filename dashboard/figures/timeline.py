@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..aggregate import CATEGORIES, ROW_KINDS, Window
-from ..palette import ACCENT, DIM, PANEL, PHASE_MARK, TIMELINE, rgba
+from ..palette import ACCENT, DIM, PANEL, PHASE_MARK, TEXT, TIMELINE, rgba
 from .base import DURATION, SECONDS, fig, time_axis
 
 __all__ = ["OP_LABELS", "HOVER_SPANS_MAX", "timeline_figure"]
@@ -41,26 +41,31 @@ def _interleave(a: np.ndarray, b: np.ndarray, dtype: type = np.float64) -> np.nd
     return out
 
 
-def _hover(cat: str, ideal: bool, staged: bool) -> str:
-    """Span hover: op, rank, step, stage, micro-batch, start and duration."""
+def _hover(cat: str, ideal: bool, staged: bool, bars: bool) -> str:
+    """Span hover: op, rank, step, stage, micro-batch, start and duration. Bars read their
+    start from ``base`` (customdata: rank, step, stage, micro-batch, duration), WebGL
+    markers from customdata (rank, step, stage, micro-batch, start, duration)."""
     name = OP_LABELS[cat] if cat != "bubble" else "bubble"
     head = f"<b>{name}</b>{' · ideal schedule' if ideal else ''}"
     who = "<br>rank %{customdata[0]} · step %{customdata[1]}"
     stage = "<br>stage %{customdata[2]} · micro-batch %{customdata[3]}" if staged else ""
     what = "idle" if cat == "bubble" else "duration"
-    when = (f"<br>start %{{customdata[4]:{SECONDS}}} s · {what} "
-            f"%{{customdata[5]:{DURATION}}}s<extra></extra>")
-    return head + who + stage + when
+    start, dur = ("%{base:" + SECONDS + "}", 4) if bars else ("%{customdata[4]:" + SECONDS + "}", 5)
+    return (f"{head}{who}{stage}<br>start {start} s · {what} "
+            f"%{{customdata[{dur}]:{DURATION}}}s<extra></extra>")
 
 
-def _custom(d: dict[str, np.ndarray], s: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """rank, step, stage, micro-batch (NaN unknown), start (s), duration (s) per span."""
+def _custom(d: dict[str, np.ndarray], s: np.ndarray, e: np.ndarray, bars: bool) -> np.ndarray:
+    """rank, step, stage, micro-batch (NaN unknown), [start (s),] duration (s) per span."""
     def known(v: np.ndarray) -> np.ndarray:
         return np.where(v >= 0, v, np.nan).astype(np.float32)
 
-    return np.column_stack([d["rank"].astype(np.float32), d["step"].astype(np.float32),
-                            known(d["stage"]), known(d["microbatch"]), s.astype(np.float32),
-                            (e - s).astype(np.float32)])
+    cols = [d["rank"].astype(np.float32), d["step"].astype(np.float32), known(d["stage"]),
+            known(d["microbatch"])]
+    if not bars:
+        cols.append(s.astype(np.float32))
+    cols.append((e - s).astype(np.float32))
+    return np.column_stack(cols)
 
 
 def timeline_figure(w: Window, *, now_s: float | None = None, uirevision: str = "timeline",
@@ -74,7 +79,7 @@ def timeline_figure(w: Window, *, now_s: float | None = None, uirevision: str = 
     f.update_layout(margin=dict(l=86, r=18, t=40, b=44))
     kinds = w.rows["kind"].to_numpy()
     heat = w.mode == "heatmap" and w.heat is not None
-    labels = [f"rank {r}" + ("" if k == "measured" else f" · {k}")
+    labels = [f"rank {r}" + ("" if k == "measured" else f" {k}")
               for r, k in zip(w.rows["rank"], kinds, strict=True)]
     if heat:
         _heatmap_traces(f, w, kinds, labels)
@@ -89,13 +94,13 @@ def timeline_figure(w: Window, *, now_s: float | None = None, uirevision: str = 
         shapes.append(dict(type="line", xref="x", yref="paper", x0=now_s, x1=now_s, y0=0, y1=1,
                            line=dict(color=ACCENT, width=2, dash="dot")))
     f.update_layout(shapes=shapes)
-    ticktext = [f"<b>{lab}</b>" if k == "measured" else f"<span style='color:{DIM}'>{lab}</span>"
+    # the rank rows bold in the text colour, their comm and ideal rows dim (the axis colour)
+    ticktext = [f"<span style='color:{TEXT}'><b>{lab}</b></span>" if k == "measured" else lab
                 for lab, k in zip(w.rows["label"], kinds, strict=True)]
     yaxis = dict(tickmode="array", ticktext=ticktext, range=[n_rows - 0.5, -0.5], showgrid=False,
-                 zeroline=False, tickfont=dict(size=10), fixedrange=True)
-    if heat:  # the heatmap's rows are named (its hover shows the row), the axis keeps order
-        yaxis.update(type="category", tickvals=labels, categoryorder="array",
-                     categoryarray=labels)
+                 zeroline=False, tickfont=dict(size=10, color=DIM), fixedrange=True)
+    if heat:  # the heatmap's rows are named (its hover shows the row), in the trace's order
+        yaxis.update(type="category", tickvals=labels)
     else:
         yaxis.update(tickvals=w.rows["y"].to_numpy())
     f.update_yaxes(**yaxis)
@@ -130,19 +135,22 @@ def _span_traces(f: go.Figure, w: Window, row_px: float) -> None:
             opacity = 0.55 if cat == "bubble" else (0.8 if ideal else 1.0)
             width = _THICK[rk] + 0.12 if cat == "bubble" else _THICK[rk]
             staged = cat != "bubble" and bool((d["stage"] >= 0).any())
-            tmpl = _hover(cat, ideal, staged)
-            custom = _custom(d, s, e) if hover else None
-            if w.mode == "bars":
+            bars = w.mode == "bars"
+            tmpl = _hover(cat, ideal, staged, bars)
+            custom = _custom(d, s, e, bars) if hover else None
+            if bars:  # (plotly sends a bar's base as a JSON list: rounded to 0.1 µs it is short)
                 f.add_trace(go.Bar(
-                    orientation="h", base=s.astype(xdt), x=(e - s).astype(np.float32),
+                    orientation="h", base=np.round(s, 7), x=(e - s).astype(xdt),
                     y=d["y"].astype(ydt), width=width,
                     marker=dict(color=color, line=dict(width=0)), opacity=opacity,
                     name=name, legendgroup=cat, showlegend=legend,
                     customdata=custom, hovertemplate=tmpl))
                 continue
-            y = d["y"].astype(np.float32)
+            # the gap after each segment is made by its NaN x; y stays a small integer array
+            yy = np.zeros(3 * len(s), dtype=ydt)
+            yy[0::3] = yy[1::3] = d["y"]
             f.add_trace(go.Scattergl(
-                x=_interleave(s, e, xdt), y=_interleave(y, y, np.float32), mode="lines",
+                x=_interleave(s, e, xdt), y=yy, mode="lines",
                 line=dict(color=rgba(color, opacity) if opacity < 1 else color,
                           width=max(1.0, width * row_px)),
                 name=name, legendgroup=cat, showlegend=legend, connectgaps=False,

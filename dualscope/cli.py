@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "run-reference": "dualscope.commands.reference_cmd:command",
     "model": "profiler.commands.model_cmd:command",
     "analyze": "profiler.commands.analyze_cmd:command",
+    "steps": "profiler.commands.steps_cmd:command",
     "probe": "probes.commands:command",
     "dashboard": "dashboard.commands.serve_cmd:command",
     "demo": "dualscope.commands.demo_cmd:command",

@@ -144,7 +144,9 @@ class Agent:
                                      description=f"dualscope probe on {self.host}"), True
         created = not out.exists()
         try:
-            writer = RunWriter(out, manifest, rotate_s=self.config.rotate_s, flush_s=0.0)
+            # heartbeat: RUN/heartbeat/writer-<host>-<pid>.json every second (freshness)
+            writer = RunWriter(out, manifest, rotate_s=self.config.rotate_s, flush_s=0.0,
+                               heartbeat=True)
             return writer, writer.counters(self.host), own
         except OSError as e:  # read-only file system, full disk ...: nothing left behind
             if created:

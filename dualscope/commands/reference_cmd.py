@@ -45,6 +45,13 @@ _M = ModelConfig()
 @click.option("--timeout-s", default=120.0, show_default=True, help="Collective timeout.")
 @click.option("--fsync/--no-fsync", default=False, show_default=True,
               help="fsync every flushed batch (survives power loss, not only a killed process).")
+@click.option("--trace-every", type=int, default=0, show_default=True,
+              help="Capture schedule: keep full spans for --trace-steps of every N steps "
+              "(0: every step); step results are kept for every step.")
+@click.option("--trace-steps", type=int, default=1, show_default=True,
+              help="Steps per capture window (with --trace-every).")
+@click.option("--step-results/--no-step-results", default=True, show_default=True,
+              help="Compute per-step results into RUN/derived/steps while the run trains.")
 @click.option("--hidden", default=_M.hidden, show_default=True)
 @click.option("--layers-per-stage", default=_M.layers_per_stage, show_default=True)
 @click.option("--experts", default=_M.experts, show_default=True, help="Routed experts.")
@@ -62,7 +69,7 @@ _M = ModelConfig()
 def command(out: str, nproc: int, pp: int, ep: int, dp: int, schedule: str, steps: int,
             microbatches: int | None, microbatch_size: int, lr: float, seed: int,
             instrument: bool, instrument_ab: bool, profile_every: int, overlap: str, device: str, timeout_s: float,
-            fsync: bool, hidden: int, layers_per_stage: int, experts: int, top_k: int, expert_groups: int,
+            fsync: bool, trace_every: int, trace_steps: int, step_results: bool, hidden: int, layers_per_stage: int, experts: int, top_k: int, expert_groups: int,
             max_groups_per_token: int, seq_len: int, nnodes: int, node_rank: int | None,
             rdzv_endpoint: str | None, rdzv_id: str, dry_run: bool, as_json: bool) -> None:
     """Train the reference DeepSeekMoE model (EP all-to-all, DualPipeV) under torchrun and
@@ -76,6 +83,7 @@ def command(out: str, nproc: int, pp: int, ep: int, dp: int, schedule: str, step
         steps=steps, lr=lr, seed=seed, instrument=instrument, instrument_ab=instrument_ab,
         profile_every=profile_every,
         overlap=overlap, device=device, timeout_s=timeout_s, fsync=fsync, model=model,
+        trace_every=trace_every, trace_steps=trace_steps, step_results=step_results,
     ).validate()
     cmd = torchrun_command(cfg, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                            rdzv_id=rdzv_id)

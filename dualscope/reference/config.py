@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from profiler.capture import CaptureSchedule
 from profiler.errors import InputError
 
 __all__ = [
@@ -150,6 +151,12 @@ class ReferenceConfig:
     flush_s: float = 0.5
     #: fsync every flushed batch (crash-safe against power loss, not only process death)
     fsync: bool = False
+    #: capture schedule: full spans for ``trace_steps`` of every ``trace_every`` steps (0: all
+    #: steps keep their spans); step results are kept for every step either way
+    trace_every: int = 0
+    trace_steps: int = 1
+    #: compute per-step results while the run trains (the launcher follows the run)
+    step_results: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
 
     # -- derived -------------------------------------------------------------------------
@@ -170,6 +177,12 @@ class ReferenceConfig:
     @property
     def torch_schedule(self) -> str:
         return TORCH_SCHEDULES[self.schedule]
+
+    def capture(self) -> CaptureSchedule | None:
+        """The capture schedule (None: every step keeps its spans)."""
+        if self.trace_every <= 0:
+            return None
+        return CaptureSchedule(every=self.trace_every, steps=self.trace_steps)
 
     # -- checks --------------------------------------------------------------------------
     def validate(self) -> ReferenceConfig:
@@ -206,6 +219,15 @@ class ReferenceConfig:
             raise InputError(f"--device {self.device!r} is unknown; use one of {DEVICES}")
         if self.timeout_s <= 0 or self.flush_s <= 0:
             raise InputError("--timeout-s and --flush-s must be positive")
+        if self.trace_every:
+            if not self.step_results:
+                raise InputError("--trace-every keeps full spans only for capture windows and "
+                                 "relies on step results for the other steps; drop "
+                                 "--no-step-results")
+            self.capture()  # validates --trace-every / --trace-steps
+        elif self.trace_every < 0:
+            raise InputError(f"--trace-every {self.trace_every} must be 0 (every step keeps its "
+                             "spans) or positive")
         self.model.validate(self.ep)
         return self
 

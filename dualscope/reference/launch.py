@@ -74,8 +74,34 @@ def launch(cfg: ReferenceConfig, *, node_rank: int | None = None,
            output_to_stderr: bool = False) -> int:
     """Run torchrun in the foreground; returns its exit code. ``output_to_stderr``: send the
     workers' stdout (progress lines) to stderr, keeping stdout for a machine-readable
-    summary."""
+    summary. With ``cfg.step_results`` the first node follows the run meanwhile
+    (:class:`~.live_steps.LiveSteps`: per-step results, capture windows)."""
     cmd = torchrun_command(cfg, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                            rdzv_id=rdzv_id)
     stdout = sys.stderr if output_to_stderr else None
-    return subprocess.run(cmd, env=worker_env(), check=False, stdout=stdout).returncode
+    follower = None
+    if cfg.step_results and not node_rank:  # the first node follows the run
+        from .live_steps import LiveSteps
+
+        follower = LiveSteps(cfg.out, cfg.capture())
+    proc = subprocess.Popen(cmd, env=worker_env(), stdout=stdout)
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if follower is not None:
+                    follower.tick()
+    except BaseException:
+        proc.terminate()  # Ctrl-C / SIGTERM of the launcher: torchrun stops its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if follower is not None:
+            follower.close()
+        raise
+    if follower is not None:
+        follower.finish()
+    return rc

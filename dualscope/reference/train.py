@@ -14,6 +14,8 @@ processes never share a file, and directory creation is ``mkdir(exist_ok=True)``
 
 Every step: ``schedule.step()`` with the pipeline P2P timed, gradient sync, router
 statistics and bias update, optimizer; then counters (see docs/reference.md, "Counters").
+Every rank keeps a heartbeat (``RUN/heartbeat/rank-NNNNN.json``, every second, with the step it
+runs and what its streams flushed), so a reader can tell a slow step from a dead rank.
 Spans are flushed every ``flush_s`` (0.5 s) so a dashboard can tail the run live. On any
 exit -- finished, an exception, SIGTERM from torchrun after another rank died -- each rank
 flushes and seals what it has; rank 0 marks the manifest ``finished`` or ``failed``.
@@ -51,6 +53,7 @@ from profiler.errors import InputError
 from profiler.manifest import Manifest, Parallel, ProbeStatus, Topology
 from profiler.schema import COUNTER_SCHEMA, SPAN_SCHEMA
 from profiler.store import RunWriter, StreamWriter, rank_dir_name
+from profiler.store.heartbeat import Heartbeat
 
 from .ab_timers import AlternatingTimers
 from .capture import KernelCapture, NullCapture
@@ -179,8 +182,18 @@ def _manifest(cfg: ReferenceConfig, me: _Rank, data: MarkovData) -> Manifest:
             "clock_rtt_ns": {str(r): v for r, v in rtts.items()},
             "data_entropy_nats": data.entropy_nats,
             "counters": COUNTERS_DOC,
+            **_capture_facts(cfg),
         },
     )
+
+
+def _capture_facts(cfg: ReferenceConfig) -> dict[str, Any]:
+    """The capture schedule for the manifest (``extra["capture"]``), when there is one."""
+    cap = cfg.capture()
+    if cap is None:
+        return {}
+    return {"capture": {**cap.to_dict(), "kept": "a sealed span segment holding any captured "
+                        "step is kept whole, so a window may keep a neighbouring step too"}}
 
 
 def _asdict(cfg: ReferenceConfig) -> dict[str, Any]:
@@ -236,16 +249,22 @@ def main(argv: list[str] | None = None) -> int:
     mwriter = RunWriter(run, _manifest(cfg, me, data)) if rank == 0 else None
     dist.barrier(group=ctrl)
 
+    # every rank leaves a heartbeat (RUN/heartbeat/rank-NNNNN.json, every second): readers
+    # tell a slow step from a dead rank; its streams report their rows to it
+    beat = Heartbeat(run, rank_dir_name(rank))
     # the timers decide when to flush (every flush_s, on their flusher thread)
+    # with a capture schedule, segments are sealed every second so that the ones outside the
+    # windows can be deleted close to the windows' edges (live_steps.py)
     span_writer = StreamWriter(run / "spans" / rank_dir_name(rank), SPAN_SCHEMA,
-                               flush_s=3600.0, fsync=cfg.fsync)
+                               flush_s=3600.0, fsync=cfg.fsync, heartbeat=beat,
+                               rotate_s=1.0 if cfg.capture() else 5.0)
     counter_writer = StreamWriter(run / "counters" / f"{host}.rank-{rank:05d}", COUNTER_SCHEMA,
-                                  flush_s=cfg.flush_s, fsync=cfg.fsync)
+                                  flush_s=cfg.flush_s, fsync=cfg.fsync, heartbeat=beat)
     timers = _timers(cfg, me, span_writer)
     status = "failed"
     try:
         status = _train(cfg, me, groups=groups, timers=timers, counters=counter_writer,
-                        data=data, mwriter=mwriter)
+                        data=data, mwriter=mwriter, beat=beat)
         dist.barrier(group=ctrl)
     finally:
         # flush and seal first; a second SIGTERM from torchrun must not cut that short
@@ -257,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 span_writer.close()
         with contextlib.suppress(Exception):
             counter_writer.close()
+        beat.close("finished" if status == "finished" else "failed")
         if mwriter is not None:
             mwriter.close(status)
     with contextlib.suppress(Exception):
@@ -279,7 +299,8 @@ def _timers(cfg: ReferenceConfig, me: _Rank, span_writer: StreamWriter) -> Timer
 
 
 def _train(cfg: ReferenceConfig, me: _Rank, *, groups: Groups, timers: Timers,
-           counters: StreamWriter, data: MarkovData, mwriter: RunWriter | None) -> str:
+           counters: StreamWriter, data: MarkovData, mwriter: RunWriter | None,
+           beat: Heartbeat) -> str:
     from torch.distributed.pipelining.schedules import OVERLAP_F_B
 
     from .overlap import StageStreams, make_overlap_fn
@@ -312,6 +333,7 @@ def _train(cfg: ReferenceConfig, me: _Rank, *, groups: Groups, timers: Timers,
     for step in range(cfg.steps):
         t0 = me.clock.now_ns()
         cpu0 = time.process_time()
+        beat.set_step(step)
         timers.begin_step(step)
         x, y = (t.to(device) for t in data.batch(step, shard, n_seqs))
         losses: list[torch.Tensor] = []

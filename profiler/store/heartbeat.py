@@ -19,6 +19,7 @@ heartbeat folder is gone (a failed command removed its temporary run) stops beat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -54,7 +55,13 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self.beat()
         if start:
-            self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{name}",
+            self.start()
+
+    def start(self) -> None:
+        """Start beating every ``interval_s`` (once; a no-op after :meth:`close`)."""
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._loop,
+                                            name=f"heartbeat-{self._state['writer']}",
                                             daemon=True)
             self._thread.start()
 
@@ -104,7 +111,9 @@ class Heartbeat:
             with open(tmp, "w") as f:
                 f.write(text)
             os.replace(tmp, self.path)
-        except OSError:
+        except OSError:  # a full disk, a removed run: stop beating, leave no temporary
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             self._stop.set()
             return False
         return True

@@ -191,13 +191,13 @@ class RunWriter:
         self.manifest = manifest
         self._stream_kw = stream_kw
         self.heartbeat: Heartbeat | None = None
-        if heartbeat:
-            name = heartbeat if isinstance(heartbeat, str) else (
-                f"writer-{safe_name(socket.gethostname())}-{os.getpid()}")
-            self.heartbeat = Heartbeat(self.path, name)
         self._spans: dict[int, StreamWriter] = {}
         self._counters: dict[str, StreamWriter] = {}
         self.update_manifest()
+        if heartbeat:  # written now, beating from the first stream on
+            name = heartbeat if isinstance(heartbeat, str) else (
+                f"writer-{safe_name(socket.gethostname())}-{os.getpid()}")
+            self.heartbeat = Heartbeat(self.path, name, start=False)
 
     def spans(self, rank: int) -> StreamWriter:
         if rank not in self._spans:
@@ -205,6 +205,8 @@ class RunWriter:
                 self.path / "spans" / rank_dir_name(rank), SPAN_SCHEMA,
                 heartbeat=self.heartbeat, **self._stream_kw
             )
+            if self.heartbeat is not None:
+                self.heartbeat.start()
         return self._spans[rank]
 
     def counters(self, node: str) -> StreamWriter:
@@ -213,6 +215,8 @@ class RunWriter:
                 self.path / "counters" / safe_name(node), COUNTER_SCHEMA,
                 heartbeat=self.heartbeat, **self._stream_kw
             )
+            if self.heartbeat is not None:
+                self.heartbeat.start()
         return self._counters[node]
 
     def write_spans(self, data: object) -> None:

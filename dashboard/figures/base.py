@@ -7,6 +7,7 @@ use :data:`SECONDS` (d3 ``.4~r``: ``12.35``, ``0.01235``), durations :data:`DURA
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import plotly.graph_objects as go
@@ -52,8 +53,8 @@ def empty_figure(message: str, height: int = 260, title: str | None = None) -> g
     f = fig(title, height=height)
     f.update_xaxes(visible=False)
     f.update_yaxes(visible=False)
-    f.add_annotation(text=message, showarrow=False, font=dict(color=DIM, size=13),
-                     xref="paper", yref="paper", x=0.5, y=0.5)
+    f.add_annotation(text="<br>".join(textwrap.wrap(message, 64)) or message, showarrow=False,
+                     font=dict(color=DIM, size=13), xref="paper", yref="paper", x=0.5, y=0.5)
     return f
 
 

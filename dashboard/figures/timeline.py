@@ -178,7 +178,7 @@ def _heatmap_traces(f: go.Figure, w: Window, kinds: np.ndarray, labels: list[str
     busy = heat.to_numpy(dtype=np.float32)
     offset = np.array([2.0 * ROW_KINDS.index(k) for k in kinds], dtype=np.float32)[:, None]
     f.add_trace(go.Heatmap(
-        z=busy + offset, x=heat.columns.to_numpy(dtype=np.float64), y=labels,
+        z=busy + offset, x=heat.columns.to_numpy(dtype=_xdtype(w.x0_s, w.x1_s)), y=labels,
         zmin=0, zmax=5, colorscale=_HEAT_SCALE, showscale=False,
         customdata=np.rint(busy * 100).astype(np.uint8),
         hovertemplate=(f"<b>%{{y}}</b><br>t %{{x:{SECONDS}}} s<br>busy %{{customdata}}% of "

@@ -21,6 +21,7 @@ from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
+from ..overview_model import cpu_run
 from ..series import link_long, link_wide, phase_buckets
 from ..snapshot import clip_to_cutoff
 from . import NoRun, describe_error, open_page, open_run
@@ -47,28 +48,40 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     # open on the node of the weakest link: what an operator looks for first
     worst = ports.sort_values("share").iloc[0]["node"] if len(ports) and ports["share"].notna().any() else None
     default = str(worst) if worst in link_nodes else (link_nodes[0] if link_nodes else None)
+    hidden = "" if link_nodes else "hidden"  # no link counters: one card says why
     return html.Div(className="links-page", children=[
-        html.Div(id=ids.LK_KPIS, className="kpi-grid kpi-grid-4"),
-        html.Div(className="controls", children=[
-            dcc.Dropdown(id=ids.LK_NODE, options=[{"label": n, "value": n} for n in link_nodes],
-                         value=default, clearable=False,
-                         className="node-pick", placeholder="no link counters"),
-            dcc.RadioItems(id=ids.LK_METRIC, inline=True, className="checks",
-                           options=[{"label": " transmit", "value": "tx_bytes_per_s"},
-                                    {"label": " receive", "value": "rx_bytes_per_s"}],
-                           value="tx_bytes_per_s"),
-        ]),
-        dcc.Store(id=ids.LK_CURSOR),
-        html.Div(className="grid-2", children=[
-            panel(graph(ids.LK_NVL_HEAT, _CONFIG)),
-            panel(graph(ids.LK_IB_HEAT, _CONFIG)),
-        ]),
-        html.Div(className="grid-3", children=[
-            panel(graph(ids.LK_NVL_LINES, _CONFIG)),
-            panel(graph(ids.LK_IB_LINES, _CONFIG)),
-            panel(graph(ids.LK_PHASE, _CONFIG)),
+        html.Div(className="empty-card" if not link_nodes else "hidden", children=[
+            html.Div(_no_links(snap.manifest), className="empty-title"),
+            html.Div("NVLink and InfiniBand rates come from dualscope probe running beside the "
+                     "training job; the phase split needs them and the run's spans.")]),
+        html.Div(className=hidden, children=[
+            html.Div(id=ids.LK_KPIS, className="kpi-grid kpi-grid-4"),
+            html.Div(className="controls", children=[
+                dcc.Dropdown(id=ids.LK_NODE, options=[{"label": n, "value": n} for n in link_nodes],
+                             value=default, clearable=False,
+                             className="node-pick", placeholder="no link counters"),
+                dcc.RadioItems(id=ids.LK_METRIC, inline=True, className="checks",
+                               options=[{"label": " transmit", "value": "tx_bytes_per_s"},
+                                        {"label": " receive", "value": "rx_bytes_per_s"}],
+                               value="tx_bytes_per_s"),
+            ]),
+            dcc.Store(id=ids.LK_CURSOR),
+            html.Div(className="grid-2", children=[
+                panel(graph(ids.LK_NVL_HEAT, _CONFIG)),
+                panel(graph(ids.LK_IB_HEAT, _CONFIG)),
+            ]),
+            html.Div(className="grid-3", children=[
+                panel(graph(ids.LK_NVL_LINES, _CONFIG)),
+                panel(graph(ids.LK_IB_LINES, _CONFIG)),
+                panel(graph(ids.LK_PHASE, _CONFIG)),
+            ]),
         ]),
     ])
+
+
+def _no_links(m: Any) -> str:
+    return ("CPU run: no NVLink or InfiniBand" if cpu_run(m) else
+            "This run has no link counters")
 
 
 def extend_payload(new: pd.DataFrame, series: list[str]) -> dict[str, Any] | None:

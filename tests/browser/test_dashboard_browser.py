@@ -147,7 +147,7 @@ PAGES = {
     "experts": (f"/experts?run={SYN}", "#ex-kpis .kpi-value"),
     "experts-reference": (f"/experts?run={REF}", "#ex-kpis .kpi-value"),
     "overview-reference": (f"/overview?run={REF}", "#ov-kpis .kpi-value"),
-    "links-reference": (f"/links?run={REF}", "#lk-kpis .kpi-value"),
+    "links-reference": (f"/links?run={REF}", ".links-page .empty-title"),
     "sms-reference": (f"/sms?run={REF}", ".sms-page .empty-title"),
     "model-reference": (f"/model?run={REF}", "#md-fig .bars .point"),
     "overview-compare": (f"/overview?run={SYN}&compare={REF}", "#ov-compare .delta-change"),

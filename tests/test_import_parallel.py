@@ -5,8 +5,11 @@ behind; memory bounded whatever the layout; no pandas in the import path."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -190,3 +193,69 @@ def test_memory_does_not_depend_on_layout(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peaks["after"] < 0.5 * whole_peak, (peaks, whole_peak)
+
+
+# -- workers that die, signals to the parent ----------------------------------------------------
+def _big_set(root: Path, ranks: int = 4, events: int = 60_000) -> Path:
+    d = root / "big"
+    d.mkdir()
+    for r in range(ranks):
+        doc = _kineto(events)
+        doc["distributedInfo"] = {"rank": r, "world_size": ranks}
+        (d / f"rank{r}.json").write_bytes(orjson.dumps(doc))
+    return d
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _start(traces: Path, out: Path, cli_env: dict[str, str], python: str
+           ) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([python, "-m", "dualscope", "import", str(traces), "--out",
+                             str(out), "--jobs", "2"], env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_children(proc.pid)) < 2:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the workers are parsing
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_killed_worker_fails_the_import_cleanly(tmp_path: Path, cli_env: dict[str, str],
+                                                  python: str) -> None:
+    traces = _big_set(tmp_path)
+    out = tmp_path / "runs" / "run"
+    out.parent.mkdir()
+    proc = _start(traces, out, cli_env, python)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes"
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "died" in err and len(err.strip().splitlines()) == 1
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_stops_the_workers_and_cleans_up(sig: signal.Signals, tmp_path: Path,
+                                                  cli_env: dict[str, str],
+                                                  python: str) -> None:
+    traces = _big_set(tmp_path)
+    out = tmp_path / "runs" / "run"
+    out.parent.mkdir()
+    proc = _start(traces, out, cli_env, python)
+    workers = _children(proc.pid)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert list(out.parent.iterdir()) == []
+    time.sleep(0.2)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers left running"

@@ -4,9 +4,10 @@ checks a value passes where it enters.
 Every event is decoded into :class:`Event`: only the fields below become Python objects; any
 other key is skipped by the decoder without building anything. The event's own fields are
 typed strictly (a ``"cat": []`` or a pid that is a list stops the import with the file and
-the event index); ``args`` keys are typed loosely (``Any``) because tools reuse key names
-with other types in events the importer never uses, and are checked by :mod:`.kineto` where
-an event that enters the run uses them. The trace's top-level keys are decoded by
+the event index). ``args`` stays raw JSON (skipped, not parsed) until an event that enters the
+run needs it; then it must be an object, decoded into :class:`Args`, whose keys are typed
+loosely (``Any``) because tools reuse key names with other types, and checked by
+:mod:`.columns` where they are used. The trace's top-level keys are decoded by
 :func:`read_meta` (``deviceProperties`` a list of objects, ``distributedInfo`` an object,
 ``baseTimeNanoseconds`` an integer).
 
@@ -70,7 +71,8 @@ class Event(msgspec.Struct, gc=False):
     ts: float | None = None
     dur: float | None = None
     id: int | str | None = None
-    args: Args | None = None
+    #: raw JSON: skipped by the decoder, decoded only for the events that use their args
+    args: msgspec.Raw = _NULL
 
 
 #: decoder of one chunk of events (a JSON array)

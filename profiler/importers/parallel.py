@@ -3,10 +3,10 @@ process pool, or on a Dask cluster -- the same :func:`~.rankfile.import_file` ev
 the runs they write are identical.
 
 * ``engine="local"``, ``jobs=1``: one file after another in this process.
-* ``engine="local"``, ``jobs=N``: a pool of N forked worker processes (fork: the workers start
-  with this process's imports, in milliseconds, and their CPU time is this process's children's).
-  Each worker reports the bytes it has parsed into its task's slot of a shared array, which the
-  parent polls for the progress bar.
+* ``engine="local"``, ``jobs=N``: N forked worker processes (fork: the workers start with this
+  process's imports, in milliseconds, and their CPU time is this process's children's), each
+  fed one file at a time over its own pipe. Each worker reports the bytes it has parsed into
+  its task's slot of a shared array, which the parent polls for the progress bar.
 * ``engine="dask"``: one Dask task per file on a ``dask.distributed`` cluster -- an existing
   scheduler (``scheduler="tcp://host:8786"``, the staging directory must then be on storage the
   workers share) or a ``LocalCluster`` of ``jobs`` single-threaded worker processes, as
@@ -21,16 +21,16 @@ writing into the run's temporary directory.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..errors import DualscopeError, InputError
@@ -106,97 +106,119 @@ def _serial(tasks: Sequence[FileTask], around_parse: Hook | None, state: Progres
 
 # -- local process pool ----------------------------------------------------------------------
 
-class _WorkerSlots:
-    """Per worker process: the shared array of parsed bytes per task, set once by the pool's
-    initializer (it can only reach a worker by inheritance, not as a task argument)."""
-
-    slots: Any = None
-
-
-def _init_worker(slots: Any) -> None:
-    _WorkerSlots.slots = slots
+def _worker(conn: Connection, slots: Any, around_parse: Hook | None) -> None:
+    """A pool worker: import the tasks the parent sends until it sends None. Each reply is
+    ``(index, result, None)`` or ``(index, None, error)``; parsed bytes go to ``slots``."""
     # the parent handles Ctrl-C / SIGTERM / SIGHUP (its cleanup stops us): a worker must not
     # run the handlers it inherited with the fork, only die when the parent stops it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+
+        def on_bytes(n: int, i: int = task.index) -> None:
+            slots[i] += n
+
+        try:
+            conn.send((task.index, import_file(task, around_parse=around_parse,
+                                               on_bytes=on_bytes), None))
+        except Exception as e:  # sent to the parent, which raises it in file order
+            conn.send((task.index, None, _portable(e)))
 
 
-def _pool_task(task: FileTask, around_parse: Hook | None) -> FileResult:
-    slots = _WorkerSlots.slots
-
-    def on_bytes(n: int) -> None:
-        slots[task.index] += n
-
-    return import_file(task, around_parse=around_parse, on_bytes=on_bytes)
+def _portable(e: Exception) -> Exception:
+    """``e`` if it survives pickling, else a :class:`DualscopeError` with its text."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return DualscopeError(f"{type(e).__name__}: {e}")
 
 
 def _pool(tasks: Sequence[FileTask], sizes: Sequence[int], jobs: int,
           around_parse: Hook | None, state: Progress,
           progress: Callable[[Progress, FileResult | None], None] | None
           ) -> Iterator[FileResult]:
-    method = "fork" if sys.platform.startswith("linux") else None
-    ctx = multiprocessing.get_context(method)
+    """``jobs`` forked workers, fed one task at a time over a pipe each. No helper threads:
+    the parent waits on the workers' pipes and process sentinels together, so a worker that
+    dies is noticed at once, and stopping them never writes to a pipe whose reader is gone."""
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
     slots = ctx.Array("q", len(tasks), lock=False)
-    done = [False] * len(tasks)
-    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(slots,))
-    futures: list[cf.Future[FileResult]] = []
+    workers: list[tuple[Any, Connection]] = []
     try:
-        futures = [pool.submit(_pool_task, t, around_parse) for t in tasks]
-        for i, fut in enumerate(futures):
-            while True:
-                try:
-                    res = fut.result(timeout=_POLL_S)
-                    break
-                except cf.TimeoutError:
-                    _poll(futures, slots, sizes, done, state, progress)
-            done[i] = True
-            state.files_done = sum(done)
-            state.bytes_done = _bytes_done(slots, sizes, done)
+        for _ in range(jobs):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(theirs, slots, around_parse), daemon=True)
+            proc.start()
+            theirs.close()
+            workers.append((proc, mine))
+        yield from _schedule(tasks, sizes, workers, slots, state, progress)
+    finally:
+        for proc, _ in workers:  # stop them all, whatever is running: nothing writes after
+            if proc.is_alive():
+                proc.kill()
+        for proc, conn in workers:
+            proc.join()
+            conn.close()
+
+
+def _schedule(tasks: Sequence[FileTask], sizes: Sequence[int],
+              workers: list[tuple[Any, Connection]], slots: Any, state: Progress,
+              progress: Callable[[Progress, FileResult | None], None] | None
+              ) -> Iterator[FileResult]:
+    results: dict[int, FileResult] = {}
+    errors: dict[int, Exception] = {}
+    busy: dict[int, int] = {}  # worker -> task index
+    dead: set[int] = set()
+    nxt = done = 0  # next task to hand out; tasks yielded so far
+    while done < len(tasks):
+        stop = min(errors, default=len(tasks))  # hand out nothing after a failed file
+        for w, (proc, conn) in enumerate(workers):
+            if w not in busy and w not in dead and nxt < stop and proc.is_alive():
+                conn.send(tasks[nxt])
+                busy[w] = nxt
+                nxt += 1
+        if len(dead) == len(workers):
+            raise DualscopeError("every import worker process died (killed by a signal, e.g. "
+                                 "out of memory); nothing was written; retry with fewer --jobs")
+        if done in errors:
+            raise errors[done]
+        ready = wait([conn for _, conn in workers] + [p.sentinel for p, _ in workers],
+                     timeout=_POLL_S)
+        for w, (proc, conn) in enumerate(workers):
+            reply = None
+            if conn in ready:
+                with contextlib.suppress(EOFError, OSError):
+                    reply = conn.recv()
+            if reply is not None:
+                index, res, err = reply
+                del busy[w]
+                if err is not None:
+                    errors[index] = err
+                else:
+                    results[index] = res
+                    slots[index] = sizes[index]
+            elif (conn in ready or proc.sentinel in ready) and w not in dead:
+                dead.add(w)
+                if w in busy:
+                    raise DualscopeError(
+                        f"{tasks[busy[w]].path}: the worker importing it died (exit "
+                        f"{proc.exitcode}; killed by a signal, e.g. out of memory); nothing was "
+                        "written; retry with fewer --jobs")
+        while done in results:
+            res = results.pop(done)
+            done += 1
+            state.files_done = done + len(results)
+            state.bytes_done = sum(min(int(slots[i]), size) for i, size in enumerate(sizes))
             if progress is not None:
                 progress(state, res)
             yield res
-    except BrokenProcessPool:
-        raise DualscopeError(
-            "an import worker process died (killed by a signal, e.g. out of memory); nothing "
-            "was written; retry with fewer --jobs") from None
-    finally:
-        _stop(pool, futures)
-
-
-def _bytes_done(slots: Any, sizes: Sequence[int], done: list[bool]) -> int:
-    return sum(size if d else min(int(slots[i]), size)
-               for i, (size, d) in enumerate(zip(sizes, done, strict=True)))
-
-
-def _poll(futures: list[cf.Future[FileResult]], slots: Any, sizes: Sequence[int],
-          done: list[bool], state: Progress,
-          progress: Callable[[Progress, FileResult | None], None] | None) -> None:
-    if progress is None:
-        return
-    finished = [d or (f.done() and f.exception() is None) for d, f in zip(done, futures,
-                                                                          strict=True)]
-    state.files_done = sum(finished)
-    state.bytes_done = _bytes_done(slots, sizes, finished)
-    progress(state, None)
-
-
-def _stop(pool: cf.ProcessPoolExecutor, futures: list[cf.Future[FileResult]]) -> None:
-    """Cancel what has not started and stop the workers, so none writes after we return."""
-    if futures and all(f.done() for f in futures):
-        pool.shutdown(wait=True)
-        return
-    for f in futures:
-        f.cancel()
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public way to stop one
-    for p in procs:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            p.kill()
-    for p in procs:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            p.join(timeout=10)
-    pool.shutdown(wait=True, cancel_futures=True)
+        if progress is not None and not ready:
+            state.bytes_done = sum(min(int(slots[i]), size) for i, size in enumerate(sizes))
+            progress(state, None)
 
 
 # -- Dask ------------------------------------------------------------------------------------

@@ -213,7 +213,8 @@ def explore(inputs: ModelInputs) -> tuple[Any, list[html.Div], Any]:
     if bad:
         lines = [html.Div([html.B(FIELDS[k][1]), f": {v}"]) for k, v in bad.items()]
         return (empty_figure("Fix the marked fields to see the schedule"),
-                [html.Div(lines, className="error-inline")], "")
+                [html.Div(lines, className="error-inline")],
+                html.Div("Fix the marked fields to compare the schedules.", className="dim"))
     schedule, f, b, w, fb, p2p = x.schedule, float(x.f), float(x.b), float(x.w), float(x.fb), x.p2p
     comm_sms, sms, c0, ratio = float(x.comm_sms), float(x.sms), float(x.c0), x.ratio
     pp, mb = int(x.pp), int(x.mb)

@@ -46,10 +46,11 @@ def _status_badge(status: str) -> html.Span:
 
 
 def runs_rows(svc: DataService) -> list[html.Tr]:
-    """The table rows: one per run, newest state first (live runs on top)."""
+    """The table rows: one per run, live runs on top, the runs that cannot be read last."""
     rows = []
-    for e in svc.catalog.entries(refresh=True):
-        info = run_summary(svc, e)
+    summaries = [(e, run_summary(svc, e)) for e in svc.catalog.entries(refresh=True)]
+    summaries.sort(key=lambda es: es[1].get("error") is not None)  # stable: keeps the order
+    for e, info in summaries:
         m = e.manifest
         par = m.parallel if m else None
         sched = "" if par is None else " · ".join(x for x in (

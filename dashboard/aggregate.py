@@ -202,10 +202,10 @@ def query(ix: TimelineIndex, ranks: list[int], x0_ns: int | None = None, x1_ns: 
     n = len(idx)
     t0 = ix.t0_ns
     x0_s, x1_s = (x0 - t0) / 1e9, (x1 - t0) / 1e9
-    phases = _phases(ix, pos, x0, x1, cutoff_ns)
-    if n > segments_max:
+    if n > segments_max:  # (no phase ticks on a per-pixel view: zoom in for them)
         heat = busy_fraction(y, ix.cat[idx], start, end, 3 * len(ranks), x0, x1, bins, t0=t0)
-        return Window("heatmap", pd.DataFrame(), heat, rows, x0_s, x1_s, n, phases)
+        return Window("heatmap", pd.DataFrame(), heat, rows, x0_s, x1_s, n)
+    phases = _phases(ix, pos, x0, x1, cutoff_ns)
     spans = pd.DataFrame({
         "y": y.astype(np.int32), "cat": ix.cat[idx], "rank": ix.rank[idx], "step": ix.step[idx],
         "start_s": (start - t0) / 1e9, "end_s": (end - t0) / 1e9, "stage": ix.stage[idx],

@@ -66,7 +66,7 @@ OVERLAP = {"hidden": "#2f6f86", "exposed": "#c4e9f7"}
 #: SMs held by communication vs compute kernels, and idle (communication and compute take
 #: the colours of dispatch and F: the same meaning, never a different one)
 SM = {"comm": COMM["dispatch"], "compute": OPS["F"], "idle": "#273445"}
-LINKS = {"nvlink": "#4a78f0", "ib": "#f4a6c6"}
+LINKS = {"nvlink": "#4a78f0", "ib": "#a3e4d7"}
 #: the open run and the run it is compared with
 RUNS = ("#8ec5ff", "#f4a6c6")
 #: generic series (layers, experts): at most this many lines share one figure

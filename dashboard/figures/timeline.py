@@ -79,8 +79,8 @@ def timeline_figure(w: Window, *, now_s: float | None = None, uirevision: str = 
     f.update_layout(margin=dict(l=86, r=18, t=40, b=44))
     kinds = w.rows["kind"].to_numpy()
     heat = w.mode == "heatmap" and w.heat is not None
-    labels = [f"rank {r}" + ("" if k == "measured" else f" {k}")
-              for r, k in zip(w.rows["rank"], kinds, strict=True)]
+    labels = np.array([f"rank {r}" + ("" if k == "measured" else f" {k}")
+                       for r, k in zip(w.rows["rank"], kinds, strict=True)], dtype=object)
     if heat:
         _heatmap_traces(f, w, kinds, labels)
     else:
@@ -95,8 +95,9 @@ def timeline_figure(w: Window, *, now_s: float | None = None, uirevision: str = 
                            line=dict(color=ACCENT, width=2, dash="dot")))
     f.update_layout(shapes=shapes)
     # the rank rows bold in the text colour, their comm and ideal rows dim (the axis colour)
-    ticktext = [f"<span style='color:{TEXT}'><b>{lab}</b></span>" if k == "measured" else lab
-                for lab, k in zip(w.rows["label"], kinds, strict=True)]
+    ticktext = np.array([f"<span style='color:{TEXT}'><b>{lab}</b></span>" if k == "measured"
+                         else lab for lab, k in zip(w.rows["label"], kinds, strict=True)],
+                        dtype=object)
     yaxis = dict(tickmode="array", ticktext=ticktext, range=[n_rows - 0.5, -0.5], showgrid=False,
                  zeroline=False, tickfont=dict(size=10, color=DIM), fixedrange=True)
     if heat:  # the heatmap's rows are named (its hover shows the row), in the trace's order

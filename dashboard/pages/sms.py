@@ -52,7 +52,8 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
         html.Div(className="empty-card" if not sms else "hidden", children=[
             html.Div(_no_sms(snap.manifest), className="empty-title"),
             html.Div("The SM split needs GPU kernels with their SM counts (a Kineto capture "
-                     "or the SM-split probe) and the GPU's SM count in the run's topology.")]),
+                     "or the SM-split probe) and the number of SMs of the GPU, recorded with "
+                     "the run.")]),
         html.Div(className=charts, children=[
             html.Div(className="controls", children=[
                 dcc.Dropdown(id=ids.SM_GPU, options=opts, value="all", clearable=False,

@@ -4,6 +4,7 @@ chunked JSON parsing, the clock, and the span mapping on small edge-case fixture
 from __future__ import annotations
 
 import gzip
+import io
 import random
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from profiler.classify import classify_kernels, host_comm_lane, name_evidence
 from profiler.errors import InputError
 from profiler.importers import import_kineto
 from profiler.importers.discover import load_trace, rank_from_filename
-from profiler.importers.jsonscan import find_events, iter_event_chunks
+from profiler.importers.jsonscan import KEPT_KEYS, Window, find_events, iter_event_chunks
 from profiler.importers.kineto import to_ns
 from profiler.importers.labels import IntervalIndex, Label, parse_label, parse_step
 from profiler.store import RunReader
@@ -168,22 +169,27 @@ def _doc(n: int) -> dict:
 _ANY = msgspec.json.Decoder(list).decode
 
 
-def _chunks(buf: bytearray, chunk_bytes: int) -> tuple[list[list], dict]:
-    lay = find_events(buf)
-    chunks = list(iter_event_chunks(buf, lay, _ANY, chunk_bytes=chunk_bytes))
+def _chunks(buf: bytes | bytearray, chunk_bytes: int, block: int = 0) -> tuple[list[list], dict]:
+    """Chunks and kept keys, from memory or (``block``) streamed a few kB at a time."""
+    win = Window(io.BytesIO(buf), block=block) if block else Window.of(buf)
+    lay = find_events(win)
+    chunks = list(iter_event_chunks(win, lay, _ANY, chunk_bytes=chunk_bytes))
     return chunks, {k: msgspec.json.decode(v) for k, v in lay.keys.items()}
+
+
+def _kept(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k in KEPT_KEYS}
 
 
 @pytest.mark.parametrize("option", [0, orjson.OPT_INDENT_2])
 def test_chunks_equal_whole_parse(option: int) -> None:
     doc = _doc(3000)
     raw = orjson.dumps(doc, option=option)
-    buf = bytearray(raw)
-    chunks, meta = _chunks(buf, 4096)
-    assert meta == {k: v for k, v in doc.items() if k != "traceEvents"}
-    assert len(chunks) > 20
-    assert [e for c in chunks for e in c] == doc["traceEvents"]
-    assert bytes(buf) == raw  # restored
+    for block in (0, 5000, 1 << 20):  # in memory, and streamed in small and large blocks
+        chunks, meta = _chunks(raw, 4096, block)
+        assert meta == _kept(doc) and meta
+        assert len(chunks) > 20
+        assert [e for c in chunks for e in c] == doc["traceEvents"]
 
 
 def test_log_arrays_after_the_events_are_chunked() -> None:
@@ -194,10 +200,11 @@ def test_log_arrays_after_the_events_are_chunked() -> None:
     doc = {"traceEvents": doc["traceEvents"], "INFO": logs, "ERROR": [["]", "]]"]] * 500,
            "traceName": "x]", "baseTimeNanoseconds": 5}
     raw = orjson.dumps(doc)
-    chunks, meta = _chunks(bytearray(raw), 4096)
-    assert len(chunks) > 20
-    assert [e for c in chunks for e in c] == doc["traceEvents"]
-    assert meta == {k: v for k, v in doc.items() if k != "traceEvents"}
+    for block in (0, 3000):
+        chunks, meta = _chunks(raw, 4096, block)
+        assert len(chunks) > 20
+        assert [e for c in chunks for e in c] == doc["traceEvents"]
+        assert meta == {"baseTimeNanoseconds": 5}
 
 
 def test_key_order_and_bare_array() -> None:
@@ -205,11 +212,12 @@ def test_key_order_and_bare_array() -> None:
     events = doc.pop("traceEvents")
     reordered = {"INFO": [["traceEvents", "]"]] * 100, "nested": {"traceEvents": [1]}, **doc,
                  "traceEvents": events, "after": {"a": [events[0]]}}
-    chunks, meta = _chunks(bytearray(orjson.dumps(reordered)), 2048)
-    assert [e for c in chunks for e in c] == events
-    assert meta == {k: v for k, v in reordered.items() if k != "traceEvents"}
-    chunks, meta = _chunks(bytearray(orjson.dumps(events) + b"\n"), 2048)
-    assert [e for c in chunks for e in c] == events and meta == {}
+    for block in (0, 1000):
+        chunks, meta = _chunks(orjson.dumps(reordered), 2048, block)
+        assert [e for c in chunks for e in c] == events
+        assert meta == _kept(reordered)
+        chunks, meta = _chunks(orjson.dumps(events) + b"\n", 2048, block)
+        assert [e for c in chunks for e in c] == events and meta == {}
 
 
 def test_broken_json_inside_the_events_is_reported(tmp_path: Path) -> None:
@@ -230,8 +238,9 @@ def test_names_full_of_separators_are_still_chunked(tmp_path: Path) -> None:
                "tid": 1, "ts": i, "dur": 1} for i in range(40_000)]
     raw = orjson.dumps({"traceEvents": events, "distributedInfo": {"rank": 0, "world_size": 1}})
     assert len(raw) > 3 << 20
-    chunks, _ = _chunks(bytearray(raw), 1 << 20)
-    assert len(chunks) >= 3 and [e for c in chunks for e in c] == events
+    for block in (0, 1 << 20):
+        chunks, _ = _chunks(raw, 1 << 20, block)
+        assert len(chunks) >= 3 and [e for c in chunks for e in c] == events
     path = tmp_path / "rank0.json"
     path.write_bytes(raw)
     summary = import_kineto([path], tmp_path / "run")

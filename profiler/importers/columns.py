@@ -161,6 +161,7 @@ def extract_columns(path: Path, chunks: Iterable[tuple[int, list[Event]]], *,
         if present[_CPU_OP]:
             idx = np.flatnonzero(codes == _CPU_OP)
             _cpu_ops(path, cols, _pick(chunk, idx), idx + first, keep_cpu_ops)
+        del chunk  # before the reader goes on: it pins a window of the file
     return cols
 
 

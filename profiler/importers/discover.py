@@ -9,20 +9,28 @@ being opened (opening a FIFO would block), and so are symlink loops and dangling
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
 import re
 import stat
-import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from ..errors import InputError
 from .events import EVENTS, Event, TraceMeta, event_error, read_meta
-from .jsonscan import ChunkDecodeError, EventsError, Layout, find_events, iter_event_chunks
+from .jsonscan import (
+    ChunkDecodeError,
+    EventsError,
+    Layout,
+    Window,
+    find_events,
+    iter_event_chunks,
+)
 
 __all__ = ["TRACE_SUFFIXES", "TraceSource", "find_trace_files", "rank_from_filename",
            "load_trace", "load_document"]
@@ -125,9 +133,20 @@ def rank_from_filename(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _read(path: Path) -> bytearray:
-    """The file's bytes (gzip decompressed). Opened non-blocking and checked to be a regular
-    file before any read, so a FIFO swapped in after discovery cannot hang the import."""
+@dataclass
+class _Open:
+    """An open trace: its :class:`~.jsonscan.Window`, how far the file has been read (on
+    disk: compressed bytes for gzip) and how to close it."""
+
+    window: Window
+    position: Callable[[], int]
+    close: Callable[[], None]
+
+
+def _open(path: Path) -> _Open:
+    """Open a trace file for streaming (gzip decompressed on the fly). Opened non-blocking
+    and checked to be a regular file before any read, so a FIFO swapped in after discovery
+    cannot hang the import."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -139,70 +158,105 @@ def _read(path: Path) -> bytearray:
         if not stat.S_ISREG(st.st_mode):
             raise _not_regular(path, st.st_mode, None)
         os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            head = f.read(2)
-            f.seek(0)
-            if head == b"\x1f\x8b":
-                try:
-                    buf = bytearray()
-                    with gzip.GzipFile(fileobj=f) as gz:
-                        while block := gz.read(1 << 22):
-                            buf += block
-                    return buf
-                except (OSError, EOFError, zlib.error) as e:
-                    raise InputError(
-                        f"{path}: broken gzip file ({e}); re-export or re-copy it"
-                    ) from None
-            buf = bytearray(st.st_size)
-            n = f.readinto(buf)
-            del buf[n:]
-            return buf
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    finally:
+        raw = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
         os.close(fd)
+        raise
+    try:
+        head = raw.read(2)
+        raw.seek(0)
+    except OSError as e:
+        raw.close()
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head == b"\x1f\x8b":
+        gz = gzip.GzipFile(fileobj=raw)
+
+        def close() -> None:
+            with contextlib.suppress(Exception):
+                gz.close()
+            raw.close()
+
+        return _Open(Window(gz, error=lambda e: f"broken gzip file ({e}); re-export or re-copy "
+                                                 "it"), raw.tell, close)
+    return _Open(Window(raw, error=lambda e: f"cannot read ({e})"), raw.tell, raw.close)
 
 
 class TraceSource:
-    """One trace in memory, read by :meth:`chunks` (see :mod:`.jsonscan`); :attr:`meta` (the
-    top-level keys the importer uses) is known once the events have been read, since keys may
-    follow them."""
+    """One trace, read by :meth:`chunks` a window at a time (see :mod:`.jsonscan`);
+    :attr:`meta` (the top-level keys the importer uses) is known once the events have been
+    read, since keys may follow them. ``nbytes``: its size (on disk)."""
 
-    def __init__(self, path: Path, buf: bytearray, lay: Layout) -> None:
+    def __init__(self, path: Path, opener: Callable[[], _Open], nbytes: int) -> None:
         self.path = path
-        self.nbytes = len(buf)
-        self._buf = buf
-        self._layout = lay
+        self.nbytes = nbytes
+        self._opener = opener
+        self._layout: Layout | None = None
         self._meta: TraceMeta | None = None
+        self._open: _Open | None = None
+        self._open, self._layout = self._start()
+
+    def _start(self) -> tuple[_Open, Layout]:
+        """Open the file and locate its events (errors name the file)."""
+        opened = self._opener()
+        try:
+            return opened, find_events(opened.window)
+        except EventsError as e:
+            opened.close()
+            raise InputError(f"{self.path}: {e.reason}") from None
+        except RecursionError:
+            opened.close()
+            raise _too_deep(self.path) from None
+        except BaseException:
+            opened.close()
+            raise
 
     @property
     def meta(self) -> TraceMeta:
         if self._meta is None:
-            if self._layout.end < 0:
+            if self._layout is None or self._layout.end < 0:
                 raise RuntimeError("TraceSource.meta is known once chunks() has been read")
             self._meta = read_meta(self.path, self._layout.keys)
         return self._meta
 
     def chunks(self, on_bytes: Callable[[int], None] | None = None
                ) -> Iterator[tuple[int, list[Event]]]:
-        """``(index of the first event, events)`` a chunk at a time. Raises
-        :class:`InputError` naming the file and the event for an event that does not decode
-        (a field of the wrong type, invalid UTF-8, ...) or a document that is not valid JSON."""
+        """``(index of the first event, events)`` a chunk at a time (a second call reads the
+        file again). Raises :class:`InputError` naming the file and the event for an event
+        that does not decode (a field of the wrong type, invalid UTF-8, ...) or a document
+        that is not valid JSON. ``on_bytes(n)``: n more bytes of the file read."""
+        opened, lay = (self._open, self._layout) if self._open is not None else self._start()
+        self._open = None
+        assert lay is not None
         first = 0
+        done = opened.position()
+
+        def report(_n: int) -> None:
+            nonlocal done
+            if on_bytes is not None:
+                now = opened.position()
+                on_bytes(now - done)
+                done = now
+
         try:
-            for chunk in iter_event_chunks(self._buf, self._layout, EVENTS.decode,
-                                           on_bytes=on_bytes):
+            for chunk in iter_event_chunks(opened.window, lay, EVENTS.decode, on_bytes=report):
+                n = len(chunk)
                 yield first, chunk
-                first += len(chunk)
+                del chunk  # (see iter_event_chunks)
+                first += n
+            self._layout = lay
         except ChunkDecodeError as e:
             raise _locate(self.path, e) from None
         except EventsError as e:
             raise InputError(f"{self.path}: {e.reason}") from None
         except RecursionError:
             raise _too_deep(self.path) from None
+        finally:
+            opened.close()
 
     def release(self) -> None:
-        self._buf = bytearray()
+        if self._open is not None:
+            self._open.close()
+            self._open = None
 
 
 def _locate(path: Path, e: ChunkDecodeError) -> InputError:
@@ -230,23 +284,21 @@ def _locate(path: Path, e: ChunkDecodeError) -> InputError:
 
 
 def load_trace(path: Path) -> TraceSource:
-    """Read one trace file (plain or gzip JSON) and locate its events.
+    """Open one trace file (plain or gzip JSON) and locate its events.
 
-    Raises :class:`InputError` naming the file for an unreadable, empty, truncated or
-    invalid file and for one without trace events. A bare JSON array of events is accepted
-    as ``{"traceEvents": [...]}``."""
-    return load_document(path, _read(path))
-
-
-def load_document(path: Path, buf: bytearray) -> TraceSource:
-    """A trace document already in memory (``path`` names it in messages)."""
+    Raises :class:`InputError` naming the file for an unreadable, empty or invalid file and
+    for one without trace events (a file damaged further on fails when its events are read).
+    A bare JSON array of events is accepted as ``{"traceEvents": [...]}``."""
     try:
-        lay = find_events(buf)
-    except EventsError as e:
-        raise InputError(f"{path}: {e.reason}") from None
-    except RecursionError:
-        raise _too_deep(path) from None
-    return TraceSource(path, buf, lay)
+        size = os.stat(path).st_size
+    except OSError:
+        size = 0
+    return TraceSource(path, lambda: _open(path), size)
+
+
+def load_document(path: Path, data: bytes | bytearray) -> TraceSource:
+    """A trace document already in memory (``path`` names it in messages)."""
+    return TraceSource(path, lambda: _Open(Window.of(data), lambda: 0, lambda: None), len(data))
 
 
 def _too_deep(path: Path) -> InputError:

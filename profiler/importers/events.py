@@ -120,7 +120,7 @@ def _json(kind: object) -> str:
             type(None): "null", int: "a number", float: "a number"}.get(type(kind), "a value")
 
 
-def read_meta(path: Path, keys: dict[str, msgspec.Raw]) -> TraceMeta:
+def read_meta(path: Path, keys: dict[str, bytes]) -> TraceMeta:
     """Decode and check the top-level keys the importer uses (others stay undecoded)."""
 
     def get(key: str) -> Any:

@@ -122,6 +122,7 @@ def _span_traces(f: go.Figure, w: Window, row_px: float) -> None:
     cols = {k: df[k].to_numpy() for k in ("y", "cat", "rank", "step", "stage", "microbatch",
                                           "start_s", "end_s")}
     row_kind = cols["y"] % 3
+    traces: list[dict[str, object]] = []  # added in one call: ~3x faster than one by one
     for ci, cat in enumerate(CATEGORIES):
         for rk in (0, 1, 2):
             m = (cols["cat"] == ci) & (row_kind == rk)
@@ -140,8 +141,8 @@ def _span_traces(f: go.Figure, w: Window, row_px: float) -> None:
             tmpl = _hover(cat, ideal, staged, bars)
             custom = _custom(d, s, e, bars) if hover else None
             if bars:  # (plotly sends a bar's base as a JSON list: rounded to 0.1 µs it is short)
-                f.add_trace(go.Bar(
-                    orientation="h", base=np.round(s, 7), x=(e - s).astype(xdt),
+                traces.append(dict(
+                    type="bar", orientation="h", base=np.round(s, 7), x=(e - s).astype(xdt),
                     y=d["y"].astype(ydt), width=width,
                     marker=dict(color=color, line=dict(width=0)), opacity=opacity,
                     name=name, legendgroup=cat, showlegend=legend,
@@ -150,18 +151,20 @@ def _span_traces(f: go.Figure, w: Window, row_px: float) -> None:
             # the gap after each segment is made by its NaN x; y stays a small integer array
             yy = np.zeros(3 * len(s), dtype=ydt)
             yy[0::3] = yy[1::3] = d["y"]
-            f.add_trace(go.Scattergl(
-                x=_interleave(s, e, xdt), y=yy, mode="lines",
+            traces.append(dict(
+                type="scattergl", x=_interleave(s, e, xdt), y=yy, mode="lines",
                 line=dict(color=rgba(color, opacity) if opacity < 1 else color,
                           width=max(1.0, width * row_px)),
                 name=name, legendgroup=cat, showlegend=legend, connectgaps=False,
                 hoverinfo="skip"))
             if custom is not None:
-                f.add_trace(go.Scattergl(
-                    x=((s + e) / 2).astype(xdt), y=d["y"].astype(ydt), mode="markers",
+                traces.append(dict(
+                    type="scattergl", x=((s + e) / 2).astype(xdt), y=d["y"].astype(ydt),
+                    mode="markers",
                     marker=dict(color=color, size=max(4.0, width * row_px), opacity=0),
                     name=name, legendgroup=cat, showlegend=False, customdata=custom,
                     hovertemplate=tmpl, hoverlabel=dict(bordercolor=color)))
+    f.add_traces(traces)
 
 
 _HEAT_SCALE = [
@@ -173,7 +176,7 @@ _HEAT_SCALE = [
 ]
 
 
-def _heatmap_traces(f: go.Figure, w: Window, kinds: np.ndarray, labels: list[str]) -> None:
+def _heatmap_traces(f: go.Figure, w: Window, kinds: np.ndarray, labels: np.ndarray) -> None:
     heat = w.heat
     assert heat is not None
     busy = heat.to_numpy(dtype=np.float32)
@@ -197,6 +200,7 @@ def _phase_traces(f: go.Figure, w: Window) -> None:
     ph = w.phases
     if len(ph) == 0:
         return
+    traces: list[dict[str, object]] = []
     for n, (kind, text) in enumerate(_PHASE_TEXT.items()):
         d = ph.loc[ph["kind"] == kind]
         if len(d) == 0:
@@ -205,8 +209,8 @@ def _phase_traces(f: go.Figure, w: Window) -> None:
                                   d["warmup_s"].to_numpy(np.float32),
                                   d["steady_s"].to_numpy(np.float32),
                                   d["cooldown_s"].to_numpy(np.float32)])
-        f.add_trace(go.Scatter(
-            x=d["t_s"].to_numpy(), y=d["y"].to_numpy(np.float32), mode="markers",
+        traces.append(dict(
+            type="scatter", x=d["t_s"].to_numpy(), y=d["y"].to_numpy(np.float32), mode="markers",
             name="phase boundary", legendgroup="phase", showlegend=n == 0,
             marker=dict(symbol="line-ns", size=16, line=dict(color=PHASE_MARK, width=2),
                         color=PHASE_MARK),
@@ -215,3 +219,4 @@ def _phase_traces(f: go.Figure, w: Window) -> None:
                            f"<br>at %{{x:{SECONDS}}} s<br>idle in warm-up "
                            f"%{{customdata[2]:{DURATION}}}s · steady %{{customdata[3]:{DURATION}}}s"
                            f" · cool-down %{{customdata[4]:{DURATION}}}s<extra></extra>")))
+    f.add_traces(traces)

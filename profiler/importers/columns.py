@@ -124,6 +124,13 @@ class Columns:
         self.refs: list[_Refs] = []
         self.n_events = 0
         self.n_flows = 0
+        self._names: dict[str, str] = {}
+
+    def interned(self, names: list[str]) -> list[str]:
+        """``names`` with one string object per distinct name (a trace repeats its kernel
+        and annotation names; the chunk's copies are freed with it)."""
+        one = self._names.setdefault
+        return [one(n, n) for n in names]
 
     def add(self, **cols: Any) -> None:
         for key, value in cols.items():
@@ -246,7 +253,7 @@ def _gpu_events(path: Path, cols: Columns, ev: list[Event], index: np.ndarray,
         ev, index, codes = [ev[i] for i in keep.tolist()], index[keep], codes[keep]
     if not ev:
         return
-    names = [e.name for e in ev]
+    names = cast(list[str], [e.name for e in ev])
     if None in names:
         names = ["None" if n is None else n for n in names]
     pids, tids = [e.pid for e in ev], [e.tid for e in ev]
@@ -280,7 +287,7 @@ def _gpu_events(path: Path, cols: Columns, ev: list[Event], index: np.ndarray,
         if codes[i] == _KERNEL:
             pg[i] = pg_of(args[i])
             nbytes[i] = msg_bytes(args[i])
-    cols.add(g_idx=index, g_code=codes, g_name=names, g_ts=ts,
+    cols.add(g_idx=index, g_code=codes, g_name=cols.interned(names), g_ts=ts,
              g_dur=np.where(np.isnan(dur), 0.0, dur), g_pid=pids, g_tid=tids,
              g_device=cast(np.ndarray, device), g_stream=cast(np.ndarray, stream),
              g_corr=_checked(path, index, corr, "correlation", names, INT64),
@@ -382,7 +389,7 @@ def _annotations(path: Path, cols: Columns, ev: list[Event], index: np.ndarray) 
     if not ev:
         return
     dur = _floats([e.dur for e in ev])
-    cols.add(a_idx=index, a_name=names, a_ts=_floats([e.ts for e in ev]),
+    cols.add(a_idx=index, a_name=cols.interned(names), a_ts=_floats([e.ts for e in ev]),
              a_dur=np.where(np.isnan(dur), 0.0, dur))
     _refs(path, cols, "a", index, ev)
 
@@ -413,7 +420,7 @@ def _gpu_annotations(path: Path, cols: Columns, ev: list[Event], index: np.ndarr
     ev, index = _keep(ev, index, [e.name is not None and e.ph == "X" for e in ev])
     if not ev:
         return
-    names = [e.name for e in ev]
+    names = cast(list[str], [e.name for e in ev])  # None filtered out above
     ts = _floats([e.ts for e in ev])
     args = _args(path, index, ev)
     devices = _or([a.device for a in args], [e.pid for e in ev])
@@ -429,7 +436,8 @@ def _gpu_annotations(path: Path, cols: Columns, ev: list[Event], index: np.ndarr
             if not int_in(streams[i], INT32):
                 gpu_int(path, int(index[i]), streams[i], "stream/tid", names[i])
     dur = _floats([e.dur for e in ev])
-    cols.add(ga_idx=index, ga_name=names, ga_ts=ts, ga_dur=np.where(np.isnan(dur), 0.0, dur),
+    cols.add(ga_idx=index, ga_name=cols.interned(names), ga_ts=ts,
+             ga_dur=np.where(np.isnan(dur), 0.0, dur),
              ga_device=cast(np.ndarray, device), ga_stream=cast(np.ndarray, stream))
 
 

@@ -81,9 +81,18 @@ class _Parts:
     def table(self) -> pa.Table:
         if not self.tables:
             return SPAN_SCHEMA.empty_table()
-        t = pa.concat_tables(self.tables).combine_chunks()
-        return t.take(pc.sort_indices(t, sort_keys=[("start_ns", "ascending"),
-                                                    ("end_ns", "descending")]))
+        t = pa.concat_tables(self.tables)  # chunked: the sorted take makes the one copy
+        self.tables = []
+        order = pc.sort_indices(t, sort_keys=[("start_ns", "ascending"),
+                                              ("end_ns", "descending")])
+        columns: list[pa.ChunkedArray | None] = list(t.columns)
+        del t
+        out = []
+        for i, col in enumerate(columns):  # one column at a time: the parts go as it goes
+            assert col is not None
+            out.append(col.take(order).combine_chunks())
+            columns[i] = None
+        return pa.Table.from_arrays(out, schema=SPAN_SCHEMA)
 
 
 def build_spans(

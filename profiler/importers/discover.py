@@ -178,7 +178,8 @@ def _open(path: Path) -> _Open:
 
         return _Open(Window(gz, error=lambda e: f"broken gzip file ({e}); re-export or re-copy "
                                                  "it"), raw.tell, close)
-    return _Open(Window(raw, error=lambda e: f"cannot read ({e})"), raw.tell, raw.close)
+    return _Open(Window(raw, error=lambda e: f"cannot read ({e})", size=st.st_size), raw.tell,
+                 raw.close)
 
 
 class TraceSource:

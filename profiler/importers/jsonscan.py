@@ -80,14 +80,16 @@ class Window:
     from the old one stay valid) holding the bytes from :meth:`keep_from` on."""
 
     def __init__(self, stream: Readable | None, data: bytes | bytearray = b"",
-                 block: int = 4 << 20, error: Callable[[Exception], str] | None = None) -> None:
+                 block: int = 4 << 20, error: Callable[[Exception], str] | None = None,
+                 size: int | None = None) -> None:
         self.buf = bytearray(data)
         self.base = 0
-        self.eof = stream is None
+        self.eof = stream is None or size == 0
         self._stream = stream
         self._block = block
         self._keep = 0
         self._error = error or (lambda e: f"cannot read ({e})")
+        self._size = size  # of the stream, when known (a plain file): no reads past it
 
     @classmethod
     def of(cls, data: bytes | bytearray) -> Window:
@@ -115,6 +117,8 @@ class Window:
 
     def _refill(self, want: int) -> None:
         assert self._stream is not None
+        if self._size is not None:
+            want = max(min(want, self._size - self.end), 1)
         drop = min(max(self._keep - self.base, 0), len(self.buf))
         keep = len(self.buf) - drop
         new = bytearray(keep + want)
@@ -130,6 +134,8 @@ class Window:
                 self.eof = True
         self.buf = new
         self.base += drop
+        if self._size is not None and self.end >= self._size:
+            self.eof = True
 
 
 @dataclass

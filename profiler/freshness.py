@@ -218,6 +218,7 @@ class Observer:
         #: key -> (last mark seen, monotonic time it changed)
         self._seen: dict[str, tuple[object, float]] = {}
         self._writers_seen: set[str] = set()
+        self._seq: dict[str, int] = {}  # stream -> newest segment number seen
 
     def _age(self, key: str, mark: object, wall_ns: int | None, now: float) -> float | None:
         """Seconds since ``mark`` last changed, on this process's clock (first sighting: from
@@ -270,9 +271,25 @@ class Observer:
             for entry in sorted(os.listdir(root)):
                 stream = f"{kind}/{entry}"
                 if stream not in covered:
-                    mark, wall = _newest_file(root / entry)
+                    mark, wall = self._newest(root / entry, stream)
                     streams.append(StreamObs(stream, self._age(f"s:{stream}", mark, wall, now)))
         return streams, writers, status
+
+    def _newest(self, directory: Path, stream: str) -> tuple[object, int | None]:
+        """:func:`_newest_file`, but from the segment number seen last: stat the next
+        number's checksum file and that one's (a listing only when it vanished)."""
+        seq = self._seq.get(stream)
+        if seq is not None:
+            while os.path.exists(directory / f"seg-{seq + 1:06d}.crc"):
+                seq += 1
+            got = _stat_segment(directory, seq)
+            if got is not None:
+                self._seq[stream] = seq
+                return got
+        mark, wall = _newest_file(directory)
+        if isinstance(mark, tuple) and str(mark[0]).startswith("seg-"):
+            self._seq[stream] = int(str(mark[0])[4:].split(".", 1)[0])
+        return mark, wall
 
     def assess(self, *, step_time_s: float | None = None,
                policy: FreshnessPolicy | None = None) -> list[SourceFreshness]:
@@ -303,3 +320,19 @@ def _newest_file(directory: Path) -> tuple[object, int | None]:
     except OSError:
         return None, None
     return (best[1], st.st_size, side_size), max(st.st_mtime_ns, side_mtime)
+
+
+def _stat_segment(directory: Path, seq: int) -> tuple[object, int] | None:
+    """(mark, mtime) of segment ``seq`` (open or sealed) and its checksum file; None if gone."""
+    for name in (f"seg-{seq:06d}.arrows.open", f"seg-{seq:06d}.arrows"):
+        try:
+            st = os.stat(directory / name)
+        except FileNotFoundError:
+            continue
+        try:
+            side = os.stat(directory / f"seg-{seq:06d}.crc")
+            side_size, side_mtime = side.st_size, side.st_mtime_ns
+        except FileNotFoundError:
+            side_size, side_mtime = 0, 0
+        return (name, st.st_size, side_size), max(st.st_mtime_ns, side_mtime)
+    return None

@@ -60,8 +60,10 @@ def test_sigkilled_writer_turns_stale_then_dead_within_the_limits(tmp_path: Path
         time.sleep(0.05)
     assert set(first) == {"LIVE", "STALE", "DEAD"}, first
     assert first["LIVE"] < first["STALE"] < first["DEAD"]
-    assert 0.4 <= first["STALE"] <= 0.5 + 0.5, first   # last flush <= 0.05 s before the kill
-    assert 1.0 - 0.1 <= first["DEAD"] <= 2.0 + 0.5, first  # last beat <= 1 s before the kill
+    # limits: STALE 0.5 s after the last flush (<= 0.05 s before the kill), DEAD 2 s after the
+    # last beat (<= 1 s before the kill); + 1 s of slack for a loaded machine's polling
+    assert 0.4 <= first["STALE"] <= 0.5 + 1.0, first
+    assert 1.0 - 0.1 <= first["DEAD"] <= 2.0 + 1.0, first
     reason = _states(obs)["spans"][1]
     assert "heartbeat of writer job not renewed" in reason
 
@@ -128,3 +130,22 @@ def test_assess_rules() -> None:
     assert assess([live], [], run_status="failed")[0].state == "DEAD"
     assert assess([StreamObs("counters/n1", None)], [])[0].reason == "no data yet"
     assert source_of("counters/node3.rank-00017") == ("counters:node3", "counters")
+
+
+def test_streams_without_a_heartbeat_are_judged_by_their_files(tmp_path: Path) -> None:
+    """A writer from before heartbeats: the newest segment growing is new data."""
+    run = tmp_path / "run"
+    w = RunWriter(run, Manifest(source="synthetic"), rotate_s=3600, flush_s=0, fsync=False)
+    row = {"rank": [0], "lane": ["compute"], "kind": ["model"], "name": ["F"], "step": [0],
+           "start_ns": [0], "end_ns": [1]}
+    w.spans(0).write(row)
+    clock = [100.0]
+    obs = Observer(run, monotonic=lambda: clock[0])
+    first = obs.observe()[0][0]
+    assert first.stream == "spans/rank-00000" and first.writer is None
+    clock[0] += 30.0
+    assert assess(obs.observe()[0], [])[0].state == "STALE"
+    w.spans(0).rotate()  # sealed: a new name, then a new segment grows
+    w.spans(0).write(row)
+    assert obs.observe()[0][0].data_age_s == 0.0
+    w.close()

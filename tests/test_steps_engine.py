@@ -185,6 +185,12 @@ def test_replay_up_to_a_cutoff_is_offline_up_to_it(reference_offline: dict,
     want = reference_offline["bubbles"]
     want = want.loc[want["step"] <= 3]
     pd.testing.assert_frame_equal(_norm("bubbles", part), _norm("bubbles", want))
+    # a live view keeps only what it shows: some tables, the newest steps
+    view = StepResults(run, keep=("steps",), window_steps=2)
+    new = view.update()
+    assert len(new["bubbles"]) == len(reference_offline["bubbles"])  # all rows pass through
+    assert sorted(view.table("steps")["step"].unique()) == [6, 7]
+    assert len(view.table("bubbles")) == 0
 
 
 def test_restart_recomputes_nothing_and_a_second_engine_is_refused(tmp_path: Path) -> None:
@@ -239,3 +245,24 @@ def test_a_stalled_rank_or_a_clock_jump_stalls_no_other_pipeline(tmp_path: Path)
     # step 6 waits for one more flush after step 7 began (or the run's end), clock jump or not
     assert done[0] == 5
     assert done[1] == 0  # rank 3 began step 2 and never flushed again: step 1 waits for it
+
+
+def test_a_rank_corrupted_mid_run_is_named_and_the_rest_stays_live(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    feed = _feed(REFERENCE, run, pieces=8)
+    next(feed)
+    engine = StepEngine(run, ideal_every=0)
+    engine.update()
+    next(feed)  # a new batch on every rank: damage rank 1's before the engine reads it
+    seg = sorted((run / "spans" / "rank-00001").glob("seg-*.arrows*"))[-1]
+    data = bytearray(seg.read_bytes())
+    data[-40] ^= 0x20
+    seg.write_bytes(bytes(data))
+    engine.update()
+    for _ in feed:
+        engine.update()
+    steps = engine.tables()["steps"]
+    engine.close()
+    assert list(engine.damaged()) == ["spans/rank-00001"]
+    assert "checksum mismatch" in engine.damaged()["spans/rank-00001"][0]
+    assert sorted(steps.loc[steps["pipeline"] == 0, "step"]) == list(range(8))

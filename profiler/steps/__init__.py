@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from .compute import UNIT_TABLES, node_bandwidth, node_windows, per_step, step_scores, unit_results
 from .engine import StepEngine
-from .prune import prune_spans
+from .prune import keep_capture, prune_spans
 from .store import DERIVED, TABLES, EngineLocked, StepResults
 from .summary import RunningKpis, kpis, run_stragglers, step_times
 
 __all__ = ["StepEngine", "StepResults", "EngineLocked", "DERIVED", "TABLES", "UNIT_TABLES",
            "unit_results", "node_bandwidth", "node_windows", "per_step", "step_scores",
-           "prune_spans", "kpis", "run_stragglers", "step_times", "RunningKpis"]
+           "prune_spans", "keep_capture", "kpis", "run_stragglers", "step_times", "RunningKpis"]

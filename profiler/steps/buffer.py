@@ -5,6 +5,7 @@ which reads what is new into them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,8 @@ from ..store import RunReader
 from ..store.cursor import Cursor, StreamPos
 from ..store.segments import to_pandas
 
-__all__ = ["NO_STEP", "Chunk", "StreamBuffer", "Intake", "table_steps", "newest_step"]
+__all__ = ["NO_STEP", "Chunk", "StreamBuffer", "Intake", "table_steps", "newest_step",
+           "damaged_streams"]
 
 NO_STEP = int(np.iinfo(np.int64).min)
 _MARK = "ProfilerStep#"
@@ -169,3 +171,19 @@ class Intake:
             if st.chunks:
                 pos[name] = st.chunks[0].pos
         return Cursor(pos)
+
+
+def damaged_streams(notes: list[str]) -> dict[str, list[str]]:
+    """The reader's damage notes (``... (skipped)``) by stream: a rank whose stream is
+    corrupted mid-run loses the damaged batches, says why, and the rest stays live."""
+    out: dict[str, list[str]] = {}
+    for note in notes:
+        if not note.endswith("(skipped)"):
+            continue
+        parts = note.split(": ", 1)[0].split(os.sep)
+        for kind in ("spans", "counters"):
+            if kind in parts[:-1]:
+                i = parts.index(kind)
+                out.setdefault(f"{kind}/{parts[i + 1]}", []).append(note)
+                break
+    return out

@@ -44,7 +44,7 @@ from ..capture import CaptureSchedule
 from ..store import RunReader
 from ..store.cursor import Cursor
 from ..store.segments import to_pandas
-from .buffer import NO_STEP, Intake, StreamBuffer
+from .buffer import NO_STEP, Intake, StreamBuffer, damaged_streams
 from .compute import node_bandwidth, node_windows, step_scores, unit_results
 from .store import DerivedWriter, EngineLocked, StepResults, read_state
 
@@ -58,6 +58,8 @@ _BATCH_RANKS = 256
 class StepEngine:
     """Computes and persists a run's per-step results (module doc).
 
+    ``on_damage``: ``skip`` (default) drops a damaged batch of one stream and names it in
+    :meth:`damaged`, so one corrupted rank does not stop a live run; ``error`` raises.
     ``persist=False`` keeps results in memory only (a read-only run directory); without it,
     a second engine on the same run raises :class:`~.store.EngineLocked`: follow the first
     with :class:`~.store.StepResults`. ``ideal_every``: the ideal timeline of every n-th step
@@ -67,7 +69,7 @@ class StepEngine:
 
     def __init__(self, run_dir: str | os.PathLike[str], *, params: AnalysisParams | None = None,
                  ideal_every: int = 1, lag_steps: int = 8, persist: bool = True,
-                 counters: bool = True, on_damage: str = "error") -> None:
+                 counters: bool = True, on_damage: str = "skip") -> None:
         self.path = Path(run_dir)
         self.reader = RunReader(self.path, on_damage=on_damage)
         self.params = params or AnalysisParams.from_manifest(self.reader.manifest)
@@ -170,6 +172,11 @@ class StepEngine:
             return out
         self.results.update()
         return {k: v for k, v in self.results.tables(upto_ns).items() if len(v)}
+
+    def damaged(self) -> dict[str, list[str]]:
+        """Streams whose damaged batches were skipped (``on_damage="skip"``): stream path ->
+        the reader's notes naming file and batch (:func:`~.buffer.damaged_streams`)."""
+        return damaged_streams(self.reader.notes)
 
     @property
     def late_rows(self) -> int:

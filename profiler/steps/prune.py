@@ -1,5 +1,6 @@
-"""Capture windows on a live run: delete span segments of finished steps outside the capture
-schedule (issue 10, item 3), once their step results are committed.
+"""Capture windows (issue 10, item 3): on a live run, delete span segments of finished steps
+outside the capture schedule once their step results are committed (:func:`prune_spans`); on a
+finished run (an import), keep full spans for exactly the captured steps (:func:`keep_capture`).
 
 Only *sealed* segments are deleted, and only those wholly behind the engine's resume position
 (every row read, its step finished and persisted) whose every row belongs to a step the
@@ -14,14 +15,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..capture import CaptureSchedule
+import numpy as np
+import pyarrow as pa
+
+from ..capture import MANIFEST_KEY, CaptureSchedule
 from ..errors import RunFormatError
+from ..manifest import Manifest
+from ..store import RunReader, compact
 from ..store.integrity import crc_path, read_segment
 from ..store.segments import SEG_RE
 from .buffer import table_steps
 from .engine import StepEngine
 
-__all__ = ["prune_spans"]
+__all__ = ["prune_spans", "keep_capture"]
 
 
 def prune_spans(engine: StepEngine, capture: CaptureSchedule,
@@ -61,3 +67,30 @@ def prune_spans(engine: StepEngine, capture: CaptureSchedule,
                 crc_path(path).unlink(missing_ok=True)
                 deleted.append(path)
     return deleted
+
+
+def keep_capture(run_dir: str | os.PathLike[str], capture: CaptureSchedule, *,
+                 ideal_every: int = 1) -> dict[str, int]:
+    """A finished run (an import) after the fact: compute every step's results, record the
+    schedule in the manifest (``extra["capture"]``), then keep full spans only for the
+    captured steps (a compaction that filters rows, exact to the step; rows of unknown step
+    are kept). Offline only (see :func:`~profiler.store.compact`). Returns ``{"steps": ...,
+    "rows_before": ..., "rows_after": ...}``."""
+    run = Path(run_dir)
+    m = Manifest.read(run)
+    m.extra[MANIFEST_KEY] = capture.to_dict()
+    m.write(run)
+    with StepEngine(run, ideal_every=ideal_every) as engine:
+        new = engine.update(final=True)
+        steps = len(new.get("steps", ()))
+    reader = RunReader(run)
+    before = reader.span_table(columns=["step"]).num_rows
+
+    def captured(table: pa.Table) -> np.ndarray:
+        stp = table_steps(table)
+        return np.array([capture.captures(int(s)) for s in stp]) if len(stp) else \
+            np.zeros(0, bool)
+
+    compact(run, kinds=("spans",), keep=captured)
+    after = RunReader(run).span_table(columns=["step"]).num_rows
+    return {"steps": steps, "rows_before": before, "rows_after": after}

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -140,12 +141,24 @@ def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 class StepResults:
     """The committed step results of a run, read incrementally: :meth:`update` reads the rows
     written since the last call (a cursor per table) and returns them; :meth:`table` gives
-    every row so far, optionally only those of steps that ended by ``upto_ns`` (replay).
-    Memory and cost are O(steps x ranks), never O(spans)."""
+    every row kept so far, optionally only those of steps that ended by ``upto_ns`` (replay).
+    Cost is O(new rows) per update, never O(spans). What is kept: the tables in ``keep``
+    (default: all), and with ``window_steps`` only the newest that many steps of each (a live
+    view that shows the newest steps holds flat memory; whole-run numbers come from
+    :class:`~.summary.RunningKpis` over what :meth:`update` returns)."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, reader: RunReader | None = None):
+    def __init__(self, run_dir: str | os.PathLike[str], *, reader: RunReader | None = None,
+                 keep: Collection[str] | None = None, window_steps: int | None = None):
         self.path = Path(run_dir)
         self.reader = reader or RunReader(self.path)
+        self.keep = set(TABLES) if keep is None else set(keep)
+        unknown = self.keep - set(TABLES)
+        if unknown:
+            raise KeyError(f"unknown step-result tables {sorted(unknown)}; use any of "
+                           f"{', '.join(TABLES)}")
+        if window_steps is not None and window_steps < 1:
+            raise ValueError(f"window_steps {window_steps} must be at least 1")
+        self.window_steps = window_steps
         self.cursor = Cursor()
         self._rows: dict[str, list[pd.DataFrame]] = {n: [] for n in TABLES}
         self._pending: dict[str, list[pd.DataFrame]] = {n: [] for n in TABLES}
@@ -174,9 +187,24 @@ class StepResults:
             if ok.any():
                 got = df.loc[ok].reset_index(drop=True)
                 new[name] = got
-                self._rows[name].append(got)
-                self._cache.pop(name, None)
+                if name in self.keep:
+                    self._rows[name].append(got)
+                    self._cache.pop(name, None)
+        if self.window_steps is not None:
+            for name in new:
+                if name in self.keep:
+                    self._trim(name)
         return new
+
+    def _trim(self, name: str) -> None:
+        df = self.table(name)
+        if len(df) == 0 or "step" not in df:
+            return
+        low = int(df["step"].max()) - self.window_steps + 1  # type: ignore[operator]
+        if int(df["step"].min()) < low:
+            df = df.loc[df["step"].to_numpy() >= low].reset_index(drop=True)
+        self._rows[name] = [df]
+        self._cache[name] = df
 
     def table(self, name: str, upto_ns: int | None = None) -> pd.DataFrame:
         """Every committed row of ``name`` (one of :data:`TABLES`) read so far; with

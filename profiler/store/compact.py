@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -19,17 +21,23 @@ from .writer import removed_on_error
 __all__ = ["compact"]
 
 
-def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
+def compact(run_dir: str | os.PathLike[str], *, kinds: Sequence[str] = ("spans", "counters"),
+            keep: Callable[[pa.Table], pa.Array | np.ndarray] | None = None) -> list[Path]:
     """Merge each stream's sealed segments into one Parquet file ``part-FIRST-LAST.parquet``
     (written atomically), then delete the merged segments. Open segments are left alone, so
     this is safe on a live run. A crash between the two steps leaves duplicates that the
     reader ignores (segments inside a part's range are skipped). The part records how many
     rows each merged segment held (:data:`~.cursor.SEGMENT_ROWS_KEY`), so a reader's cursor
-    inside those segments still finds its place. Returns the new parts."""
+    inside those segments still finds its place. Returns the new parts.
+
+    ``keep``: a row filter (a boolean per row of each segment or part); rows it rejects are
+    not written (a capture schedule applied to a finished import). Offline only: a reader
+    whose cursor lies inside filtered segments would be misplaced, so never filter a run
+    that live readers follow."""
     run = Path(run_dir)
     Manifest.read(run)  # refuse a non-run
     written = []
-    for kind in ("spans", "counters"):
+    for kind in kinds:
         root = run / kind
         if not root.is_dir():
             continue
@@ -41,7 +49,7 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
             )
             old_parts = sorted((stream / e for e in os.listdir(stream) if PART_RE.match(e)),
                                key=part_first)
-            if not sealed:
+            if not sealed and not (keep is not None and old_parts):
                 continue
             tables = []
             blocks: list[tuple[int, int, int]] = []  # rows of each merged segment, in order
@@ -50,17 +58,25 @@ def compact(run_dir: str | os.PathLike[str]) -> list[Path]:
                 table = pq.read_table(p)
                 m = PART_RE.match(p.name)
                 assert m is not None
-                blocks += part_blocks(p) or [(int(m.group(1)), int(m.group(2)), table.num_rows)]
+                if keep is not None:
+                    table = table.filter(keep(table))
+                    blocks.append((int(m.group(1)), int(m.group(2)), table.num_rows))
+                else:
+                    blocks += part_blocks(p) or [(int(m.group(1)), int(m.group(2)),
+                                                  table.num_rows)]
                 tables.append(table.replace_schema_metadata(_without_rows(table.schema)))
             for seq, p in sealed:
                 got = read_segment(p, sealed=True, policy="error")
                 if not got.complete:
                     raise RunFormatError(f"{p}: sealed segment is truncated; not compacting")
-                blocks.append((seq, seq, 0 if got.table is None else got.table.num_rows))
-                if got.table is not None:
-                    tables.append(got.table)
+                table = got.table
+                if table is not None and keep is not None:
+                    table = table.filter(keep(table))
+                blocks.append((seq, seq, 0 if table is None else table.num_rows))
+                if table is not None:
+                    tables.append(table)
             first = min([s for s, _ in sealed] + [part_first(p) for p in old_parts])
-            last = sealed[-1][0]
+            last = max([s for s, _ in sealed] + [_part_last(p) for p in old_parts])
             target = stream / f"part-{first:06d}-{last:06d}.parquet"
             merged = pa.concat_tables(tables, promote_options="default")
             meta = {**_without_rows(merged.schema), **segment_rows_meta(blocks)}
@@ -92,6 +108,12 @@ def _write_part(table: pa.Table, target: Path) -> None:
     except OSError as e:
         raise io_error(target, e, "compact into", flag=None) from None
     fsync_dir(target.parent)
+
+
+def _part_last(path: Path) -> int:
+    m = PART_RE.match(path.name)
+    assert m is not None
+    return int(m.group(2))
 
 
 def _without_rows(schema: pa.Schema) -> dict[bytes, bytes]:

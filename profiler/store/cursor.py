@@ -25,6 +25,7 @@ files. Segments written before checksums existed are read whole, once, and slice
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import time
@@ -113,6 +114,9 @@ class ReadContext:
     #: list a quiet stream again at least this often all the same (a file system whose
     #: mtimes are coarse)
     relist_s: float = 5.0
+    #: stream directory -> (its mtime, listing): flushes append to files and leave the
+    #: folder's mtime alone, so an active stream is listed once per rotation, not per read
+    listings: dict[str, tuple[int, _Listing]] = field(default_factory=dict)
 
     def damage(self, path: Path, what: str) -> None:
         if self.policy == "error":
@@ -145,14 +149,23 @@ def part_blocks(path: Path) -> list[tuple[int, int, int]] | None:
 class _Listing:
     parts: list[tuple[int, int, Path]]
     segs: dict[int, Path]
+    listed_at: float = 0.0
+    _numbers: list[int] | None = None  # segment numbers and part starts, sorted
 
     def part_at(self, seq: int) -> tuple[int, int, Path] | None:
         covering = [p for p in self.parts if p[0] <= seq <= p[1]]
         return max(covering, key=lambda p: p[1]) if covering else None
 
     def next_after(self, seq: int) -> int | None:
-        later = [s for s in self.segs if s > seq] + [a for a, _, _ in self.parts if a > seq]
-        return min(later) if later else None
+        if self._numbers is None:
+            self._numbers = sorted({*self.segs, *(a for a, _, _ in self.parts)})
+        i = bisect.bisect_right(self._numbers, seq)
+        return self._numbers[i] if i < len(self._numbers) else None
+
+    def add(self, seq: int, path: Path) -> None:
+        """A segment found by name after the listing (a rotation since)."""
+        self.segs[seq] = path
+        self._numbers = None
 
 
 def _list(directory: Path) -> _Listing:
@@ -168,7 +181,16 @@ def _list(directory: Path) -> _Listing:
             seq = int(m.group(1))
             if seq not in segs or not m.group(2):  # sealed wins over a stale listing
                 segs[seq] = directory / entry
-    return _Listing(parts, segs)
+    return _Listing(parts, segs, time.monotonic())
+
+
+def _probe(directory: Path, seq: int) -> Path | None:
+    """Segment ``seq`` by name (open, else sealed), without listing the folder."""
+    for suffix in (OPEN, SEALED):
+        path = directory / f"seg-{seq:06d}{suffix}"
+        if os.path.exists(path):
+            return path
+    return None
 
 
 # -- one stream ------------------------------------------------------------------------------
@@ -202,8 +224,9 @@ def read_stream_since(run: Path, stream: str, pos: StreamPos, ctx: ReadContext) 
     for _ in range(8):  # compaction or rotation between listing and reading: list again
         try:
             marks = _marks(directory, pos.seq)
-            tables, end = _read(directory, pos, ctx)
+            tables, end = _read(directory, pos, ctx, marks[1])
         except FileNotFoundError:
+            ctx.listings.pop(key, None)
             continue
         if end == pos:  # nothing new: remember what the files looked like before the read
             ctx.quiet[key] = (end, marks, now)
@@ -219,10 +242,20 @@ def read_stream_since(run: Path, stream: str, pos: StreamPos, ctx: ReadContext) 
                          "something deleting the run?")
 
 
-def _read(directory: Path, pos: StreamPos, ctx: ReadContext) -> tuple[list[pa.Table], StreamPos]:
-    if not directory.is_dir():
+def _read(directory: Path, pos: StreamPos, ctx: ReadContext,
+          mtime: int = -1) -> tuple[list[pa.Table], StreamPos]:
+    if mtime < 0 and not directory.is_dir():
         return [], pos
-    listing = _list(directory)
+    key = str(directory)
+    cached = ctx.listings.get(key)
+    # a listing is reused while the folder is unchanged, and for ``relist_s`` after a
+    # rotation too: the next segment is then found by name (a listing costs O(files))
+    if cached is not None and (cached[0] == mtime >= 0 or
+                               time.monotonic() - cached[1].listed_at < ctx.relist_s):
+        listing, fresh = cached[1], cached[0] == mtime
+    else:
+        listing, fresh = _list(directory), True
+        ctx.listings[key] = (mtime, listing)
     tables: list[pa.Table] = []
     while True:
         part = listing.part_at(pos.seq)
@@ -234,6 +267,14 @@ def _read(directory: Path, pos: StreamPos, ctx: ReadContext) -> tuple[list[pa.Ta
             pos = StreamPos(last + 1)
             continue
         found = listing.segs.get(pos.seq)
+        if found is None and not fresh:
+            found = _probe(directory, pos.seq)
+            if found is not None:
+                listing.add(pos.seq, found)
+            else:  # never conclude "missing" from a stale listing: list again
+                listing, fresh = _list(directory), True
+                ctx.listings[key] = (mtime, listing)
+                continue
         later = listing.next_after(pos.seq)
         if found is None:
             if later is None:
@@ -241,6 +282,10 @@ def _read(directory: Path, pos: StreamPos, ctx: ReadContext) -> tuple[list[pa.Ta
             pos = StreamPos(later)  # a number that never existed or was pruned
             continue
         path = found
+        if later is None and not fresh and _probe(directory, pos.seq + 1):
+            # the listing predates the next segment; looked for *before* reading this one,
+            # so that this one, if its writer sealed it since, is read to its end
+            later = pos.seq + 1
         sealed = not path.name.endswith(OPEN)
         if not sealed and not path.exists():  # renamed (sealed) after the listing
             path = path.with_name(path.name[: -len(OPEN)] + SEALED)

@@ -144,16 +144,20 @@ class Heartbeat:
 def read_heartbeats(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every heartbeat of a run as a dict (see the module doc); a file that is not valid JSON
     (never the case with the atomic rename, but a copy could be cut) is left out."""
-    root = Path(run_dir) / HEARTBEAT_DIR
-    if not root.is_dir():
+    import orjson  # the import path's JSON parser: ~3x json.load on these small files
+
+    root = os.path.join(run_dir, HEARTBEAT_DIR)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
         return []
     out = []
-    for entry in sorted(os.listdir(root)):
+    for entry in names:
         if not entry.endswith(".json") or entry.startswith("."):
             continue
         try:
-            with open(root / entry) as f:
-                d = json.load(f)
+            with open(os.path.join(root, entry), "rb") as f:
+                d = orjson.loads(f.read())
         except (OSError, ValueError):
             continue
         if isinstance(d, dict) and isinstance(d.get("writer"), str):

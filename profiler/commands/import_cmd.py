@@ -83,18 +83,35 @@ def _progress(total_files: int) -> Iterator[Callable[[Progress], None] | None]:
         yield update
 
 
+#: with more files than this, the per-file lines are cut short (all of them are in --json)
+_FILE_LINES = 64
+
+
+def _ranges(ranks: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    spans: list[tuple[int, int]] = []
+    for r in sorted(ranks):
+        if spans and spans[-1][1] == r - 1:
+            spans[-1] = (spans[-1][0], r)
+        else:
+            spans.append((r, r))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _print_summary(d: dict) -> None:
     echo = click.echo
     echo(f"imported {len(d['files'])} trace file(s) into {d['out']} (run {d['run_id']})")
     ws = d["world_size"]
-    echo(f"ranks: {', '.join(map(str, d['ranks']))}" + (f" of world size {ws}" if ws else ""))
+    echo(f"ranks: {_ranges(d['ranks'])}" + (f" of world size {ws}" if ws else ""))
     echo(f"spans: {d['spans']}")
     echo("  by lane: " + ", ".join(f"{k} {v}" for k, v in d["lanes"].items()))
     echo("  by kind: " + ", ".join(f"{k} {v}" for k, v in d["kinds"].items()))
     if d["comm_kernels"]:
         sms = ", ".join(f"{v} x {k} SMs" for k, v in d["comm_kernel_sms"].items())
         echo(f"comm kernels: {d['comm_kernels']} ({sms})")
-    for f in d["files"]:
+    files = d["files"]
+    shown = files if len(files) <= _FILE_LINES else files[:_FILE_LINES // 2]
+    for f in shown:
         streams = ", ".join(f"device {dv} stream {s}" for dv, s in f["comm_streams"])
         line = f"  rank {f['rank']}: {Path(f['path']).name}, {f['spans']} spans"
         line += " (CPU only)" if f["cpu_only"] else ""
@@ -102,6 +119,9 @@ def _print_summary(d: dict) -> None:
         echo(line)
         for note in f["notes"]:
             echo(f"    note: {note}")
+    if len(shown) < len(files):
+        notes = sum(len(f["notes"]) for f in files[len(shown):])
+        echo(f"  ... {len(files) - len(shown)} more files ({notes} notes); all in --json")
 
 
 @click.command("import")

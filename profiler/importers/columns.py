@@ -30,9 +30,9 @@ import msgspec
 import numpy as np
 
 from ..errors import InputError
-from .events import INT32, INT64, Args, Event, TraceMeta, int_in
+from .events import INT32, INT64, Args, Event, TraceMeta, int_in, msg_bytes, pg_of
 
-__all__ = ["Columns", "extract_columns", "where", "dtype_bytes", "pg_of", "msg_bytes"]
+__all__ = ["Columns", "columns_of", "extract_columns", "gpu_int", "where"]
 
 _HOST_COMM_PREFIX = ("gloo:", "nccl:", "c10d::", "record_param_comms")
 _BACKEND_PREFIX = ("gloo:", "nccl:")
@@ -45,63 +45,16 @@ _CAT: dict[str | None, int] = {
     "user_annotation": _ANNOTATION, "gpu_user_annotation": _GPU_ANNOTATION}
 _GPU_KINDS = np.array(["", "", "", "", "kernel", "memcpy", "memset", "", ""], dtype=object)
 
-#: bytes per element of the dtype names Kineto writes ("Input type", "dtype")
-_DTYPE_BYTES = {
-    "float": 4, "float32": 4, "Float": 4, "double": 8, "float64": 8, "Double": 8,
-    "half": 2, "float16": 2, "Half": 2, "c10::Half": 2, "bfloat16": 2, "BFloat16": 2,
-    "c10::BFloat16": 2, "long int": 8, "long": 8, "int64": 8, "Long": 8, "int": 4,
-    "int32": 4, "Int": 4, "short int": 2, "short": 2, "int16": 2, "Short": 2,
-    "unsigned char": 1, "uint8": 1, "Byte": 1, "signed char": 1, "char": 1, "int8": 1,
-    "Char": 1, "bool": 1, "Bool": 1, "c10::Float8_e4m3fn": 1, "Float8_e4m3fn": 1,
-    "c10::Float8_e5m2": 1, "Float8_e5m2": 1, "c10::complex<float>": 8,
-}
-
 _EMPTY_ARGS = Args()
 _ARGS = msgspec.json.Decoder(list[Args | None])
 _GRIDS = msgspec.json.Decoder(list[tuple[int, int, int] | None])
 _AT = re.compile(r"^(?P<msg>.*) - at `\$\[(?P<i>\d+)\](?P<path>[^`]*)`$", re.S)
 
 
-def dtype_bytes(name: object) -> int | None:
-    """Size in bytes of one element of a Kineto dtype name, None when unknown."""
-    return _DTYPE_BYTES.get(name) if isinstance(name, str) else None
-
-
 def where(path: Path, index: int, what: str, name: object) -> str:
     """``PATH: event N: what 'name'``, the start of a message about one event."""
     label = name[:60] if isinstance(name, str) else name
     return f"{path}: event {index}: {what} {label!r}"
-
-
-def pg_of(a: Args) -> str | None:
-    """The process group an event's args name (``"name (description)"``), "" for a bare
-    collective, None for none."""
-    name, desc = a.pg_name, a.pg_desc
-    if name is None and desc is None:
-        return None if a.collective is None else ""
-    if name is not None and desc is not None and str(desc) != str(name):
-        return f"{name} ({desc})"
-    return str(name if name is not None else desc)
-
-
-def msg_bytes(a: Args) -> int:
-    """Payload of a collective from its args: ``In msg nelems`` (or ``Out``) x dtype size,
-    else the first input's ``Input Dims`` x ``Input type``; -1 when unknown."""
-    size = dtype_bytes(a.dtype)
-    if size is not None:
-        best = max((x for x in (a.in_nelems, a.out_nelems) if type(x) is int), default=None)
-        if best is not None:
-            return best * size
-    try:
-        dims, types = msgspec.json.decode(a.input_dims), msgspec.json.decode(a.input_type)
-    except (msgspec.DecodeError, RecursionError):
-        return -1
-    if isinstance(dims, list) and isinstance(types, list) and dims and types:
-        size = dtype_bytes(types[0])
-        shape = dims[0]
-        if size is not None and isinstance(shape, list) and all(type(x) is int for x in shape):
-            return math.prod(shape) * size
-    return -1
 
 
 @dataclass

@@ -19,6 +19,7 @@ types (:func:`int_in`).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import msgspec
 from ..errors import InputError
 
 __all__ = ["Args", "Event", "EVENTS", "TraceMeta", "DeviceInfo", "MAX_ABS_US", "INT32",
-           "INT64", "int_in", "read_meta", "event_error"]
+           "INT64", "dtype_bytes", "int_in", "msg_bytes", "pg_of", "read_meta", "event_error"]
 
 _NULL = msgspec.Raw(b"null")
 
@@ -58,6 +59,53 @@ class Args(msgspec.Struct, gc=False):
     #: raw JSON, decoded only for the few communication ops that need their size
     input_dims: msgspec.Raw = msgspec.field(default=_NULL, name="Input Dims")
     input_type: msgspec.Raw = msgspec.field(default=_NULL, name="Input type")
+
+
+#: bytes per element of the dtype names Kineto writes ("Input type", "dtype")
+_DTYPE_BYTES = {
+    "float": 4, "float32": 4, "Float": 4, "double": 8, "float64": 8, "Double": 8,
+    "half": 2, "float16": 2, "Half": 2, "c10::Half": 2, "bfloat16": 2, "BFloat16": 2,
+    "c10::BFloat16": 2, "long int": 8, "long": 8, "int64": 8, "Long": 8, "int": 4,
+    "int32": 4, "Int": 4, "short int": 2, "short": 2, "int16": 2, "Short": 2,
+    "unsigned char": 1, "uint8": 1, "Byte": 1, "signed char": 1, "char": 1, "int8": 1,
+    "Char": 1, "bool": 1, "Bool": 1, "c10::Float8_e4m3fn": 1, "Float8_e4m3fn": 1,
+    "c10::Float8_e5m2": 1, "Float8_e5m2": 1, "c10::complex<float>": 8,
+}
+
+def dtype_bytes(name: object) -> int | None:
+    """Size in bytes of one element of a Kineto dtype name, None when unknown."""
+    return _DTYPE_BYTES.get(name) if isinstance(name, str) else None
+
+
+def pg_of(a: Args) -> str | None:
+    """The process group an event's args name (``"name (description)"``), "" for a bare
+    collective, None for none."""
+    name, desc = a.pg_name, a.pg_desc
+    if name is None and desc is None:
+        return None if a.collective is None else ""
+    if name is not None and desc is not None and str(desc) != str(name):
+        return f"{name} ({desc})"
+    return str(name if name is not None else desc)
+
+
+def msg_bytes(a: Args) -> int:
+    """Payload of a collective from its args: ``In msg nelems`` (or ``Out``) x dtype size,
+    else the first input's ``Input Dims`` x ``Input type``; -1 when unknown."""
+    size = dtype_bytes(a.dtype)
+    if size is not None:
+        best = max((x for x in (a.in_nelems, a.out_nelems) if type(x) is int), default=None)
+        if best is not None:
+            return best * size
+    try:
+        dims, types = msgspec.json.decode(a.input_dims), msgspec.json.decode(a.input_type)
+    except (msgspec.DecodeError, RecursionError):
+        return -1
+    if isinstance(dims, list) and isinstance(types, list) and dims and types:
+        size = dtype_bytes(types[0])
+        shape = dims[0]
+        if size is not None and isinstance(shape, list) and all(type(x) is int for x in shape):
+            return math.prod(shape) * size
+    return -1
 
 
 class Event(msgspec.Struct, gc=False):

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InputError
-from .columns import columns_of, dtype_bytes, extract_columns, where
-from .events import MAX_ABS_US, DeviceInfo, Event, TraceMeta
+from .columns import columns_of, extract_columns, where
+from .events import MAX_ABS_US, DeviceInfo, Event, TraceMeta, dtype_bytes
 
 __all__ = ["RawTrace", "DeviceInfo", "check_times", "clock_base", "extract", "extract_flows",
            "read_trace", "to_ns", "dtype_bytes"]

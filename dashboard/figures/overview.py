@@ -81,10 +81,10 @@ def step_time_figure(steps: pd.DataFrame, *, uirevision: str = "steps",
 def bubble_compare_figure(measured: pd.DataFrame, ideal: pd.DataFrame | None,
                           formula_ratio: float | None = None, *,
                           names: tuple[str, str] = ("measured (mean)", "ideal (schedule model)"),
-                          ) -> go.Figure:
+                          compare: bool = False) -> go.Figure:
     """Bubble ratio per pipeline position: measured (mean over ranks and steps) against
-    ``ideal`` (pp_rank, bubble_ratio: the ideal timeline, or a compared run's measured
-    bubble). ``measured``: pp_rank, bubble_ratio_mean."""
+    ``ideal`` (pp_rank, bubble_ratio: the ideal timeline or, with ``compare``, a compared
+    run's measured bubble). ``measured``: pp_rank, bubble_ratio_mean."""
     title = "Bubble ratio per pipeline position"
     if len(measured) == 0:
         return empty_figure("no pipeline bubbles: no compute spans", title=title)
@@ -97,8 +97,8 @@ def bubble_compare_figure(measured: pd.DataFrame, ideal: pd.DataFrame | None,
     xs = [x]
     if ideal is not None and len(ideal):
         f.add_trace(go.Bar(x=ideal["pp_rank"].to_numpy(), y=ideal["bubble_ratio"].to_numpy(),
-                           name=names[1], marker=dict(color=RUNS[1] if "ideal" not in names[1]
-                                                      else ATTRIBUTION["ideal"]),
+                           name=names[1],
+                           marker=dict(color=RUNS[1] if compare else ATTRIBUTION["ideal"]),
                            hovertemplate="position %{x}<br>%{y:.1%} of the step<extra>"
                                          + names[1] + "</extra>"))
         xs.append(ideal["pp_rank"].to_numpy())

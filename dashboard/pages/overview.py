@@ -251,7 +251,8 @@ def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
         steps_fig = step_time_figure(o.steps, uirevision=run, other=ob.steps, names=(run, str(other)))
         bubbles_fig = bubble_compare_figure(
             measured, None if ob_stage is None else ob_stage.rename(
-                columns={"bubble_ratio_mean": "bubble_ratio"}), names=(run, str(other)))
+                columns={"bubble_ratio_mean": "bubble_ratio"}), names=(run, str(other)),
+            compare=True)
     else:
         steps_fig = step_time_figure(o.steps, uirevision=run)
         bubbles_fig = (bubble_attribution_figure(ideal.attribution)

@@ -91,7 +91,7 @@ def run_title(entry: Any, corrupt: bool = False) -> list[Any]:
                                 title="generated from the schedule model, not measured"))
     else:
         badges.append(html.Span(entry.source, className="badge badge-source"))
-    return [html.Span(entry.run_id, className="run-id"), *badges]
+    return [html.Span(entry.run_id, className="run-id", title=entry.run_id), *badges]
 
 
 def graph(gid: str, config: Any, height: int = 260) -> dcc.Graph:

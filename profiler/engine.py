@@ -25,6 +25,7 @@ import pandas as pd
 from .analysis.alignment import alignment_events, apply_offsets
 from .analysis.params import AnalysisParams, natural_key, rank_node_map
 from .analysis.summary import SPAN_COLUMNS_USED, analyze_unit, reduce_units, solve_offsets
+from .dask_cluster import dask_client
 from .errors import InputError
 from .store import RunReader
 
@@ -106,29 +107,12 @@ def _local_map(fn: Callable[..., Any], units: Sequence[Unit], *args: Any) -> lis
 
 @contextlib.contextmanager
 def _dask_map(scheduler: str | None, workers: int | None) -> Iterator[Mapper]:
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise InputError("--engine dask needs dask[distributed]: pip install "
-                         "'dualscope[scale]'") from None
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, processes=True,
-                               threads_per_worker=1, dashboard_address=None)
-        client = Client(cluster)
+    with dask_client(scheduler, workers) as (client, _owned):
+        def run(fn: Callable[..., Any], units: Sequence[Unit], *args: Any) -> list[Any]:
+            futures = [client.submit(fn, args[0], u, *args[1:], pure=False) for u in units]
+            return list(client.gather(futures))
 
-    def run(fn: Callable[..., Any], units: Sequence[Unit], *args: Any) -> list[Any]:
-        futures = [client.submit(fn, args[0], u, *args[1:], pure=False) for u in units]
-        return list(client.gather(futures))
-
-    try:
         yield run
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def analyze_run(path: str | os.PathLike[str], *, ranks: Sequence[int] | None = None,

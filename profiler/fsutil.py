@@ -9,10 +9,11 @@ regular file, or raises :class:`NotRegularFile` naming what it found instead.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
-__all__ = ["NotRegularFile", "file_kind", "open_regular", "read_regular"]
+__all__ = ["NotRegularFile", "file_kind", "not_regular", "open_regular", "read_regular"]
 
 
 class NotRegularFile(OSError):
@@ -27,8 +28,10 @@ def file_kind(mode: int) -> str:
         return "a FIFO"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
     return "not a regular file"
 
 
@@ -51,3 +54,16 @@ def read_regular(path: str | os.PathLike[str]) -> bytes:
     """The whole content of the regular file at ``path`` (see :func:`open_regular`)."""
     with os.fdopen(open_regular(path), "rb") as f:
         return f.read()
+
+
+def not_regular(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a regular file (symlinks followed), in words, or None when it is
+    one; ``FileNotFoundError`` propagates (a file that went away is not damage). For
+    listings that must name odd entries without opening them."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        return "a symlink loop" if e.errno == errno.ELOOP else f"cannot stat ({e.strerror})"
+    return None if stat.S_ISREG(mode) else file_kind(mode)

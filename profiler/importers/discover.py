@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from ..errors import InputError
+from ..fsutil import file_kind
 from .events import EVENTS, Event, TraceMeta, event_error, read_meta
 from .jsonscan import (
     ChunkDecodeError,
@@ -41,18 +42,6 @@ _RANK_IN_NAME = re.compile(r"(?i)(?<![a-z])rank[_-]?(\d+)(?!\d)")
 
 def _is_trace_name(name: str) -> bool:
     return name.endswith(TRACE_SUFFIXES)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "not a regular file"
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -76,7 +65,7 @@ def _stat(path: Path) -> os.stat_result:
 def _not_regular(path: Path, mode: int, folder: Path | None) -> InputError:
     where = f" in trace folder {folder}; move it out of the folder" if folder else \
         "; pass a trace file (*.json, *.json.gz) or a folder of them"
-    return InputError(f"{path}: {_kind(mode)}, not a trace file{where} (it was not opened)")
+    return InputError(f"{path}: {file_kind(mode)}, not a trace file{where} (it was not opened)")
 
 
 def find_trace_files(inputs: list[str | os.PathLike[str]]) -> list[Path]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from ..dask_cluster import dask_client
 from ..errors import DualscopeError, InputError
 from .rankfile import FileResult, FileTask, import_file
 
@@ -230,40 +231,27 @@ def _dask_task(task: FileTask) -> FileResult:
 def _dask(tasks: Sequence[FileTask], sizes: Sequence[int], jobs: int, scheduler: str | None,
           state: Progress, progress: Callable[[Progress, FileResult | None], None] | None
           ) -> Iterator[FileResult]:
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise InputError("--engine dask needs dask[distributed]: pip install "
-                         "'dualscope[scale]'") from None
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(n_workers=jobs, processes=True, threads_per_worker=1,
-                               dashboard_address=None)
-        client = Client(cluster)
-    futures: list[Any] = []
-    try:
-        futures = [client.submit(_dask_task, t, pure=False, key=f"dualscope-import-{t.index}-"
-                                 f"{os.getpid()}") for t in tasks]
-        for fut, size in zip(futures, sizes, strict=True):
-            res = fut.result()
-            state.files_done += 1
-            state.bytes_done += size
-            if progress is not None:
-                progress(state, res)
-            yield res
-    finally:
-        if cluster is not None:
-            cluster.close()  # stops its workers: nothing writes after we return
-        elif futures and not all(f.done() for f in futures):
-            # someone else's workers cannot be stopped: let the tasks they run finish (into
-            # the staging directory, removed with the run's temporary directory afterwards)
-            from dask.distributed import wait
+    with dask_client(scheduler, jobs) as (client, owned):
+        futures: list[Any] = []
+        try:
+            futures = [client.submit(_dask_task, t, pure=False,
+                                     key=f"dualscope-import-{t.index}-{os.getpid()}")
+                       for t in tasks]
+            for fut, size in zip(futures, sizes, strict=True):
+                res = fut.result()
+                state.files_done += 1
+                state.bytes_done += size
+                if progress is not None:
+                    progress(state, res)
+                yield res
+        finally:
+            if not owned and futures and not all(f.done() for f in futures):
+                # someone else's workers cannot be stopped: let the tasks they run finish
+                # (into the staging directory, removed with the run's temporary directory)
+                from dask.distributed import wait
 
-            for f in futures:
+                for f in futures:
+                    with contextlib.suppress(Exception):
+                        f.cancel()
                 with contextlib.suppress(Exception):
-                    f.cancel()
-            with contextlib.suppress(Exception):
-                wait(futures)
-        client.close()
+                    wait(futures)

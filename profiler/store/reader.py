@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, RunFormatError
+from ..fsutil import not_regular
 from ..manifest import Manifest
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA, counters_table, spans_table
 from .cursor import Cursor, ReadContext, StreamPos, StreamRead, read_stream_since
@@ -249,7 +248,7 @@ class RunReader:
         return concat([t for _, t in tables], None)
 
     def _read_part(self, path: Path) -> pa.Table | None:
-        why = _irregular(path)
+        why = not_regular(path)
         if why:
             self._damaged(path, why)
             return None
@@ -274,7 +273,7 @@ class RunReader:
         for path in candidates:
             is_sealed = not path.name.endswith(OPEN)
             try:
-                why = _irregular(path)
+                why = not_regular(path)
                 if why:
                     self._damaged(path, why)
                     return None
@@ -301,15 +300,3 @@ _SPAN_KEYS = {"rank", "start_ns", "end_ns"}
 _COUNTER_KEYS = {"ts_ns", "node", "metric", "value"}
 
 
-def _irregular(path: Path) -> str | None:
-    """Why ``path`` is not a regular file (following links), or None. FIFOs, devices,
-    sockets and directories are never opened: a FIFO would block the reader."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        return "a symlink loop" if e.errno == errno.ELOOP else f"cannot stat ({e.strerror})"
-    if stat.S_ISREG(mode):
-        return None
-    return "a directory" if stat.S_ISDIR(mode) else "not a regular file (FIFO, device or socket)"

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import RunFormatError, io_error
+from ..fsutil import not_regular
 from ..manifest import Manifest
 from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
 from .integrity import (
@@ -21,7 +22,6 @@ from .integrity import (
     write_file_checksum,
     write_segment_checksum,
 )
-from .reader import _irregular
 from .segments import OPEN, PART_RE, SEG_RE
 from .writer import removed_on_error
 
@@ -103,7 +103,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> list[Finding]:
         if not root.is_dir():
             continue
         for stream in sorted(root.iterdir()):
-            why = _irregular(stream)
+            why = not_regular(stream)
             if why != "a directory":
                 out.append(Finding(_rel(run, stream), "damaged", f"a stream must be a "
                                    f"directory, this is {why or 'a file'}"))
@@ -115,7 +115,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> list[Finding]:
                 if not (SEG_RE.match(name) or PART_RE.match(name)):
                     out.append(Finding(_rel(run, path), "stray", "not a file of the store"))
                     continue
-                why = _irregular(path)
+                why = not_regular(path)
                 if why:
                     out.append(Finding(_rel(run, path), "damaged", why))
                     continue

@@ -12,8 +12,9 @@ rank is free and its inputs have arrived:
 * an FB needs what its forward part and its backward part need.
 
 A result reaches another rank at the producing op's end + ``p2p`` (same rank: at its end).
-An FB sends both of its results at its end; an op with ``hold`` (DualPipe's middle ranks'
-unoverlapped F before B) sends its result with the next op's, at that op's end.
+An FB sends both of its results at its end; an op with ``hold`` (DualPipe's and DualPipeV's
+late sends, :mod:`profiler.schedules.dual`) sends its result with the next op's, at that op's
+end; an op of the same rank that needs it still has it at the held op's end.
 
 Costs per op: F = f, B = b, I = b - w, W = w, FB = mean of fb at its two stages. Optional
 jitter multiplies each op's cost by max(0, 1 + jitter·N(0, 1)), seeded.

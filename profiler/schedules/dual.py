@@ -20,6 +20,16 @@ Stage numbering: DualPipe has P stages in each direction; rank r holds stage r o
 micro-batches 0..M/2-1 that enter at rank 0 and stage P-1-r of the micro-batches M/2..M-1
 that enter at rank P-1. DualPipeV has 2P stages in one direction; rank r holds stages r and
 2P-1-r (torch's ``style="v"`` placement).
+
+Send timing follows ``dualpipe.py`` and ``dualpipev.py`` (both): a result leaves at the next
+``_commit_and_wait_comm``, i.e. when the rank starts its next op. In phase 2 every rank but the
+middle (DualPipeV: last) ones sends each F(0) result after the F(1) that follows it; the middle
+(last) ranks send their last phase-2 F(1) result after phase 4's unoverlapped F(0), and that
+F(0)'s result after the B(1). Ops that send late carry ``hold`` (see :mod:`profiler.simulate`);
+on DualPipeV's last rank the F(0) of stage P-1 feeds its own F(1) of stage P, which has it at
+once. Not modelled: the code also waits, at a commit, for receives it queued early for a later
+op (phase 2's next F(0) input before an F(1), phase 3's F(1) input before a W); the simulator
+lets each op wait only for its own inputs (tests/test_dualpipev_code.py measures the gap).
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ def phase_ops(*, H: int, h: int, n_main: int, stages: tuple[int, int],
               mb_base: tuple[int, int], middle: bool, deferred_sends: bool = False) -> list[Op]:
     """One rank's op list. ``stages[p]`` / ``mb_base[p]``: the stage and the first micro-batch
     of phase p; ``middle``: this rank runs its first F&B unoverlapped (h is largest).
-    ``deferred_sends``: phase 2 sends as DualPipe's code does (``dualpipe.py`` step 2): other
+    ``deferred_sends``: phase 2 sends as ``dualpipe.py`` / ``dualpipev.py`` step 2 do: other
     ranks send each F(0) result after the F(1) that follows it, and the middle ranks send their
     last F(1) result after phase 4's unoverlapped F(0)."""
     ops: list[Op] = []
@@ -122,11 +132,13 @@ def dualpipe(pp: int, microbatches: int) -> Schedule:
 
 
 def dualpipev(pp: int, microbatches: int) -> Schedule:
-    """DualPipeV on ``pp`` ranks holding 2·pp stages in a V, ``microbatches`` >= 2·pp."""
+    """DualPipeV on ``pp`` ranks holding 2·pp stages in a V, ``microbatches`` >= 2·pp, sending
+    as ``dualpipev.py`` does (the last rank plays DualPipe's middle ranks)."""
     _check_common("DualPipeV", pp, microbatches, need_even_m=False)
     ranks = [
         tuple(phase_ops(H=pp, h=r, n_main=microbatches - 2 * pp + r + 1,
-                        stages=(r, 2 * pp - 1 - r), mb_base=(0, 0), middle=r == pp - 1))
+                        stages=(r, 2 * pp - 1 - r), mb_base=(0, 0), middle=r == pp - 1,
+                        deferred_sends=True))
         for r in range(pp)
     ]
     return Schedule("dualpipev", pp, microbatches, 2 * pp, tuple(ranks))

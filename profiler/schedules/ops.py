@@ -7,7 +7,7 @@ backward chunk run overlapped, DualPipe's F&B). ``stage`` / ``microbatch`` name 
 ``FB`` also carries its backward part in ``b_stage`` / ``b_microbatch``.
 
 ``hold`` marks an op whose results are sent together with the next op's on the same rank
-(DualPipe's middle ranks run their first F&B as F then B and send both results at the end).
+(DualPipe / DualPipeV send as their code does: see :mod:`profiler.schedules.dual`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis.bubbles import bubble_parts, combine_bubbles
+from .analysis.bubbles import bubble_parts, busy_intervals, combine_bubbles
 from .analysis.params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 from .errors import InputError
 from .manifest import Manifest
@@ -274,8 +274,11 @@ def _replay_inputs(acts: pd.DataFrame, num_stages: int) -> tuple[np.ndarray, flo
 
 
 def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
-            schedule: str = "auto") -> Comparison:
-    """Compare a run's measured timeline with the ideal one of its schedule (module doc)."""
+            schedule: str = "auto", bubble_table: pd.DataFrame | None = None) -> Comparison:
+    """Compare a run's measured timeline with the ideal one of its schedule (module doc).
+    ``bubble_table``: the bubble analysis of the whole run, when ``spans`` are some of its
+    steps (a step's window starts where the previous one ended, which these spans alone do
+    not show); default: that of ``spans``."""
     steps_all = assign_steps(spans)
     actions = measured_actions(spans, steps_all)
     parts = bubble_parts(spans, steps_all)
@@ -304,7 +307,12 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
 
     acts = actions.merge(layout, on="rank")
     # the DESIGN.md window and bubble, as the bubble analysis measures them, per this layout
-    table = combine_bubbles(parts.loc[parts["rank"].isin(layout["rank"])], layout)
+    if bubble_table is None:
+        table = combine_bubbles(parts.loc[parts["rank"].isin(layout["rank"])], layout,
+                                busy_intervals(spans))
+    else:
+        table = bubble_table.drop(columns=["pipeline", "pp_rank"]).merge(
+            layout[["rank", "pipeline", "pp_rank"]], on="rank")
     measured = dict(iter(table.groupby(["step", "pipeline"], sort=False)))
     rank_rows, step_rows, ideal_parts = [], [], []
     for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):

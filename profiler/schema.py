@@ -20,6 +20,7 @@ __all__ = [
     "COUNTER_SCHEMA",
     "LANES",
     "OPS",
+    "PRE_TRACE_STEP",
     "empty_spans",
     "empty_counters",
     "spans_table",
@@ -40,6 +41,11 @@ LANES = ("compute", "comm", "pp_comm", "host", "memory")
 #: and an overlapped forward+backward pair (DualPipe's F&B).
 OPS = ("F", "B", "I", "W", "FB")
 
+#: ``step`` of a GPU span whose launching host op is not in the trace (it was launched before
+#: profiling began): it belongs to no step, is left out of every per-step figure and counted
+#: in an import note
+PRE_TRACE_STEP = -2
+
 
 @dataclass(frozen=True)
 class Column:
@@ -56,7 +62,9 @@ SPAN_COLUMNS: tuple[Column, ...] = (
     Column("kind", pa.string(), False, "",
            "source category: kernel, memcpy, memset, annotation, cpu_op, action, comm, model"),
     Column("name", pa.string(), False, "", "kernel / op / annotation name as recorded"),
-    Column("step", pa.int32(), True, "", "training step (iteration), when known"),
+    Column("step", pa.int32(), True, "",
+           "training step (iteration), when known; PRE_TRACE_STEP (-2): a GPU span launched "
+           "before the trace began, in no step"),
     Column("stage", pa.int32(), True, "", "pipeline stage index, when known"),
     Column("microbatch", pa.int32(), True, "", "micro-batch index, when known"),
     Column("op", pa.string(), True, "", "pipeline op: one of OPS, when known"),

@@ -25,12 +25,15 @@ from .bandwidth import (
     span_phases,
 )
 from .bubbles import (
+    BusyIndex,
     bubble_intervals,
     bubble_parts,
     bubbles,
     bubbles_by_stage,
+    busy_intervals,
     combine_bubbles,
     idle_intervals,
+    step_windows,
 )
 from .intervals import gaps, union, union_length
 from .overlap import overlap
@@ -48,7 +51,10 @@ __all__ = [
     "apply_offsets",
     "assign_steps",
     "bandwidth_by_phase",
+    "BusyIndex",
     "bubble_intervals",
+    "busy_intervals",
+    "step_windows",
     "bubble_parts",
     "bubbles",
     "bubbles_by_stage",

@@ -1,8 +1,16 @@
 """Pipeline bubbles per rank, step and stage (DESIGN.md, "Definitions").
 
-Bubble of rank r in step s = the step window (first compute start to last compute end over all
-ranks of r's pipeline in step s) minus the union of r's compute-lane spans in s;
-bubble_ratio = bubble / window. Nested spans (an action and its kernels) count once.
+Step window of a pipeline in step s: first compute start to last compute end over all ranks of
+the pipeline, counting the compute spans *of step s* (a kernel's step is that of the host op
+that launched it, see :func:`~.params.assign_steps`), then made disjoint in step order: the
+GPU runs behind the host, so step s+1's first kernels may start before step s's last one ends,
+and that overlap stays with step s (:func:`step_windows`). Bubble of rank r in step s = the
+window minus the time in it during which r's compute lane is busy, with spans of any step
+(:func:`busy_intervals`); bubble_ratio = bubble / window. Nested spans (an action and its
+kernels) count once. Windows are disjoint, so for every rank the bubbles of its steps sum to
+the idle time inside the union of its windows: no idle time is counted twice. Kernels whose
+launch is not in the trace (:data:`~profiler.schema.PRE_TRACE_STEP`) belong to no step: they
+open no window, but they do keep the GPU busy.
 
 The idle time is split by the rank's own pipeline ops in that step:
 
@@ -15,35 +23,38 @@ micro-batch) there is no steady phase and the gap counts as warm-up. With no op 
 boundaries fall back to the rank's first compute start and last compute end: warm-up is then
 the leading idle, cool-down the trailing idle and steady the holes in between.
 
-The work is split as map (:func:`bubble_parts`, per rank, any subset of ranks) and reduce
-(:func:`combine_bubbles`, needs every rank of a pipeline), so the engine can run the map per
-rank group; :func:`bubbles` does both on one frame. :func:`bubble_intervals` says where in
-time each bubble of the table lies (what the dashboard's timeline shades); its intervals add
-up to the table's ``bubble_ns``.
+The work is split as map (:func:`bubble_parts` and :func:`busy_intervals`, per rank, any
+subset of ranks) and reduce (:func:`combine_bubbles`, needs every rank of a pipeline), so the
+engine can run the map per rank group; :func:`bubbles` does both on one frame.
+:func:`bubble_intervals` says where in time each bubble of the table lies (what the
+dashboard's timeline shades); its intervals add up to the table's ``bubble_ns``.
 
 Steps: a compute span's step is :func:`~.params.assign_steps` over *all* lanes of the frame
-(``ProfilerStep#N`` marks sit on the host lane; GPU kernels carry no step of their own), so
-every caller must hand in the whole frame, not its compute lane only.
+(``ProfilerStep#N`` marks sit on the host lane; imported GPU kernels carry the step of their
+launch), so every caller must hand in the whole frame, not its compute lane only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
+from ..schema import PRE_TRACE_STEP
 from .intervals import group_codes, merged_gaps, union
 from .params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 
-__all__ = ["bubble_parts", "combine_bubbles", "bubbles", "bubbles_by_stage", "bubble_intervals",
+__all__ = ["BusyIndex", "bubble_parts", "busy_intervals", "combine_bubbles", "step_windows",
+           "bubbles", "bubbles_by_stage", "bubble_intervals",
            "idle_intervals"]
 
 _BACKWARD = ("B", "I", "FB")
 _FORWARD = ("F", "FB")
 
 PART_COLUMNS = [
-    "rank", "step", "first_start_ns", "last_end_ns", "busy_ns", "warmup_inner_ns",
-    "steady_inner_ns", "cooldown_inner_ns", "warmup_end_ns", "cooldown_start_ns", "stage_min",
-    "position_stage", "stages", "compute_spans",
+    "rank", "step", "first_start_ns", "last_end_ns", "busy_ns", "warmup_end_ns",
+    "cooldown_start_ns", "stage_min", "position_stage", "stages", "compute_spans",
 ]
 TABLE_COLUMNS = [
     "rank", "step", "pipeline", "pp_rank", "stages", "window_start_ns", "window_end_ns",
@@ -55,15 +66,16 @@ TABLE_COLUMNS = [
 def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.DataFrame:
     """Per-rank part of the bubble analysis; any set of whole ranks.
 
-    One row per (rank, step) with compute spans. Columns: ``rank``; ``step`` (-1: unknown,
-    whole run); ``first_start_ns``, ``last_end_ns`` (ns, run clock: the rank's first compute
-    start and last compute end); ``busy_ns`` (ns, union of compute spans);
-    ``warmup_inner_ns``, ``steady_inner_ns``, ``cooldown_inner_ns`` (ns, idle between the
-    rank's first and last compute, split as in the module doc); ``warmup_end_ns``,
-    ``cooldown_start_ns`` (ns, run clock: where the split falls, see :func:`combine_bubbles`);
-    ``stage_min`` (smallest stage
-    held, nullable); ``position_stage`` (stage of the rank's first micro-batch: its place in
-    the pipeline, see :func:`~.params.position_stage`; nullable); ``stages`` (stages held, comma separated); ``compute_spans`` (count).
+    One row per (rank, step) with compute spans of that step (spans of
+    :data:`~profiler.schema.PRE_TRACE_STEP` belong to no step and have no row). Columns:
+    ``rank``; ``step`` (-1: unknown, whole run); ``first_start_ns``, ``last_end_ns`` (ns, run
+    clock: the first start and last end of the rank's compute spans of the step, which make
+    the step window); ``busy_ns`` (ns, union of those spans); ``warmup_end_ns``,
+    ``cooldown_start_ns`` (ns, run clock: where the phase split falls, see the module doc);
+    ``stage_min`` (smallest stage held, nullable); ``position_stage`` (stage of the rank's
+    first micro-batch: its place in the pipeline, see :func:`~.params.position_stage`;
+    nullable); ``stages`` (stages held, comma separated); ``compute_spans`` (count).
+    The idle inside a window is :func:`combine_bubbles`' work: it needs :func:`busy_intervals`.
     """
     frame = _compute_rows(spans, steps)
     if len(frame) == 0:
@@ -95,19 +107,11 @@ def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.Dat
     t_cool[has_f] = tc[has_f]
     t_cool = np.maximum(t_cool, t_warm)
 
-    gg, gs, ge = merged_gaps(mg, ms, me)
-    warm = np.clip(np.minimum(ge, t_warm[gg]) - gs, 0, None)
-    cool = np.clip(ge - np.maximum(gs, t_cool[gg]), 0, None)
-    steady = (ge - gs) - warm - cool
-
     stage_info = _stages(frame)
     out = keys.assign(
         first_start_ns=first,
         last_end_ns=last,
         busy_ns=busy,
-        warmup_inner_ns=np.bincount(gg, warm, minlength=n).astype(np.int64),
-        steady_inner_ns=np.bincount(gg, steady, minlength=n).astype(np.int64),
-        cooldown_inner_ns=np.bincount(gg, cool, minlength=n).astype(np.int64),
         warmup_end_ns=t_warm,
         cooldown_start_ns=t_cool,
         compute_spans=np.bincount(codes, minlength=n).astype(np.int64),
@@ -120,12 +124,101 @@ def bubble_parts(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd.Dat
     return out[PART_COLUMNS].reset_index(drop=True)
 
 
-def _compute_steps(spans: pd.DataFrame, steps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(compute-lane mask, step of each compute span). Steps are :func:`assign_steps` of the
-    whole frame: ProfilerStep marks live on the host lane. ``steps``: that, when the caller
-    has it already."""
+def busy_intervals(spans: pd.DataFrame) -> pd.DataFrame:
+    """When each rank's GPU (its compute lane) is busy: the union of all its compute-lane
+    spans, of every step (also :data:`~profiler.schema.PRE_TRACE_STEP` kernels: they keep
+    the device busy even though they belong to no step). Columns ``rank``, ``start_ns``,
+    ``end_ns`` (ns, run clock), disjoint and sorted by (rank, start). The map half of the
+    busy time; :func:`combine_bubbles` measures it inside each step window."""
     is_comp = (spans["lane"] == "compute").to_numpy(dtype=bool)
-    return is_comp, (assign_steps(spans) if steps is None else steps)[is_comp]
+    g, s, e = union(spans["rank"].to_numpy(dtype=np.int64)[is_comp],
+                    spans["start_ns"].to_numpy(dtype=np.int64)[is_comp],
+                    spans["end_ns"].to_numpy(dtype=np.int64)[is_comp])
+    return pd.DataFrame({"rank": g, "start_ns": s, "end_ns": e})
+
+
+class BusyIndex:
+    """:func:`busy_intervals` of some ranks, indexed to answer "how long was rank r busy
+    in [a, b)" for many (r, a, b) at once (:meth:`between`) and to cut windows out of it
+    (:meth:`overlapping`)."""
+
+    def __init__(self, busy: pd.DataFrame) -> None:
+        b = busy.sort_values(["rank", "start_ns"], kind="stable")
+        self.rank = b["rank"].to_numpy(dtype=np.int64)
+        self.start = b["start_ns"].to_numpy(dtype=np.int64)
+        self.end = b["end_ns"].to_numpy(dtype=np.int64)
+        self.cum = np.concatenate([[0], np.cumsum(self.end - self.start)]).astype(np.int64)
+        ranks, lo = np.unique(self.rank, return_index=True)
+        self._slices = dict(zip(ranks.tolist(), zip(lo.tolist(),
+                                                    [*lo[1:].tolist(), len(self.rank)],
+                                                    strict=True), strict=True))
+
+    def _per_rank(self, rank: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+        """(query rows, lo, hi) per rank of ``rank`` that has busy intervals."""
+        out: list[tuple[np.ndarray, int, int]] = []
+        if len(rank) == 0:
+            return out
+        uniq, inv = np.unique(rank, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        bounds = np.searchsorted(inv[order], np.arange(len(uniq) + 1))
+        for k, r in enumerate(uniq.tolist()):
+            sl = self._slices.get(r)
+            if sl is not None:
+                out.append((order[bounds[k]:bounds[k + 1]], sl[0], sl[1]))
+        return out
+
+    def before(self, rank: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Busy time (ns) of each ``rank[i]`` before ``t[i]``."""
+        out = np.zeros(len(t), dtype=np.int64)
+        for rows, lo, hi in self._per_rank(np.asarray(rank, dtype=np.int64)):
+            tt = t[rows]
+            j = np.searchsorted(self.start[lo:hi], tt, side="right") - 1
+            ok = j >= 0
+            jj = np.maximum(j, 0) + lo
+            inside = np.clip(tt - self.start[jj], 0, self.end[jj] - self.start[jj])
+            out[rows] = np.where(ok, self.cum[jj] - self.cum[lo] + inside, 0)
+        return out
+
+    def between(self, rank: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Busy time (ns) of each ``rank[i]`` inside ``[a[i], b[i])`` (0 when b <= a)."""
+        a = np.asarray(a, dtype=np.int64)
+        b = np.maximum(np.asarray(b, dtype=np.int64), a)
+        return self.before(rank, b) - self.before(rank, a)
+
+    def overlapping(self, rank: np.ndarray, a: np.ndarray,
+                    b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The busy intervals of each ``rank[i]`` cut to ``[a[i], b[i])``: ``(i, start,
+        end)``, sorted by (i, start)."""
+        rows_out, lo_out, n_out = [], [], []
+        for rows, lo, hi in self._per_rank(np.asarray(rank, dtype=np.int64)):
+            first = np.searchsorted(self.end[lo:hi], a[rows], side="right") + lo
+            stop = np.searchsorted(self.start[lo:hi], b[rows], side="left") + lo
+            rows_out.append(rows)
+            lo_out.append(first)
+            n_out.append(np.maximum(stop - first, 0))
+        if not rows_out:
+            empty = np.empty(0, np.int64)
+            return empty, empty, empty
+        rows_all = np.concatenate(rows_out)
+        count = np.concatenate(n_out)
+        first_all = np.concatenate(lo_out)
+        i = np.repeat(rows_all, count)
+        offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        j = np.repeat(first_all, count) + offset
+        s = np.maximum(self.start[j], a[i])
+        e = np.minimum(self.end[j], b[i])
+        order = np.lexsort((s, i))
+        return i[order], s[order], e[order]
+
+
+def _compute_steps(spans: pd.DataFrame, steps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the compute-lane spans that belong to a step, their step). Steps are
+    :func:`assign_steps` of the whole frame: ProfilerStep marks live on the host lane.
+    ``steps``: that, when the caller has it already. :data:`PRE_TRACE_STEP` spans (kernels
+    launched before the trace began) are in no step."""
+    step = assign_steps(spans) if steps is None else np.asarray(steps, dtype=np.int64)
+    is_comp = (spans["lane"] == "compute").to_numpy(dtype=bool) & (step != PRE_TRACE_STEP)
+    return is_comp, step[is_comp]
 
 
 def _compute_rows(spans: pd.DataFrame, steps: np.ndarray | None) -> pd.DataFrame:
@@ -178,49 +271,84 @@ def _empty_parts() -> pd.DataFrame:
     return out
 
 
-def combine_bubbles(parts: pd.DataFrame, layout: pd.DataFrame) -> pd.DataFrame:
-    """Reduce :func:`bubble_parts` of all ranks into the bubble table.
+def combine_bubbles(parts: pd.DataFrame, layout: pd.DataFrame, busy: pd.DataFrame | BusyIndex,
+                    *, after: Mapping[int, int] | None = None) -> pd.DataFrame:
+    """Reduce :func:`bubble_parts` and :func:`busy_intervals` of all ranks into the bubble table.
 
     One row per (rank, step). Columns: ``rank``, ``step``, ``pipeline``, ``pp_rank`` (from
     ``layout``, see :func:`~profiler.analysis.params.pipeline_layout`); ``stages`` (stages
     held, comma separated); ``window_start_ns``, ``window_end_ns`` (ns, run clock) and
-    ``window_ns`` (ns): the pipeline's step window; ``busy_ns`` (ns, union of the rank's
-    compute spans); ``bubble_ns`` (ns, window - busy); ``bubble_ratio`` (bubble / window, 0..1);
-    ``warmup_ns``, ``steady_ns``, ``cooldown_ns`` (ns, the bubble split by phase; they sum to
-    ``bubble_ns``); ``warmup_end_ns``, ``cooldown_start_ns`` (ns, run clock: the phases in
-    time, warm-up ``[window_start_ns, warmup_end_ns)``, steady up to ``cooldown_start_ns``,
-    cool-down up to ``window_end_ns``; the idle inside each is its ``*_ns`` column). Ranks with
-    no compute span in a step have no row for it.
+    ``window_ns`` (ns): the pipeline's step window (:func:`step_windows`); ``busy_ns`` (ns,
+    time inside the window in which the rank's compute lane is busy, with spans of any step);
+    ``bubble_ns`` (ns, window - busy); ``bubble_ratio`` (bubble / window, 0..1; NaN for an
+    empty window); ``warmup_ns``, ``steady_ns``, ``cooldown_ns`` (ns, the bubble split by
+    phase; they sum to ``bubble_ns``); ``warmup_end_ns``, ``cooldown_start_ns`` (ns, run
+    clock: the phases in time, warm-up ``[window_start_ns, warmup_end_ns)``, steady up to
+    ``cooldown_start_ns``, cool-down up to ``window_end_ns``; the idle inside each is its
+    ``*_ns`` column). Ranks with no compute span in a step have no row for it. ``after``:
+    pipeline -> end of the window of the step before the first one in ``parts`` (a caller
+    that reduces a run step by step), so windows stay disjoint across calls.
     """
     if len(parts) == 0:
         return _empty_table()
-    df = _step_windows(parts, layout)
-    df["window_ns"] = df["window_end_ns"] - df["window_start_ns"]
-    df["bubble_ns"] = df["window_ns"] - df["busy_ns"]
-    window = df["window_ns"].to_numpy(dtype=np.float64)
+    index = busy if isinstance(busy, BusyIndex) else BusyIndex(busy)
+    df = step_windows(parts, layout, after=after)
+    rank = df["rank"].to_numpy(dtype=np.int64)
+    ws = df["window_start_ns"].to_numpy(dtype=np.int64)
+    we = df["window_end_ns"].to_numpy(dtype=np.int64)
+    tw = np.clip(df["warmup_end_ns"].to_numpy(dtype=np.int64), ws, we)
+    tc = np.clip(df["cooldown_start_ns"].to_numpy(dtype=np.int64), tw, we)
+    busy_ns = index.between(rank, ws, we)
+    df["window_ns"] = we - ws
+    df["busy_ns"] = busy_ns
+    df["bubble_ns"] = (we - ws) - busy_ns
+    window = (we - ws).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         df["bubble_ratio"] = np.where(window > 0, df["bubble_ns"] / window, np.nan)
-    df["warmup_ns"] = df["warmup_inner_ns"] + (df["first_start_ns"] - df["window_start_ns"])
-    df["steady_ns"] = df["steady_inner_ns"]
-    df["cooldown_ns"] = df["cooldown_inner_ns"] + (df["window_end_ns"] - df["last_end_ns"])
+    warm = (tw - ws) - index.between(rank, ws, tw)
+    cool = (we - tc) - index.between(rank, tc, we)
+    df["warmup_ns"] = warm
+    df["cooldown_ns"] = cool
+    df["steady_ns"] = df["bubble_ns"] - warm - cool
+    df["warmup_end_ns"] = tw
+    df["cooldown_start_ns"] = tc
     out = df[TABLE_COLUMNS].sort_values(["rank", "step"], kind="stable").reset_index(drop=True)
     for c in ("pipeline", "pp_rank"):
         out[c] = out[c].astype(np.int64)
     return out
 
 
-def _step_windows(parts: pd.DataFrame, layout: pd.DataFrame) -> pd.DataFrame:
+def step_windows(parts: pd.DataFrame, layout: pd.DataFrame, *,
+                 after: Mapping[int, int] | None = None) -> pd.DataFrame:
     """``parts`` (per rank and step: ``first_start_ns``, ``last_end_ns``) with ``pipeline``,
     ``pp_rank`` and the step window of the rank's pipeline, ``window_start_ns`` and
-    ``window_end_ns``: first compute start to last compute end over the pipeline's ranks.
-    The one place the window is defined."""
+    ``window_end_ns``. The one place the window is defined: first compute start to last
+    compute end over the pipeline's ranks in the step, then made disjoint in step order: a
+    window starts no earlier than every earlier window of its pipeline ended (the GPU runs
+    behind the host, so step s+1's first kernels may start before step s's last ends; that
+    overlap belongs to step s). ``after``: see :func:`combine_bubbles`."""
     df = parts.merge(layout[["rank", "pipeline", "pp_rank"]], on="rank", how="left")
     if df["pipeline"].isna().any():
         missing = sorted(df.loc[df["pipeline"].isna(), "rank"].unique().tolist())[:8]
         raise ValueError(f"ranks {missing} are missing from the pipeline layout")
-    win = df.groupby(["pipeline", "step"], sort=False).agg(
-        window_start_ns=("first_start_ns", "min"), window_end_ns=("last_end_ns", "max")
-    )
+    win = df.groupby(["pipeline", "step"], sort=True).agg(
+        window_start_ns=("first_start_ns", "min"), window_end_ns=("last_end_ns", "max"))
+    pipe = win.index.get_level_values("pipeline").to_numpy(dtype=np.int64)
+    start = win["window_start_ns"].to_numpy(dtype=np.int64).copy()
+    ran = pd.Series(win["window_end_ns"].to_numpy(dtype=np.int64)).groupby(pipe).cummax()
+    ran = ran.to_numpy(dtype=np.int64)
+    lowest = np.iinfo(np.int64).min
+    prev = np.full(len(start), lowest, dtype=np.int64)  # end of the earlier windows
+    same = np.zeros(len(start), dtype=bool)
+    same[1:] = pipe[1:] == pipe[:-1]
+    prev[1:][same[1:]] = ran[:-1][same[1:]]
+    if after:
+        base = np.array([after.get(int(p), lowest) for p in pipe], dtype=np.int64)
+        prev = np.maximum(prev, base)
+        ran = np.maximum(ran, base)
+    start = np.maximum(start, prev)
+    win["window_start_ns"] = start
+    win["window_end_ns"] = np.maximum(ran, start)
     return df.merge(win, left_on=["pipeline", "step"], right_index=True, how="left")
 
 
@@ -241,7 +369,7 @@ def bubbles(spans: pd.DataFrame, *, params: AnalysisParams | None = None,
     if layout is None:
         position = parts.groupby("rank")["position_stage"].min() if len(parts) else None
         layout = pipeline_layout(spans["rank"].unique(), params or AnalysisParams(), position)
-    return combine_bubbles(parts, layout)
+    return combine_bubbles(parts, layout, busy_intervals(spans))
 
 
 def bubbles_by_stage(table: pd.DataFrame) -> pd.DataFrame:
@@ -274,52 +402,33 @@ def bubble_intervals(spans: pd.DataFrame, table: pd.DataFrame | None = None, *,
                      layout: pd.DataFrame | None = None,
                      steps: np.ndarray | None = None) -> pd.DataFrame:
     """Where the bubbles lie: the idle intervals of each rank inside its pipeline's step
-    window, i.e. the window minus the union of the rank's compute spans in that step.
+    windows, i.e. each window minus the rank's busy time (:func:`busy_intervals`).
 
     The windows are those of ``table`` (:func:`bubbles` / :func:`combine_bubbles` of the same
     ``spans``) or, without it, of ``layout`` (:func:`~.params.pipeline_layout`) by the same
     rule. One row per interval. Columns: ``rank``; ``step`` (-1: unknown, whole run);
-    ``start_ns``, ``end_ns`` (ns, run clock). Per (rank, step) the lengths add up to the
-    table's ``bubble_ns``. ``steps``: :func:`assign_steps` of ``spans`` when the caller has it.
-    A (rank, step) that ``table`` lacks gets only the holes between its own compute spans.
+    ``start_ns``, ``end_ns`` (ns, run clock), sorted by (rank, step, start). Per (rank, step)
+    the lengths add up to the table's ``bubble_ns``. ``steps``: :func:`assign_steps` of
+    ``spans`` when the caller has it.
     """
-    is_comp, step = _compute_steps(spans, steps)
-    rank = spans["rank"].to_numpy(dtype=np.int64)[is_comp]
-    start = spans["start_ns"].to_numpy(dtype=np.int64)[is_comp]
-    end = spans["end_ns"].to_numpy(dtype=np.int64)[is_comp]
-    codes, keys = _rank_step_codes(rank, step)
+    busy = BusyIndex(busy_intervals(spans))
     if table is None:
         if layout is None:
             raise ValueError("bubble_intervals needs the bubble table or the pipeline layout "
                              "(profiler.analysis.pipeline_layout) to know the step windows")
-        first = np.full(len(keys), np.iinfo(np.int64).max)
-        np.minimum.at(first, codes, start)
-        last = np.full(len(keys), np.iinfo(np.int64).min)
-        np.maximum.at(last, codes, end)
-        table = _step_windows(keys.assign(first_start_ns=first, last_end_ns=last), layout)
-    windows = table[["rank", "step", "window_start_ns", "window_end_ns"]].astype("Int64")
-    win = keys.astype("Int64").merge(windows, on=["rank", "step"], how="left")
-    big = np.iinfo(np.int64)  # no window: the leading and trailing idle come out empty
-    ws = win["window_start_ns"].to_numpy(dtype=np.int64, na_value=big.max)
-    we = win["window_end_ns"].to_numpy(dtype=np.int64, na_value=big.min)
-    g, s, e = idle_intervals(codes, start, end, ws, we)
-    return pd.DataFrame({"rank": keys["rank"].to_numpy(dtype=np.int64)[g],
-                         "step": keys["step"].to_numpy(dtype=np.int64)[g],
-                         "start_ns": s, "end_ns": e})
-
-
-def _rank_step_codes(rank: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
-    """Dense codes of (rank, step) pairs in sorted order and the key table (``rank``,
-    ``step``), as :func:`~.intervals.group_codes` gives, from one ``np.unique`` of a combined
-    int64 key when it fits."""
-    if len(rank) == 0:
-        return np.empty(0, np.int64), pd.DataFrame({"rank": rank, "step": step})
-    s0 = int(step.min())
-    width = int(step.max()) - s0 + 1
-    if int(rank.min()) >= 0 and (int(rank.max()) + 1) * width < 2**62:
-        uniq, codes = np.unique(rank * width + (step - s0), return_inverse=True)
-        return codes.astype(np.int64), pd.DataFrame({"rank": uniq // width, "step": uniq % width + s0})
-    return group_codes(pd.DataFrame({"rank": rank, "step": step}), ["rank", "step"])
+        table = combine_bubbles(bubble_parts(spans, steps), layout, busy)
+    win = table[["rank", "step", "window_start_ns", "window_end_ns"]]
+    rank = win["rank"].to_numpy(dtype=np.int64)
+    ws = win["window_start_ns"].to_numpy(dtype=np.int64)
+    we = win["window_end_ns"].to_numpy(dtype=np.int64)
+    i, s, e = busy.overlapping(rank, ws, we)
+    g, gs, ge = idle_intervals(i, s, e, ws, we)
+    none = np.setdiff1d(np.flatnonzero(we > ws), i)  # windows with no busy time: all idle
+    g, gs, ge = (np.concatenate([g, none]), np.concatenate([gs, ws[none]]),
+                 np.concatenate([ge, we[none]]))
+    out = pd.DataFrame({"rank": rank[g], "step": win["step"].to_numpy(dtype=np.int64)[g],
+                        "start_ns": gs, "end_ns": ge})
+    return out.sort_values(["rank", "step", "start_ns"], kind="stable").reset_index(drop=True)
 
 
 def idle_intervals(key: np.ndarray, start: np.ndarray, end: np.ndarray,

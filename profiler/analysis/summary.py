@@ -18,7 +18,7 @@ import pandas as pd
 
 from .alignment import alignment_events, apply_offsets, clock_offsets
 from .bandwidth import bandwidth_by_phase, link_bandwidth, phase_summary
-from .bubbles import bubble_parts, bubbles_by_stage, combine_bubbles
+from .bubbles import bubble_parts, bubbles_by_stage, busy_intervals, combine_bubbles
 from .overlap import overlap
 from .params import AnalysisParams, pipeline_layout, rank_node_map
 from .sm_split import sm_seconds, sm_split_series
@@ -55,6 +55,7 @@ def analyze_unit(spans: pd.DataFrame, counters: pd.DataFrame | None, *,
     """The map step over whole ranks (and the counters of the nodes they run on)."""
     out = {
         "bubble_parts": bubble_parts(spans),
+        "busy": busy_intervals(spans),
         "overlap": overlap(spans),
         "op_parts": op_duration_parts(spans, peer_keys=params.straggler_peer_keys),
     }
@@ -97,7 +98,10 @@ def reduce_units(parts: Sequence[Mapping[str, pd.DataFrame]], *, params: Analysi
         status.append({"analysis": name, "available": df is not None,
                        "rows": 0 if df is None else len(df), "reason": reason})
 
-    table = combine_bubbles(bparts.sort_values(["rank", "step"]).reset_index(drop=True), layout)
+    busy = _concat(parts, "busy")
+    assert busy is not None
+    table = combine_bubbles(bparts.sort_values(["rank", "step"]).reset_index(drop=True), layout,
+                            busy)
     put("bubbles", table, "" if len(table) else "no compute-lane spans")
     put("bubbles_by_stage", bubbles_by_stage(table))
     put("overlap", _concat(parts, "overlap"))

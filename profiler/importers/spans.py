@@ -11,7 +11,10 @@ span schema of :mod:`profiler.schema`, vectorised.
   thread (the one holding most annotations), one with no launch at all to the GPU-side
   annotation (``gpu_user_annotation``) around it on its stream. ``op`` / ``stage`` /
   ``microbatch`` come from the innermost *labelled* annotation (:mod:`.labels`), ``step`` from
-  ``ProfilerStep#N`` around the launch.
+  ``ProfilerStep#N`` around the launch (not around the kernel: the GPU runs behind the host).
+  A GPU event with no launch in a trace whose other GPU events have one was launched before
+  profiling began: its step is :data:`~profiler.schema.PRE_TRACE_STEP` (in no step) and a
+  note counts them.
 * User annotations -> kind ``annotation``, lane ``host`` (GPU projections keep device and
   stream). On a CPU-only trace (no GPU activity) the pipeline labels are the work itself:
   kind ``action`` in lane ``compute`` (F/B/I/W/FB), ``pp_comm`` (SEND/RECV) or ``comm``
@@ -36,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..classify import host_comm_lane
-from ..schema import SPAN_SCHEMA
+from ..schema import PRE_TRACE_STEP, SPAN_SCHEMA
 from .arrowcols import ints, nullable, strings
 from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback
 from .kernels import DEFAULT_SMS, device_sms, kernel_lanes, split_stream_key, stream_keys
@@ -183,10 +186,8 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
                      f"assumed {DEFAULT_SMS} SMs per GPU")
 
     launch_thread, launch_ns = _launches(raw, g_start, ns, base)
-    unlinked = int((launch_thread < 0).sum())
-    if unlinked:
-        notes.append(f"{unlinked} GPU events have no CPU launch (no correlation or flow); "
-                     "their annotation comes from gpu_user_annotation when present")
+    no_launch = launch_thread < 0
+    unlinked = int(no_launch.sum())
     ann_hit = ann.stab("stack", launch_thread, launch_ns, fallback=True)
     pp_hit = ann.stab("pp", launch_thread, launch_ns, fallback=True)
     fields = ann.fields(ann_hit, pp_hit, ann.step_at(launch_ns))
@@ -194,6 +195,25 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
     if gpu_ann is not None:
         for col, arr in gpu_ann.items():
             fields[col] = pc.if_else(pc.is_null(fields[col]), arr, fields[col])
+    if unlinked:
+        # A GPU event's step is its launch's. With no launch in a trace whose other events
+        # have one, and no GPU-side annotation around it either, it was launched before
+        # profiling began: it belongs to no step.
+        on_gpu = (np.zeros(n, dtype=bool) if gpu_ann is None else
+                  pc.is_valid(gpu_ann["annotation"]).to_numpy(zero_copy_only=False))
+        orphan = no_launch & ~on_gpu
+        pre_trace = unlinked < n and len(ann.step_idx) > 0 and bool(orphan.any())
+        if pre_trace:
+            fields["step"] = pc.if_else(pa.array(orphan), pa.scalar(PRE_TRACE_STEP, pa.int32()),
+                                        fields["step"])
+        busy = int((g_end - g_start)[orphan & is_kernel].sum())
+        notes.append(
+            f"{unlinked} GPU events have no CPU launch in the trace (no correlation or flow"
+            + (f"; {int(orphan.sum())} of them launched before profiling began: in no step, "
+               f"left out of per-step figures ({int((orphan & is_kernel).sum())} kernels, "
+               f"{busy / 1e6:.3f} ms)"
+               if pre_trace else "") + "); their annotation comes from gpu_user_annotation "
+            "when present")
 
     lane = np.where(is_kernel, "compute", "memory").astype(object)
     sms = np.full(n, np.nan)

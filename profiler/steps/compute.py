@@ -4,8 +4,11 @@ The unit of work is a *(pipeline, step)*: the spans of every rank of one pipelin
 Everything here is a pure function over the spans of whole units (and, for bandwidth, the
 counters of the units' nodes); it calls the analyses (:mod:`profiler.analysis`,
 :func:`profiler.compare.compare`) and never defines a bubble, an overlap or a cost of its own.
-A unit's results depend only on its own spans, so computing units one by one (live), all at
-once (offline) or up to a cutoff (replay) gives the same rows.
+A unit's results depend only on its own spans, with two exceptions that come from the bubble
+definition (:mod:`profiler.analysis.bubbles`): its step window starts no earlier than the
+previous step's window ended (``after``), and the busy time inside it counts kernels of any
+step (``busy``: the caller hands in the next step's rows too). With both given, computing
+units one by one (live), all at once (offline) or up to a cutoff (replay) gives the same rows.
 
 A per-rank analysis (overlap, SM-seconds) runs per (rank, step) by handing it each
 (rank, step) as a rank of its own (:func:`per_step`). Every table gets ``step_end_ns`` (ns, run
@@ -20,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..analysis.bandwidth import bandwidth_by_phase
-from ..analysis.bubbles import bubble_parts, combine_bubbles
+from ..analysis.bubbles import bubble_parts, busy_intervals, combine_bubbles
 from ..analysis.overlap import overlap
 from ..analysis.params import COMM_LANES, AnalysisParams
 from ..analysis.sm_split import sm_seconds
@@ -30,9 +34,10 @@ from ..analysis.stragglers import op_duration_parts, stragglers
 from ..compare import compare
 from ..errors import InputError
 from ..manifest import Manifest
+from ..store.segments import to_pandas
 
 __all__ = ["UNIT_TABLES", "per_step", "unit_results", "node_windows", "node_bandwidth",
-           "step_scores"]
+           "step_scores", "batch_frames", "window_ends"]
 
 #: the tables :func:`unit_results` returns (each also a derived stream, docs/trace-format.md)
 UNIT_TABLES = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "costs", "ideal_spans")
@@ -61,6 +66,27 @@ def per_step(fn: Callable[..., pd.DataFrame], spans: pd.DataFrame, steps: np.nda
     return out.sort_values(["rank", "step"], kind="stable").reset_index(drop=True)
 
 
+def batch_frames(got: list[tuple[pa.Table, np.ndarray]],
+                 wanted: list[list[int]]) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """The rows of the ``wanted`` steps of each rank's rows in ``got`` (a table and the step
+    of each row), their steps, and :func:`~profiler.analysis.busy_intervals` of *all* the rows
+    (the caller hands in the next step's rows too: its first kernels may run inside the
+    windows of the wanted ones)."""
+    every = to_pandas(pa.concat_tables([t for t, _ in got]))
+    stp = np.concatenate([s for _, s in got])
+    mine = np.concatenate([np.isin(s, w) for (_, s), w in zip(got, wanted, strict=True)])
+    return every.loc[mine].reset_index(drop=True), stp[mine], busy_intervals(every)
+
+
+def window_ends(steps: pd.DataFrame, into: dict[int, int]) -> None:
+    """Record in ``into`` (pipeline -> newest window end, ns) the windows of a ``steps``
+    table, so that the next unit's window starts after them."""
+    if len(steps):
+        for p, end in steps.groupby("pipeline")["window_end_ns"].max().items():
+            if not pd.isna(end):
+                into[int(p)] = max(into.get(int(p), int(end)), int(end))
+
+
 def _with_end(df: pd.DataFrame, ends: pd.Series, keys: list[str]) -> pd.DataFrame:
     """``df`` with ``step_end_ns`` looked up by ``keys`` in ``ends`` (indexed by them)."""
     if len(df) == 0:
@@ -71,10 +97,14 @@ def _with_end(df: pd.DataFrame, ends: pd.Series, keys: list[str]) -> pd.DataFram
 
 def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame,
                  params: AnalysisParams, manifest: Manifest | None = None,
-                 ideal: bool = True) -> dict[str, pd.DataFrame]:
+                 ideal: bool | set[int] = True, busy: pd.DataFrame | None = None,
+                 after: Mapping[int, int] | None = None) -> dict[str, pd.DataFrame]:
     """Every per-step result of the complete units whose spans (all lanes, all their ranks)
     are ``spans``; ``steps`` is the step of each row (:func:`~profiler.analysis.assign_steps`
-    of each rank's rows). Tables (each with ``step_end_ns``):
+    of each rank's rows); ``busy``: :func:`~profiler.analysis.busy_intervals` of these spans and
+    of any later step's that may run inside their windows (default: of ``spans``); ``after``:
+    pipeline -> end of its previous step's window (see
+    :func:`~profiler.analysis.combine_bubbles`). Tables (each with ``step_end_ns``):
 
     - ``steps``: one row per (pipeline, step): ``window_start_ns``, ``window_end_ns``,
       ``window_ns`` (ns, the bubble analysis' step window), ``ranks``, ``spans`` (rows),
@@ -107,7 +137,8 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
         return df.assign(step_end_ns=unit_end.reindex(keys).to_numpy(dtype=np.int64))
 
     parts = bubble_parts(spans, steps)
-    bub = combine_bubbles(parts, layout)
+    bub = combine_bubbles(parts, layout, busy_intervals(spans) if busy is None else busy,
+                          after=after)
     out: dict[str, pd.DataFrame] = {"bubbles": by_rank(bub)}
     out["overlap"] = by_rank(per_step(overlap, spans, steps))
     if params.sms_per_gpu:
@@ -125,10 +156,13 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
         row: dict[str, Any] = {"pipeline": int(p), "step": int(s), "ideal_ns": np.nan,
                                "replay_ns": np.nan, "replay_error": np.nan,
                                "ideal_bubble_ratio_mean": np.nan, "schedule": "",
-                               "ideal_note": "" if ideal else "ideal not computed"}
-        if ideal:
+                               "ideal_note": ""}
+        if not (ideal is True or (ideal and int(s) in ideal)):
+            row["ideal_note"] = "ideal not computed"
+        else:
             try:
-                cmp = compare(unit, manifest)
+                cmp = compare(unit, manifest, bubble_table=bub.loc[
+                    (bub["pipeline"] == p) & (bub["step"] == s)])
             except InputError as e:
                 row["ideal_note"] = str(e)
             else:

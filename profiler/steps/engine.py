@@ -31,7 +31,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,11 +40,19 @@ import pyarrow.compute as pc
 from ..analysis.bubbles import bubble_parts
 from ..analysis.params import AnalysisParams, pipeline_layout, rank_node_map
 from ..capture import CaptureSchedule
+from ..schema import PRE_TRACE_STEP
 from ..store import RunReader
 from ..store.cursor import Cursor
 from ..store.segments import to_pandas
 from .buffer import NO_STEP, Intake, StreamBuffer, damaged_streams
-from .compute import node_bandwidth, node_windows, step_scores, unit_results
+from .compute import (
+    batch_frames,
+    node_bandwidth,
+    node_windows,
+    step_scores,
+    unit_results,
+    window_ends,
+)
 from .store import DerivedWriter, EngineLocked, StepResults, read_state
 
 __all__ = ["StepEngine", "EngineLocked"]
@@ -101,6 +108,7 @@ class StepEngine:
         self._released: dict[str, int] = {}  # stream -> step through which rows were dropped
         self._scored_at: tuple[tuple[int, int], ...] | None = None  # done when last scored
         self._by_node: dict[str, list[int]] | None = None  # node -> its ranks
+        self._win_end: dict[int, int] = {}  # pipeline -> end of its newest step window
         self._resume()
 
     # -- restart ----------------------------------------------------------------------------
@@ -119,6 +127,7 @@ class StepEngine:
         if len(steps):
             self.done = {int(k): int(v) for k, v in steps.groupby("pipeline")["step"].max()
                          .items()}
+            window_ends(steps, self._win_end)
         for node, s in state.get("bw_done", {}).items():
             self.bw_done[node] = int(s)
         bw = self.results.table("bandwidth")
@@ -272,8 +281,7 @@ class StepEngine:
     def _units(self, final: bool, t0: float,
                budget_s: float | None) -> Iterator[dict[str, pd.DataFrame]]:
         """Compute the units that became complete, a few run steps per call of
-        :func:`~.compute.unit_results` (each unit's rows are its own: batching changes no
-        number), oldest steps first; stops early once ``budget_s`` is spent."""
+        :func:`~.compute.unit_results`, oldest first; stops once ``budget_s`` is spent."""
         streams = self._rank_streams()
         todo: dict[int, list[int]] = {}  # step -> pipelines
         for p, hi in self._ready(final).items():
@@ -285,18 +293,17 @@ class StepEngine:
                 st = streams.get(r)
                 if st is not None and st.chunks:
                     stp = st.stepped()[1]
-                    seen.update(np.unique(stp[(stp > done) & (stp <= hi)]).tolist())
+                    seen.update(np.unique(stp[(stp > done) & (stp <= hi)
+                                              & (stp != PRE_TRACE_STEP)]).tolist())
             for step in seen:
                 todo.setdefault(int(step), []).append(p)
         for batch in self._batches(todo, live=budget_s is not None):
-            tables, stps = [], []
-            for r, want in self._rows_wanted(batch).items():
-                t, s = streams[r].rows_of(want)
-                tables.append(t)
-                stps.append(s)
-            if tables and sum(t.num_rows for t in tables):
-                spans = to_pandas(pa.concat_tables(tables))
-                res = self._compute(spans, np.concatenate(stps), sorted({s for s, _ in batch}))
+            wanted = self._rows_wanted(batch)  # and the next step's rows, for busy time
+            got = [streams[r].rows_of([*w, max(w) + 1]) for r, w in wanted.items()]
+            if got and sum(t.num_rows for t, _ in got):
+                spans, stp, busy = batch_frames(got, list(wanted.values()))
+                res = self._compute(spans, stp, sorted({s for s, _ in batch}), busy)
+                window_ends(res["steps"], self._win_end)
                 self._ops.append(res["ops"])
                 yield res
             for step, p in batch:  # a pipeline's steps come in order, oldest batch first
@@ -336,21 +343,14 @@ class StepEngine:
                     out.setdefault(r, []).append(step)
         return out
 
-    def _compute(self, spans: pd.DataFrame, steps: np.ndarray,
-                 group: list[int]) -> dict[str, pd.DataFrame]:
+    def _compute(self, spans: pd.DataFrame, steps: np.ndarray, group: list[int],
+                 busy: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """:func:`~.compute.unit_results`, the ideal only for every ``ideal_every``-th step;
         the steps table says which steps keep full spans (the capture schedule)."""
-        ideal = [s for s in group if self.ideal_every and s % self.ideal_every == 0]
-        m = np.isin(steps, ideal)
-        kw: dict[str, Any] = dict(layout=self.layout, params=self.params,
-                                  manifest=self.reader.manifest)
-        if m.all() or not m.any():
-            res = unit_results(spans, steps, ideal=bool(m.any()), **kw)
-        else:
-            a = unit_results(spans.loc[m], steps[m], ideal=True, **kw)
-            b = unit_results(spans.loc[~m], steps[~m], ideal=False, **kw)
-            res = {k: pd.concat([f for f in (a[k], b[k]) if len(f)] or [a[k]],
-                                ignore_index=True) for k in a}
+        ideal = {s for s in group if self.ideal_every and s % self.ideal_every == 0}
+        res = unit_results(spans, steps, layout=self.layout, params=self.params,
+                           manifest=self.reader.manifest, ideal=ideal, busy=busy,
+                           after=dict(self._win_end))
         st = res["steps"]
         st["full_spans"] = [self.capture is None or self.capture.captures(int(s))
                             for s in st["step"]]

@@ -20,11 +20,14 @@ from typing import Any
 import flask
 from dash import Dash, Input, Output, State, ctx, html
 
+from profiler.freshness import FreshnessPolicy
+
 from . import ids
 from .clock import Clock, ClockLike, RunInfo, as_clock, clock_label, next_clock, ticking
 from .data import DataService
 from .layout import error_card, nav_links, query_of, run_title, shell
 from .pages import experts, links, model, overview, runs, sms, timeline
+from .status import FreshnessTracker, status_outputs
 
 __all__ = ["create_app", "server", "PAGE_MODULES", "route", "clock_outputs"]
 
@@ -78,22 +81,24 @@ def _run_info(svc: DataService, search: str | None) -> RunInfo:
 
 def clock_outputs(clock: ClockLike) -> tuple[Any, ...]:
     """Everything the clock drives in the shell, from the clock alone (the clock itself in
-    its ``dcc.Store`` form first)."""
+    its ``dcc.Store`` form first; the mode badge is :func:`dashboard.status.status_outputs`'s)."""
     c = as_clock(clock) or Clock()
-    mode = c.mode if c.run else "offline"
-    replay = mode == "replay"
-    badge = {"live": ("● LIVE", "badge badge-live"), "replay": ("⟲ REPLAY", "badge badge-replay"),
-             "offline": ("OFFLINE", "badge badge-offline")}[mode]
+    replay = c.run is not None and c.mode == "replay"
     return (c.to_store(), not ticking(c), "replay-bar" if replay else "replay-bar hidden",
             "❚❚" if c.playing else "▶", max(c.duration_s, 1e-3), c.pos_s, clock_label(c),
-            badge[0], badge[1], c.speed, "Exit replay" if replay else "Replay")
+            c.speed, "Exit replay" if replay else "Replay")
 
 
 def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000,
-               live_reload_s: float = 0.5, title: str = "dualscope", warm: bool = False) -> Dash:
+               live_reload_s: float = 0.5, title: str = "dualscope", warm: bool = False,
+               freshness: FreshnessPolicy | None = None, check_process: bool = True) -> Dash:
     """The dashboard over the runs under ``runs_dir``. ``warm`` analyses the finished runs in
-    a background thread so that their first visit is fast."""
+    a background thread so that their first visit is fast. ``freshness``: the limits of the
+    header's LIVE / STALE / DEAD (:class:`~profiler.freshness.FreshnessPolicy`);
+    ``check_process``: a local writer whose process is gone is DEAD at once."""
     svc = DataService(os.fspath(runs_dir), live_reload_s=live_reload_s)
+    tracker = FreshnessTracker(svc, freshness, check_process=check_process,
+                               min_interval_s=min(0.25, live_interval_ms / 2000.0))
     if warm:
         svc.warm_in_background()
     flask_server = flask.Flask(__name__)
@@ -103,6 +108,7 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
                serve_locally=True)
     app.layout = shell(live_interval_ms)
     app._dualscope = svc  # type: ignore[attr-defined]  # tests and benches reach the service
+    app._dualscope_freshness = tracker  # type: ignore[attr-defined]
     interval_s = live_interval_ms / 1000.0
 
     @app.callback(Output(ids.PAGE, "children"), Output(ids.NAV, "children"),
@@ -114,8 +120,7 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
     @app.callback(
         Output(ids.CLOCK, "data"), Output(ids.TICK, "disabled"), Output(ids.REPLAY_BAR, "className"),
         Output(ids.PLAY, "children"), Output(ids.SEEK, "max"), Output(ids.SEEK, "value"),
-        Output(ids.CLOCK_LABEL, "children"), Output(ids.MODE_BADGE, "children"),
-        Output(ids.MODE_BADGE, "className"), Output(ids.SPEED, "value"),
+        Output(ids.CLOCK_LABEL, "children"), Output(ids.SPEED, "value"),
         Output(ids.REPLAY_TOGGLE, "children"),
         Input(ids.URL, "search"), Input(ids.TICK, "n_intervals"), Input(ids.REPLAY_TOGGLE, "n_clicks"),
         Input(ids.PLAY, "n_clicks"), Input(ids.SPEED, "value"), Input(ids.SEEK, "value"),
@@ -139,6 +144,11 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
         else:
             c = next_clock(current, "open", run_info=_run_info(svc, search))
         return clock_outputs(c)
+
+    @app.callback(Output(ids.MODE_BADGE, "children"), Output(ids.MODE_BADGE, "className"),
+                  Output(ids.FRESHNESS, "children"), Input(ids.CLOCK, "data"))
+    def _status(clock: dict[str, Any] | None) -> tuple[Any, ...]:
+        return status_outputs(tracker, clock)
 
     for module in PAGE_MODULES.values():
         module.register(app, svc)

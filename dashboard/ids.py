@@ -16,6 +16,8 @@ SPEED = "replay-speed"
 SEEK = "replay-seek"
 CLOCK_LABEL = "clock-label"
 MODE_BADGE = "mode-badge"
+FRESHNESS = "freshness"
+FRESH_CHIP = "fresh-chip"
 ERROR_CARD = "error-card"
 
 # runs

@@ -53,6 +53,7 @@ def shell(live_interval_ms: int) -> html.Div:
             html.Nav(id=ids.NAV, className="nav"),
             html.Div(id=ids.HEADER_RUN, className="header-run"),
             html.Div(className="mode", children=[
+                html.Div(id=ids.FRESHNESS, className="freshness"),
                 html.Span(id=ids.MODE_BADGE, className="badge badge-offline", children="OFFLINE"),
                 html.Button("Replay", id=ids.REPLAY_TOGGLE, className="btn", n_clicks=0),
             ]),

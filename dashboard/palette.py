@@ -21,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "BG", "PANEL", "PANEL_2", "GRID", "TEXT", "DIM", "ACCENT", "OK", "WARN", "CRIT", "STATUS",
+    "ON_CRIT",
     "OPS", "COMM", "BUBBLE", "PHASE_MARK", "TIMELINE", "PHASES", "ATTRIBUTION", "OVERLAP",
     "SM", "LINKS", "RUNS", "SERIES", "LINE", "PEAK", "SEQUENTIAL", "DIVERGING", "FAMILIES",
     "rgba",
@@ -41,6 +42,8 @@ OK = "#34d399"
 WARN = "#fbbf24"
 CRIT = "#f87171"
 STATUS = {"ok": OK, "warn": WARN, "crit": CRIT}
+#: text on a badge filled with :data:`CRIT` (the DEAD run badge)
+ON_CRIT = "#2a0808"
 
 # -- pipeline ops and communication kinds (Timeline, Model) ------------------------------
 #: forward, backward, input-grad, weight-grad, overlapped forward&backward, unlabelled compute

@@ -217,13 +217,19 @@ class Observer:
         self._mono, self._wall, self._alive = monotonic, wall_ns, alive
         #: key -> (last mark seen, monotonic time it changed)
         self._seen: dict[str, tuple[object, float]] = {}
+        self._looked: dict[str, float] = {}  # key -> monotonic time of the last look
         self._writers_seen: set[str] = set()
         self._seq: dict[str, int] = {}  # stream -> newest segment number seen
 
     def _age(self, key: str, mark: object, wall_ns: int | None, now: float) -> float | None:
         """Seconds since ``mark`` last changed, on this process's clock (first sighting: from
-        the writer's wall time ``wall_ns``, once)."""
+        the writer's wall time ``wall_ns``, once). A change is dated by ``wall_ns`` too, but
+        only within the interval since the previous look (the change happened in it), so a
+        sparse observer does not make data look younger than it is while a writer's wrong
+        clock can shift it by at most that interval."""
         prev = self._seen.get(key)
+        looked = self._looked.get(key, now)
+        self._looked[key] = now
         if prev is None:
             if wall_ns is None:
                 self._seen[key] = (mark, now)
@@ -232,8 +238,10 @@ class Observer:
             self._seen[key] = (mark, first)
             return now - first
         if prev[0] != mark:
-            self._seen[key] = (mark, now)
-            return 0.0
+            ago = 0.0 if wall_ns is None else (self._wall() - wall_ns) / 1e9
+            changed = now - min(max(0.0, ago), max(0.0, now - looked))
+            self._seen[key] = (mark, changed)
+            return now - changed
         return now - prev[1]
 
     def observe(self) -> tuple[list[StreamObs], list[WriterObs], str]:

@@ -58,6 +58,7 @@ def test_data_colours_have_contrast_on_the_dark_theme() -> None:
     for fg in (palette.TEXT, palette.DIM, palette.ACCENT, palette.OK, palette.WARN, palette.CRIT):
         for bg in (palette.BG, palette.PANEL, palette.PANEL_2):
             assert contrast(fg, bg) >= 4.5, (fg, bg)
+    assert contrast(palette.ON_CRIT, palette.CRIT) >= 4.5  # the DEAD badge's text
 
 
 def test_op_and_comm_colours_mean_nothing_else() -> None:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import click
 
+from profiler.freshness import FreshnessPolicy
+
 __all__ = ["command", "serve"]
 
 
 def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
-          live_interval_ms: int = 1000) -> None:
+          live_interval_ms: int = 1000, freshness: FreshnessPolicy | None = None) -> None:
     """Build the app and serve it with Flask's threaded server until interrupted."""
     from ..app import create_app
 
-    app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True)
+    app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True, freshness=freshness)
     app.run(host=host, port=port, debug=debug, use_reloader=False, threaded=True)
 
 
@@ -27,8 +29,18 @@ def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
 @click.option("--port", default=8050, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--refresh-ms", default=1000, show_default=True, type=click.IntRange(200, 60000),
               help="Live refresh interval.")
+@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="A live run is STALE after max(this, 3 median step times) s without new data.")
+@click.option("--dead-after", default=300.0, show_default=True, type=click.FloatRange(0.1),
+              help="...and DEAD after this many s without new data although its writer beats.")
+@click.option("--heartbeat-timeout", default=15.0, show_default=True,
+              type=click.FloatRange(0.1),
+              help="A writer whose heartbeat is older than this (s) is gone: DEAD.")
 @click.option("--debug", is_flag=True, help="Dash debug mode (never on a shared host).")
-def command(runs_dir: str, host: str, port: int, refresh_ms: int, debug: bool) -> None:
+def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: float,
+            dead_after: float, heartbeat_timeout: float, debug: bool) -> None:
     """Serve the dashboard over the run directories under RUNS_DIR (default ./runs)."""
     click.echo(f"dualscope dashboard: {runs_dir} at http://{host}:{port}/  (Ctrl-C to stop)")
-    serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms)
+    policy = FreshnessPolicy(stale_min_s=stale_after, dead_after_s=dead_after,
+                             heartbeat_timeout_s=heartbeat_timeout)
+    serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms, freshness=policy)

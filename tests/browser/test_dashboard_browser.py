@@ -34,13 +34,11 @@ SAMPLES = ROOT / "sample_traces"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SYN = "synthetic-dsv3-pp16-ep64"
 REF = "reference-cpu-pp2-ep2-dualpipev"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)",
                 allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 
 class LiveRun:
@@ -78,7 +76,7 @@ class LiveRun:
 class _Server:
     """The app over ``runs`` served on loopback by a thread."""
 
-    def __init__(self, runs: Path, *, warm: bool = True) -> None:
+    def __init__(self, runs: Path, *, warm: bool = True, **kw: Any) -> None:
         import logging
 
         from werkzeug.serving import make_server
@@ -86,7 +84,7 @@ class _Server:
         from dashboard.app import create_app
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.app = create_app(runs, live_interval_ms=500, live_reload_s=0.2)
+        self.app = create_app(runs, **{"live_interval_ms": 500, "live_reload_s": 0.2, **kw})
         if warm:
             self.app._dualscope.warm()  # type: ignore[attr-defined]  # analyse runs up front
         self.srv = make_server("127.0.0.1", 0, self.app.server, threaded=True)
@@ -108,27 +106,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     finally:
         server.srv.shutdown()
         live.w.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context(viewport={"width": 1680, "height": 1000})
-    pg = ctx.new_page()
-    pg.set_default_timeout(45_000)
-    errors: list[str] = []
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    pg.errors = errors  # type: ignore[attr-defined]
-    yield pg
-    ctx.close()
 
 
 def _shot(pg: Any, name: str) -> None:

@@ -1,0 +1,230 @@
+"""The header's run status on every page (issue 10, item 4): the state badge (LIVE, STALE,
+DEAD, FINISHED, or REPLAY / OFFLINE from the clock), the age of the newest data per source
+(the job's spans, each node's counters), the current step, and an alert chip that links to
+the view of the source that stopped.
+
+The verdicts are :mod:`profiler.freshness`'s: one :class:`~profiler.freshness.Observer` per
+run, shared by every browser (its ages run on this server's monotonic clock), asked at most
+every ``min_interval_s``. The run's median step time (for "STALE after max(10 s, 3 step
+times)") and its newest step come from the data read so far, cached per data version.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dash import dcc, html
+
+from profiler.freshness import FreshnessPolicy, Observer, SourceFreshness, process_alive
+
+from . import ids
+from .clock import ClockLike, as_clock
+from .data import DataService, RunData
+from .layout import href
+
+__all__ = ["RunFreshness", "FreshnessTracker", "step_stats", "fmt_age", "status_outputs",
+           "BADGES"]
+
+_RANK = {"LIVE": 0, "STALE": 1, "DEAD": 2}
+#: state -> (badge text, badge class)
+BADGES = {"LIVE": ("● LIVE", "badge badge-live"), "STALE": ("STALE", "badge badge-stale"),
+          "DEAD": ("DEAD", "badge badge-dead"), "FINISHED": ("FINISHED", "badge badge-finished"),
+          "REPLAY": ("⟲ REPLAY", "badge badge-replay"), "OFFLINE": ("OFFLINE", "badge badge-offline")}
+
+
+@dataclass(frozen=True)
+class RunFreshness:
+    """A run's state as the header shows it: the worst source's state and reason, the
+    current step, the median step time it was judged with (s), the STALE limit it implied
+    (s), and every source's verdict."""
+
+    state: str
+    reason: str
+    step: int | None
+    step_time_s: float | None
+    stale_after_s: float
+    sources: list[SourceFreshness] = field(default_factory=list)
+
+    @property
+    def worst(self) -> SourceFreshness | None:
+        """The source that decided the state (None when the run is LIVE or FINISHED): the
+        job's spans when they are in that state, else the one stopped longest."""
+        bad = [s for s in self.sources if s.state == self.state and s.state in ("STALE", "DEAD")]
+        return min(bad, key=lambda s: (s.source != "spans", -(s.oldest_age_s or 0.0))
+                   ) if bad else None
+
+
+def step_stats(spans: pd.DataFrame) -> tuple[float | None, int | None]:
+    """(median step time in s, newest step) of the spans read so far. A step's time is from
+    its first start to the next step's first start (the cadence at which new data comes,
+    host gaps included); a run of one step uses that step's first start to last end."""
+    if len(spans) == 0 or "step" not in spans:
+        return None, None
+    s = spans.loc[spans["step"].to_numpy() >= 0, ["step", "start_ns", "end_ns"]]
+    if len(s) == 0:
+        return None, None
+    g = s.groupby("step", sort=True).agg(a=("start_ns", "min"), b=("end_ns", "max"))
+    newest = int(g.index[-1])
+    steps = g.index.to_numpy()
+    starts = g["a"].to_numpy(dtype=np.float64)
+    nxt = np.diff(steps) == 1
+    dur = (np.diff(starts)[nxt] if nxt.any()
+           else (g["b"] - g["a"]).to_numpy(dtype=np.float64)) / 1e9
+    dur = dur[dur > 0]
+    return (float(np.median(dur)) if len(dur) else None), newest
+
+
+class FreshnessTracker:
+    """The freshness of the runs the app shows: one observer per run, an assessment at most
+    every ``min_interval_s`` per run (every browser's tick shares it). ``check_process``:
+    also ask whether a writer's process on this host still exists (off: judge a local writer
+    as one on another host, by its heartbeat and data only)."""
+
+    def __init__(self, svc: DataService, policy: FreshnessPolicy | None = None, *,
+                 check_process: bool = True, min_interval_s: float = 0.25,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.svc = svc
+        self.policy = policy or FreshnessPolicy()
+        self.check_process = check_process
+        self.min_interval_s = min_interval_s
+        self._mono = monotonic
+        self._lock = threading.Lock()
+        self._observers: dict[str, Observer] = {}
+        self._last: dict[str, tuple[float, RunFreshness]] = {}
+
+    def _observer(self, rd: RunData) -> Observer:
+        obs = self._observers.get(rd.run_id)
+        if obs is None or obs.path != rd.entry.path:
+            alive = process_alive if self.check_process else (lambda pid, host: None)
+            obs = Observer(rd.entry.path, monotonic=self._mono, alive=alive)
+            self._observers[rd.run_id] = obs
+        return obs
+
+    def of(self, run_id: str) -> RunFreshness:
+        """The freshness of ``run_id`` now (errors as :meth:`DataService.snapshot`)."""
+        rd, snap = self.svc.snapshot(run_id)
+        step_time, newest = rd.derived("step_stats", snap, lambda: step_stats(snap.spans))
+        stale_s = self.policy.stale_after_s(step_time)
+        status = snap.manifest.status
+        if status == "finished":
+            return RunFreshness("FINISHED", "the run finished", newest, step_time, stale_s)
+        with self._lock:
+            now = self._mono()
+            hit = self._last.get(rd.run_id)
+            if hit is not None and now - hit[0] < self.min_interval_s:
+                return hit[1]
+            sources = self._observer(rd).assess(step_time_s=step_time, policy=self.policy)
+            out = _summarise(sources, status, newest, step_time, stale_s)
+            self._last[rd.run_id] = (now, out)
+            return out
+
+
+def _summarise(sources: list[SourceFreshness], status: str, newest: int | None,
+               step_time: float | None, stale_s: float) -> RunFreshness:
+    steps = [s.step for s in sources if s.step is not None]
+    step = max([*steps, *([newest] if newest is not None else [])], default=None)
+    if not sources:
+        if status == "failed":
+            return RunFreshness("DEAD", "the run failed (manifest)", step, step_time, stale_s)
+        return RunFreshness("LIVE", "no data yet", step, step_time, stale_s)
+    open_ = [s for s in sources if s.state != "FINISHED"]
+    if not open_:
+        return RunFreshness("FINISHED", "every writer finished cleanly", step, step_time,
+                            stale_s, sources)
+    state = max(open_, key=lambda s: _RANK[s.state]).state
+    if state == "LIVE":
+        return RunFreshness("LIVE", "", step, step_time, stale_s, sources)
+    bad = [s for s in open_ if s.state == state]
+    if len({s.reason for s in bad}) == 1 and len(bad) > 1:  # one cause (a job's heartbeat)
+        reason = bad[0].reason
+    else:  # the job's spans first, else the source stopped longest
+        w = min(bad, key=lambda s: (s.source != "spans", -(s.oldest_age_s or 0.0)))
+        named = w.reason.startswith(w.kind + "/")  # already names its stream
+        reason = w.reason if named else f"{_source_label(w.source)}: {w.reason}"
+    return RunFreshness(state, reason, step, step_time, stale_s, sources)
+
+
+def fmt_age(s: float | None) -> str:
+    """An age for the header: ``0.4 s``, ``12 s``, ``5 min``, ``3 h``, ``2 d``; ``–`` none."""
+    if s is None:
+        return "–"
+    if s == float("inf"):
+        return "∞"
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.0f} h"
+    return f"{s / 86400:.0f} d"
+
+
+def _source_label(source: str) -> str:
+    return "spans" if source == "spans" else source.split(":", 1)[-1]
+
+
+def _source_href(run: str, source: str) -> str:
+    """The view of a source: the timeline for the job's spans, the node's links for counters."""
+    if source.startswith("counters:"):
+        return href("/links", run, node=source.split(":", 1)[1])
+    return href("/timeline", run)
+
+
+def _source_chip(s: SourceFreshness) -> html.Span:
+    title = f"{s.source}: {s.state}" + (f" — {s.reason}" if s.reason else "") + (
+        f"; {s.streams} streams" if s.streams > 1 else "")
+    return html.Span(className=f"fresh-src fresh-{s.state.lower()}", title=title, children=[
+        html.Span(_source_label(s.source), className="fresh-name"), " ",
+        html.Span(fmt_age(s.age_s), className="fresh-age")])
+
+
+def _strip(run: str, f: RunFreshness) -> list[Any]:
+    out: list[Any] = []
+    if f.step is not None:
+        out.append(html.Span(f"step {f.step}", className="fresh-step",
+                             title="the newest step any writer reported"))
+    if f.state != "FINISHED":
+        spans = [s for s in f.sources if s.source == "spans"]
+        nodes = [s for s in f.sources if s.source != "spans"]
+        out.extend(_source_chip(s) for s in spans)
+        if len(nodes) <= 3:
+            out.extend(_source_chip(s) for s in nodes)
+        elif nodes:
+            worst = max(nodes, key=lambda s: (_RANK.get(s.state, -1), s.age_s or 0.0))
+            title = "\n".join(f"{_source_label(s.source)}: {s.state} {fmt_age(s.age_s)}"
+                              for s in nodes)
+            out.append(html.Span(className=f"fresh-src fresh-{worst.state.lower()}", title=title,
+                                 children=[html.Span(f"{len(nodes)} nodes", className="fresh-name"),
+                                           " ≤ ", html.Span(fmt_age(worst.age_s),
+                                                            className="fresh-age")]))
+    if f.state in ("STALE", "DEAD"):
+        level = "warn" if f.state == "STALE" else "crit"
+        w = f.worst
+        target = _source_href(run, w.source) if w is not None else href("/", None)
+        out.append(dcc.Link(f"{f.state}: {f.reason}", href=target, id=ids.FRESH_CHIP,
+                            className=f"chip chip-{level}", title=f.reason))
+    return out
+
+
+def status_outputs(tracker: FreshnessTracker, clock: ClockLike) -> tuple[str, str, list[Any]]:
+    """(badge text, badge class, freshness strip) for the header: REPLAY in replay, OFFLINE
+    with nothing open, else the run's freshness state with its ages, step and alert chip."""
+    c = as_clock(clock)
+    if c is None or not c.run:
+        return (*BADGES["OFFLINE"], [])
+    if c.mode == "replay":
+        return (*BADGES["REPLAY"], [])
+    try:
+        f = tracker.of(c.run)
+    except Exception:  # the page says why the run cannot be read
+        return (*BADGES["OFFLINE"], [])
+    text, cls = BADGES[f.state]
+    return text, cls, _strip(c.run, f)

@@ -16,7 +16,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from profiler.analysis import AnalysisParams, comm_bandwidth, rank_node_map, steps_table
+from profiler.analysis import (
+    AnalysisParams,
+    comm_bandwidth,
+    overlap_total,
+    rank_node_map,
+    steps_table,
+)
 from profiler.counters import IB, NVLINK, TX_BYTES_PER_S, device_kinds
 from profiler.manifest import Manifest
 
@@ -57,6 +63,9 @@ class Alert(_ByName):
     page: str
     title: str
     detail: str
+    #: the view's URL parameters (dashboard.deeplink): a straggler's pipeline and step, a
+    #: weak port's node
+    params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,8 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
     ok = ideal is not None and ideal.ok
     ov = results.get("overlap")
     if ov is not None and len(ov) and ov["comm_ns"].sum() > 0:
-        exposed_share = float(ov["exposed_comm_ns"].sum() / ov["comm_ns"].sum())
+        share, _ = overlap_total(ov)
+        exposed_share = 1.0 - share  # NaN when no device has compute: no data, not "all"
         exposed_per_step = float(ov["exposed_comm_ns"].mean() / 1e9 / max(1, len(steps)))
     else:
         exposed_share = exposed_per_step = _NAN
@@ -192,7 +202,7 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
     if ports is None:
         ports = pd.DataFrame(columns=PORT_COLUMNS)
     links = _links(ports, m)
-    st = results.get("stragglers")
+    st = with_worst_step(results.get("stragglers"), snap.spans)
     o = Overview(
         synthetic=m.synthetic, source=m.source, status=m.status,
         schedule=(ideal.schedule_name if ideal is not None and ok and ideal.schedule_name
@@ -217,6 +227,35 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
         probes={k: (v.available, v.reason) for k, v in m.probes.items()},
     )
     return replace(o, alerts=alerts(o, th))
+
+
+def with_worst_step(st: pd.DataFrame | None, spans: pd.DataFrame) -> pd.DataFrame | None:
+    """The straggler table with ``worst_step``: the step in which each straggler's worst op
+    (all its spans when it has none of that op) took longest."""
+    if st is None or len(st) == 0 or len(spans) == 0 or "step" not in spans:
+        return st
+    ranks = st["rank"].to_numpy(dtype=np.int64)
+    sp = spans.loc[np.isin(spans["rank"].to_numpy(), ranks) & (spans["step"].to_numpy() >= 0),
+                   ["rank", "step", "op", "start_ns", "end_ns"]]
+    sp = sp.assign(dur=sp["end_ns"] - sp["start_ns"])
+    worst: list[Any] = []
+    for r, op in zip(ranks, st.get("worst_op", pd.Series([None] * len(st))), strict=True):
+        mine = sp.loc[sp["rank"].to_numpy() == r]
+        of_op = mine.loc[mine["op"] == op] if op is not None else mine.iloc[:0]
+        use = of_op if len(of_op) else mine
+        worst.append(int(use.groupby("step")["dur"].sum().idxmax()) if len(use) else pd.NA)
+    return st.assign(worst_step=pd.array(worst, dtype="Int64"))
+
+
+def straggler_view(s: Any) -> tuple[tuple[str, str], ...]:
+    """URL parameters of a straggler's view: its pipeline and worst step on the Timeline."""
+    out: list[tuple[str, str]] = []
+    pipe, step = s.get("pipeline"), s.get("worst_step")
+    if pipe is not None and not pd.isna(pipe):
+        out.append(("ranks", f"pipeline:{int(pipe)}"))
+    if step is not None and not pd.isna(step):
+        out.append(("step", str(int(step))))
+    return tuple(out)
 
 
 def cpu_run(m: Manifest) -> bool:
@@ -317,7 +356,8 @@ def alerts(o: Overview, th: Mapping[str, float]) -> list[Alert]:
             out.append(Alert("crit" if p["share"] < th["bandwidth_share_min"] / 1.5 else "warn",
                              "links", f"{p['node']}{gpu} {p['device']} at {p['share']:.0%} of peak",
                              f"{p['p95_bytes_per_s'] / 1e9:.1f} GB/s while dispatch/combine "
-                             f"run; threshold {th['bandwidth_share_min']:.0%} of peak"))
+                             f"run; threshold {th['bandwidth_share_min']:.0%} of peak",
+                             (("node", str(p["node"])),)))
         if len(low) > 4:
             out.append(Alert("warn", "links", f"{len(low) - 4} more links below "
                                               f"{th['bandwidth_share_min']:.0%} of peak", ""))
@@ -328,6 +368,7 @@ def alerts(o: Overview, th: Mapping[str, float]) -> list[Alert]:
             out.append(Alert("crit", "timeline", f"Straggler: rank {int(s['rank'])}",
                              f"{s.get('worst_op', '?')} {_nan(s.get('slowdown')):.2f}x its "
                              f"peers (z {_nan(s['z_max']):.1f})"
-                             + (f"; {waiting} ranks of its pipeline wait" if waiting else "")))
+                             + (f"; {waiting} ranks of its pipeline wait" if waiting else ""),
+                             straggler_view(s)))
     order = {"crit": 0, "warn": 1}
     return sorted(out, key=lambda a: order.get(a.level, 2))

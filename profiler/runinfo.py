@@ -19,7 +19,8 @@ def run_info(reader: RunReader, *, top_kernels: int = 8) -> dict[str, Any]:
     distinct step ids), ``time`` (start_ns, end_ns, duration_s), ``spans`` (count per lane and
     kind), ``kernels`` (per lane: count, busy_s, SMs min / median / max and the most frequent
     kernels with their SMs), ``counters`` (count, nodes, devices, metrics), ``segments``
-    (files, bytes).
+    (files, bytes), ``import_notes`` (rank, note: what ``import`` said about each file, e.g.
+    categories it left out).
     """
     m = reader.manifest
     spans = reader.spans(columns=["lane", "kind", "name", "step", "start_ns", "end_ns", "sms",
@@ -41,6 +42,10 @@ def run_info(reader: RunReader, *, top_kernels: int = 8) -> dict[str, Any]:
         "ranks": reader.ranks(),
         "clock_offsets_ns": m.clock_offsets_ns,
     }
+    files = m.extra.get("files") if isinstance(m.extra, dict) else None
+    info["import_notes"] = [{"rank": f.get("rank"), "note": str(n)}
+                            for f in (files if isinstance(files, list) else [])
+                            if isinstance(f, dict) for n in (f.get("notes") or [])]
     if len(spans):
         start, end = int(spans["start_ns"].min()), int(spans["end_ns"].max())
         info["time"] = {"start_ns": start, "end_ns": end, "duration_s": (end - start) / 1e9}

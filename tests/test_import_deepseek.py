@@ -42,7 +42,7 @@ def test_manifest(run: tuple[Path, pd.DataFrame]) -> None:
     assert m.topology.sms_per_gpu == 132
     assert m.topology.gpu_name == "NVIDIA H800"
     assert m.parallel.world_size == 64
-    assert m.extra["sms_per_gpu_default_used"] is False
+    assert m.extra["sms_per_gpu_unknown_ranks"] == []
     (f,) = m.extra["files"]
     assert f["rank"] == 0 and f["rank_source"] == "distributedInfo"
     assert f["comm_streams"] == [[0, 27]]

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from profiler.classify import classify_kernels, host_comm_lane, name_evidence
+from profiler.engine import analyze_run
 from profiler.errors import InputError
 from profiler.importers import import_kineto
 from profiler.importers.discover import load_trace, rank_from_filename
@@ -252,7 +253,7 @@ def test_load_trace_variants(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_bytes(orjson.dumps(doc["traceEvents"]))  # bare array
     src = load_trace(tmp_path / "a.json")
     got = [e for _, c in src.chunks() for e in c]
-    assert [(e.name, e.ts) for e in got] == [(e["name"], e["ts"]) for e in doc["traceEvents"]]
+    assert [(e.name, msgspec.json.decode(e.ts)) for e in got] == [(e["name"], e["ts"]) for e in doc["traceEvents"]]
     (tmp_path / "b.json.gz").write_bytes(gzip.compress(orjson.dumps(doc)))
     src = load_trace(tmp_path / "b.json.gz")
     for _ in src.chunks():
@@ -334,14 +335,26 @@ def test_fixture_clock_and_host(gpu_spans: pd.DataFrame) -> None:
 
 
 def test_device_properties_unavailable(tmp_path: Path) -> None:
+    """No deviceProperties and no device name: the SMs are unknown, never assumed (an Ampere
+    trace must not get Hopper's 132); --sms-per-gpu gives them."""
     out = tmp_path / "run"
     summary = import_kineto([FIXTURES / "device_properties_unavailable"], out)
     reader = RunReader(out)
-    assert reader.manifest.extra["sms_per_gpu_default_used"] is True
-    assert reader.manifest.topology.sms_per_gpu == 132
+    assert reader.manifest.extra["sms_per_gpu_unknown_ranks"] == [0]
+    assert reader.manifest.topology.sms_per_gpu is None
     k = reader.spans()
-    assert k.loc[k["name"].str.contains("gemm"), "sms"].tolist() == [132]
-    assert any("assumed 132 SMs" in n for n in summary.ranks[0].notes)
+    assert k.loc[k["name"].str.contains("gemm"), "sms"].isna().all()
+    assert any("SMs per GPU unknown for device(s) [0]" in n and "--sms-per-gpu" in n
+               for n in summary.ranks[0].notes)
+    res = analyze_run(out)
+    status = res["status"].set_index("analysis")
+    assert not status.loc["sm_seconds", "available"]
+    assert "sms_per_gpu unknown" in status.loc["sm_seconds", "reason"]
+    out2 = tmp_path / "given"
+    import_kineto([FIXTURES / "device_properties_unavailable"], out2, sms_per_gpu=108)
+    k2 = RunReader(out2).spans()
+    assert RunReader(out2).manifest.topology.sms_per_gpu == 108
+    assert k2.loc[k2["name"].str.contains("gemm"), "sms"].tolist() == [108]
 
 
 def test_rank_from_file_names(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from .bubbles import (
     step_windows,
 )
 from .intervals import gaps, union, union_length
-from .overlap import overlap
+from .overlap import overlap, overlap_total
 from .params import AnalysisParams, assign_steps, pipeline_layout, position_stage, rank_node_map
 from .sm_split import sm_seconds, sm_split_series
 from .steps import steps_table
@@ -66,6 +66,7 @@ __all__ = [
     "link_bandwidth",
     "op_duration_parts",
     "overlap",
+    "overlap_total",
     "phase_summary",
     "pipeline_layout",
     "position_stage",

@@ -17,7 +17,7 @@ import pandas as pd
 from .intervals import union_length
 from .params import COMM_LANES
 
-__all__ = ["overlap", "device_compute_mask"]
+__all__ = ["overlap", "overlap_total", "device_compute_mask"]
 
 
 def device_compute_mask(spans: pd.DataFrame) -> np.ndarray:
@@ -37,8 +37,10 @@ def overlap(spans: pd.DataFrame, *, comm_lanes: tuple[str, ...] = COMM_LANES) ->
     ``comm_ns`` (ns, union of communication spans); ``compute_ns`` (ns, union of compute
     spans); ``overlapped_ns`` (ns, communication time during which compute runs);
     ``exposed_comm_ns`` (ns, communication time with no compute running);
-    ``overlap_ratio`` (overlapped / comm, 0..1; NaN when the rank has no communication);
-    ``comm_spans`` (count).
+    ``overlap_ratio`` (overlapped / comm, 0..1; NaN when it does not exist: the rank has no
+    communication, or no compute on its device, which is "no data", not "all exposed");
+    ``comm_spans`` (count); ``note`` (why the ratio is NaN, else empty). Figures over many
+    ranks (:func:`overlap_total`) leave out the ranks without compute.
     """
     comm = spans["lane"].isin(list(comm_lanes)).to_numpy()
     comp = device_compute_mask(spans)
@@ -55,7 +57,10 @@ def overlap(spans: pd.DataFrame, *, comm_lanes: tuple[str, ...] = COMM_LANES) ->
     both_ns = union_length(code[keep], s[keep], e[keep], n)
     overlapped = comm_ns + comp_ns - both_ns
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(comm_ns > 0, overlapped / np.maximum(comm_ns, 1), np.nan)
+        ratio = np.where((comm_ns > 0) & (comp_ns > 0), overlapped / np.maximum(comm_ns, 1),
+                         np.nan)
+    note = np.where(comm_ns == 0, "no communication on this rank",
+                    np.where(comp_ns == 0, "no compute on this device", ""))
     return pd.DataFrame({
         "rank": ranks,
         "comm_ns": comm_ns,
@@ -64,4 +69,16 @@ def overlap(spans: pd.DataFrame, *, comm_lanes: tuple[str, ...] = COMM_LANES) ->
         "exposed_comm_ns": comm_ns - overlapped,
         "overlap_ratio": ratio,
         "comm_spans": np.bincount(code[comm], minlength=n).astype(np.int64),
+        "note": note.astype(object),
     })
+
+
+def overlap_total(table: pd.DataFrame) -> tuple[float, str]:
+    """Overlapped share of the communication of the ranks in ``table`` (an :func:`overlap`
+    table) that have compute; NaN and the reason when no rank has both."""
+    both = table.loc[(table["comm_ns"] > 0) & (table["compute_ns"] > 0)]
+    if len(both):
+        return float(both["overlapped_ns"].sum() / both["comm_ns"].sum()), ""
+    if len(table) and (table["comm_ns"] > 0).any():
+        return float("nan"), "no compute on any device with communication"
+    return float("nan"), "no communication"

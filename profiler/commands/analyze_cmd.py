@@ -8,6 +8,7 @@ import re
 import click
 import pandas as pd
 
+from ..analysis.overlap import overlap_total
 from ..errors import InputError
 from ..report import print_json, print_table
 
@@ -106,9 +107,10 @@ def _render(res: dict[str, pd.DataFrame], top: int) -> None:
     ov = res["overlap"]
     if len(ov):
         tot = ov[["comm_ns", "overlapped_ns", "exposed_comm_ns"]].sum()
+        share, why = overlap_total(ov)
         click.echo(f"overlap over {len(ov)} ranks: comm {tot['comm_ns'] / 1e9:.6f} s, "
-                   f"overlapped {tot['overlapped_ns'] / max(tot['comm_ns'], 1):.1%}, "
-                   f"exposed {tot['exposed_comm_ns'] / 1e9:.6f} s")
+                   + (f"overlapped {share:.1%}" if not why else f"overlapped n/a ({why})")
+                   + f", exposed {tot['exposed_comm_ns'] / 1e9:.6f} s")
         print_table(f"most exposed communication (top {top})",
                     _rows(ov.nlargest(top, "exposed_comm_ns")))
     sm = res.get("sm_seconds")

@@ -132,6 +132,9 @@ def _print_summary(d: dict) -> None:
               help="Kernel-name regex that forces a kernel to communication (repeatable).")
 @click.option("--keep-cpu-ops", is_flag=True,
               help="Also keep non-communication cpu_ops (kind cpu_op, lane host).")
+@click.option("--sms-per-gpu", type=click.IntRange(min=1), default=None,
+              help="SMs of every GPU, overriding the traces' deviceProperties and device "
+                   "names (needed for SM figures when a trace has neither).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Files imported at once (processes; with --engine dask, LocalCluster "
                    "workers). Default: the machine's cores.")
@@ -142,8 +145,8 @@ def _print_summary(d: dict) -> None:
               "workers share); default: start a LocalCluster.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
-            keep_cpu_ops: bool, jobs: int | None, engine: str, scheduler: str | None,
-            as_json: bool) -> None:
+            keep_cpu_ops: bool, sms_per_gpu: int | None, jobs: int | None, engine: str,
+            scheduler: str | None, as_json: bool) -> None:
     """Import Kineto / Chrome trace JSON (plain or .gz), one file per rank, or folders of
     them, into a new run directory OUT. Files are imported in parallel (--jobs)."""
     from ..importers import default_jobs, import_kineto
@@ -155,7 +158,8 @@ def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
     try:
         with _progress(n_files) as update, system_arrow_pool():
             summary = import_kineto(traces, out, comm_patterns=comm_patterns,
-                                    keep_cpu_ops=keep_cpu_ops, jobs=jobs or default_jobs(),
+                                    keep_cpu_ops=keep_cpu_ops, sms_per_gpu=sms_per_gpu,
+                                    jobs=jobs or default_jobs(),
                                     engine=engine, scheduler=scheduler, on_progress=update,
                                     around_parse=gc_paused)
     except OSError as e:  # the inputs' errors are named by the importer: this is --out's

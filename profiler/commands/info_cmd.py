@@ -51,6 +51,11 @@ def command(run: str, as_json: bool) -> None:
     if info["probes"]:
         rows = [{"probe": k, **v} for k, v in info["probes"].items()]
         print_table("probes", rows, ["probe", "available", "reason"])
+    notes = info["import_notes"]
+    for n in notes[:16]:
+        click.echo(f"import note (rank {n['rank']}): {n['note']}")
+    if len(notes) > 16:
+        click.echo(f"  ... {len(notes) - 16} more import notes; all in --json")
     seg = info["segments"]
     click.echo(f"storage: {seg['files']} segment files, {seg['bytes'] / 1e6:.2f} MB")
 

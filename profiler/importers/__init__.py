@@ -33,7 +33,6 @@ from ..store import atomic_run_dir, rank_dir_name
 from .discover import find_trace_files
 from .parallel import ENGINES, Progress, default_jobs, run_tasks
 from .rankfile import FileResult, FileTask
-from .spans import DEFAULT_SMS
 
 __all__ = ["ENGINES", "ImportSummary", "Progress", "RankSummary", "default_jobs",
            "import_kineto"]
@@ -117,6 +116,7 @@ def import_kineto(
     *,
     comm_patterns: Sequence[str] = (),
     keep_cpu_ops: bool = False,
+    sms_per_gpu: int | None = None,
     jobs: int = 1,
     engine: str = "local",
     scheduler: str | None = None,
@@ -128,6 +128,8 @@ def import_kineto(
 
     ``comm_patterns``: regular expressions forcing kernels to communication;
     ``keep_cpu_ops``: also keep non-communication cpu_ops (kind ``cpu_op``, lane ``host``);
+    ``sms_per_gpu``: SMs of every GPU, overriding the traces' ``deviceProperties`` and device
+    names (:func:`.kernels.device_sms`);
     ``jobs`` / ``engine`` / ``scheduler``: where the per-file tasks run (:mod:`.parallel`;
     the run is the same whichever). ``progress(path, size_bytes)`` is called after each file
     (in file order), ``on_progress(state)`` as files and bytes advance over all workers;
@@ -152,7 +154,8 @@ def import_kineto(
         staging.mkdir()
         tasks = [FileTask(index=i, path=str(p), staging=str(staging / f"{i:06d}"),
                           multi=len(files) > 1, comm_patterns=patterns,
-                          keep_cpu_ops=keep_cpu_ops) for i, p in enumerate(files)]
+                          keep_cpu_ops=keep_cpu_ops, sms_per_gpu=sms_per_gpu)
+                 for i, p in enumerate(files)]
         owner: dict[int, str] = {}
         world: dict[int, str] = {}
 
@@ -271,11 +274,12 @@ def _manifest(n_files: int, results: list[FileResult], world_size: int | None,
             sms[n_sms] += 1
             names[name] += 1
             devices.add(d)
-    sms_default = any(r.sms_default_used for r in results)
-    top_sms = next((s for s, _ in sms.most_common() if s), None)
+    # the SMs the kernels were counted with: numSms, the device name's or --sms-per-gpu
+    used = Counter(r.sms_per_gpu for r in results if r.sms_per_gpu)
+    top_sms = next((s for s, _ in used.most_common()), None)
     manifest.topology = Topology(
         gpus_per_node=len(devices) if devices else None,
-        sms_per_gpu=top_sms if top_sms is not None else (DEFAULT_SMS if sms_default else None),
+        sms_per_gpu=top_sms,
         gpu_name=next((n for n, _ in names.most_common() if n), None),
     )
     manifest.parallel = Parallel(world_size=world_size)
@@ -294,7 +298,8 @@ def _manifest(n_files: int, results: list[FileResult], world_size: int | None,
         "backend": sorted({r.backend for r in results if r.backend is not None}),
         "comm_patterns": list(patterns),
         "keep_cpu_ops": keep_cpu_ops,
-        "sms_per_gpu_default_used": sms_default,
+        "sms_per_gpu_unknown_ranks": sorted(r.rank for r in results
+                                            if r.sms_per_gpu is None and not r.cpu_only),
         "clock": "unix-epoch ns: round(ts_us * 1000), plus baseTimeNanoseconds when the "
                  "trace's ts are relative to it; ranks not aligned to each other",
         "counts": {"lane": dict(sorted(lanes.items())), "kind": dict(sorted(kinds.items()))},

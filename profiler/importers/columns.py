@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -30,22 +31,29 @@ import msgspec
 import numpy as np
 
 from ..errors import InputError
+from .categories import (
+    ANNOTATION,
+    CPU_OP,
+    FLOW,
+    GPU_ANNOTATION,
+    KERNEL,
+    LAUNCH,
+    MEMCPY,
+    MEMSET,
+    Categories,
+)
 from .events import INT32, INT64, Args, Event, TraceMeta, int_in, msg_bytes, pg_of
+from .times import NO_TS, NULL_TEXT, BadTime, us_to_ns
 
-__all__ = ["Columns", "columns_of", "extract_columns", "gpu_int", "where"]
+__all__ = ["Columns", "bad_ts", "columns_of", "extract_columns", "gpu_int", "where"]
 
 _HOST_COMM_PREFIX = ("gloo:", "nccl:", "c10d::", "record_param_comms")
 _BACKEND_PREFIX = ("gloo:", "nccl:")
 
-# category codes
-_CPU_OP, _FLOW, _LAUNCH, _KERNEL, _MEMCPY, _MEMSET, _ANNOTATION, _GPU_ANNOTATION = range(1, 9)
-_CAT: dict[str | None, int] = {
-    "cpu_op": _CPU_OP, "ac2g": _FLOW, "cuda_runtime": _LAUNCH, "cuda_driver": _LAUNCH,
-    "kernel": _KERNEL, "gpu_memcpy": _MEMCPY, "gpu_memset": _MEMSET,
-    "user_annotation": _ANNOTATION, "gpu_user_annotation": _GPU_ANNOTATION}
 _GPU_KINDS = np.array(["", "", "", "", "kernel", "memcpy", "memset", "", ""], dtype=object)
 
 _EMPTY_ARGS = Args()
+_NO_TEXT = NULL_TEXT
 _ARGS = msgspec.json.Decoder(list[Args | None])
 _GRIDS = msgspec.json.Decoder(list[tuple[int, int, int] | None])
 _AT = re.compile(r"^(?P<msg>.*) - at `\$\[(?P<i>\d+)\](?P<path>[^`]*)`$", re.S)
@@ -77,6 +85,7 @@ class Columns:
         self.refs: list[_Refs] = []
         self.n_events = 0
         self.n_flows = 0
+        self.skipped: Counter[str] = Counter()  # category -> events not imported
         self._names: dict[str, str] = {}
 
     def interned(self, names: list[str]) -> list[str]:
@@ -104,22 +113,23 @@ def extract_columns(path: Path, chunks: Iterable[tuple[int, list[Event]]], *,
     """Sort the events of a trace (``chunks``: ``(index of the first event, events)``) into
     column pieces (see the module docstring)."""
     cols = Columns()
-    get = _CAT.get
+    cats = Categories()
+    cols.skipped = cats.skipped
     for first, chunk in chunks:
         cols.n_events += len(chunk)
-        codes = np.array([get(e.cat, 0) for e in chunk], dtype=np.int8)
+        codes = cats.of(chunk)
         present = np.bincount(codes, minlength=9)
-        cols.n_flows += int(present[_FLOW])
-        if present[_KERNEL] or present[_MEMCPY] or present[_MEMSET]:
-            idx = np.flatnonzero((codes >= _KERNEL) & (codes <= _MEMSET))
+        cols.n_flows += int(present[FLOW])
+        if present[KERNEL] or present[MEMCPY] or present[MEMSET]:
+            idx = np.flatnonzero((codes >= KERNEL) & (codes <= MEMSET))
             _gpu_events(path, cols, _pick(chunk, idx), idx + first, codes[idx])
-        for code, fn in ((_LAUNCH, _launches), (_ANNOTATION, _annotations),
-                         (_GPU_ANNOTATION, _gpu_annotations)):
+        for code, fn in ((LAUNCH, _launches), (ANNOTATION, _annotations),
+                         (GPU_ANNOTATION, _gpu_annotations)):
             if present[code]:
                 idx = np.flatnonzero(codes == code)
                 fn(path, cols, _pick(chunk, idx), idx + first)
-        if present[_CPU_OP]:
-            idx = np.flatnonzero(codes == _CPU_OP)
+        if present[CPU_OP]:
+            idx = np.flatnonzero(codes == CPU_OP)
             _cpu_ops(path, cols, _pick(chunk, idx), idx + first, keep_cpu_ops)
         del chunk  # before the reader goes on: it pins a window of the file
     return cols
@@ -135,6 +145,24 @@ def _keep(ev: list[Event], index: np.ndarray, mask: list[bool]) -> tuple[list[Ev
         return ev, index
     keep = np.flatnonzero(np.array(mask, dtype=bool)).tolist()
     return [ev[i] for i in keep], index[keep]
+
+
+def _times(path: Path, index: np.ndarray, ev: list[Event]) -> np.ndarray:
+    """The ``ts`` of ``ev`` as exact int64 ns (:mod:`.times`; :data:`NO_TS` when missing), or
+    the error naming the first event whose ts is not a number."""
+    try:
+        return us_to_ns([e.ts for e in ev])
+    except BadTime as err:
+        raise bad_ts(path, int(index[err.index]), ev[err.index].name, err.text) from None
+
+
+def bad_ts(path: Path, index: int, name: object, text: bytes) -> InputError:
+    """The error for an event whose ``ts`` (JSON ``text``) is not a finite number of µs."""
+    shown = " ".join(text.decode(errors="replace").split())
+    shown = shown if len(shown) <= 40 else shown[:39] + "…"
+    label = name[:60] if isinstance(name, str) else name
+    return InputError(f"{path}: event {index}: ts {shown} of {label!r} is not a finite number "
+                      "of µs; fix the event or re-export the trace")
 
 
 def _floats(values: list[float | None]) -> np.ndarray:
@@ -210,7 +238,7 @@ def _gpu_events(path: Path, cols: Columns, ev: list[Event], index: np.ndarray,
     if None in names:
         names = ["None" if n is None else n for n in names]
     pids, tids = [e.pid for e in ev], [e.tid for e in ev]
-    ts, dur = _floats([e.ts for e in ev]), _floats([e.dur for e in ev])
+    ts, dur = _times(path, index, ev), _floats([e.dur for e in ev])
     args = _args(path, index, ev)
     devices = _or([a.device for a in args], pids)
     streams = _or([a.stream for a in args], tids)
@@ -232,12 +260,12 @@ def _gpu_events(path: Path, cols: Columns, ev: list[Event], index: np.ndarray,
     n = len(ev)
     pg: list[str | None] = [None] * n
     nbytes = [-1] * n
-    for i in np.flatnonzero(codes != _KERNEL).tolist():  # memcpy / memset: their size
+    for i in np.flatnonzero(codes != KERNEL).tolist():  # memcpy / memset: their size
         b = args[i].bytes
         nbytes[i] = b if type(b) is int else -1
     for i in [i for i, a in enumerate(args)  # kernels of a process group / collective
               if a.pg_name is not None or a.pg_desc is not None or a.collective is not None]:
-        if codes[i] == _KERNEL:
+        if codes[i] == KERNEL:
             pg[i] = pg_of(args[i])
             nbytes[i] = msg_bytes(args[i])
     cols.add(g_idx=index, g_code=codes, g_name=cols.interned(names), g_ts=ts,
@@ -298,10 +326,9 @@ def _refs(path: Path, cols: Columns, key: str, index: np.ndarray, ev: list[Event
 
 def _launches(path: Path, cols: Columns, ev: list[Event], index: np.ndarray) -> None:
     corr = [a.correlation for a in _args(path, index, ev)]
-    ts = _floats([e.ts for e in ev])
-    if np.isnan(ts).any() or set(map(type, corr)) != {int}:
-        ok = [type(c) is int and not math.isnan(t) for c, t in zip(corr, ts.tolist(),
-                                                                     strict=True)]
+    ts = _times(path, index, ev)
+    if (ts == NO_TS).any() or set(map(type, corr)) != {int}:
+        ok = [type(c) is int and t != NO_TS for c, t in zip(corr, ts.tolist(), strict=True)]
         keep = np.flatnonzero(np.array(ok, dtype=bool))
         ev, index, ts = [ev[i] for i in keep.tolist()], index[keep], ts[keep]
         corr = [corr[i] for i in keep.tolist()]
@@ -321,14 +348,14 @@ def _cpu_ops(path: Path, cols: Columns, ev: list[Event], index: np.ndarray,
         comm = [n.startswith(_HOST_COMM_PREFIX) for n in cast(list[str], names)]
     cand = [i for i, (c, n) in enumerate(zip(comm, names, strict=True))
             if c or (keep_cpu_ops and n is not None)]
-    keep = [i for i in cand if ev[i].ts is not None and ev[i].ph == "X"]
+    keep = [i for i in cand if ev[i].ts != _NO_TEXT and ev[i].ph == "X"]
     if keep:
         _host(path, cols, [ev[i] for i in keep], index[keep], [comm[i] for i in keep],
               cpu_op=True)
 
 
 def _annotations(path: Path, cols: Columns, ev: list[Event], index: np.ndarray) -> None:
-    ev, index = _keep(ev, index, [e.name is not None and e.ts is not None and e.ph == "X"
+    ev, index = _keep(ev, index, [e.name is not None and e.ts != _NO_TEXT and e.ph == "X"
                                   for e in ev])
     if not ev:
         return
@@ -342,7 +369,7 @@ def _annotations(path: Path, cols: Columns, ev: list[Event], index: np.ndarray) 
     if not ev:
         return
     dur = _floats([e.dur for e in ev])
-    cols.add(a_idx=index, a_name=cols.interned(names), a_ts=_floats([e.ts for e in ev]),
+    cols.add(a_idx=index, a_name=cols.interned(names), a_ts=_times(path, index, ev),
              a_dur=np.where(np.isnan(dur), 0.0, dur))
     _refs(path, cols, "a", index, ev)
 
@@ -362,7 +389,7 @@ def _host(path: Path, cols: Columns, ev: list[Event], index: np.ndarray, comm: l
             coll[i] = a.collective if isinstance(a.collective, str) else None
             pg[i] = pg_of(a)
     dur = _floats([e.dur for e in ev])
-    cols.add(h_idx=index, h_name=names, h_ts=_floats([e.ts for e in ev]),
+    cols.add(h_idx=index, h_name=names, h_ts=_times(path, index, ev),
              h_dur=np.where(np.isnan(dur), 0.0, dur),
              h_bytes=_checked(path, index, nbytes, "message bytes", names, INT64),
              h_coll=coll, h_pg=pg, h_is_cpu_op=np.full(n, cpu_op))
@@ -374,14 +401,14 @@ def _gpu_annotations(path: Path, cols: Columns, ev: list[Event], index: np.ndarr
     if not ev:
         return
     names = cast(list[str], [e.name for e in ev])  # None filtered out above
-    ts = _floats([e.ts for e in ev])
+    ts = _times(path, index, ev)
     args = _args(path, index, ev)
     devices = _or([a.device for a in args], [e.pid for e in ev])
     streams = _or([a.stream for a in args], [e.tid for e in ev])
     device, stream = _int_array(devices, INT32), _int_array(streams, INT32)
-    if np.isnan(ts).any() or device is None or stream is None:
+    if (ts == NO_TS).any() or device is None or stream is None:
         for i in range(len(ev)):
-            if math.isnan(ts[i]):
+            if ts[i] == NO_TS:
                 raise InputError(f"{where(path, int(index[i]), 'GPU annotation', names[i])} "
                                  "has no numeric ts (µs); re-export the trace")
             if not int_in(devices[i], INT32):

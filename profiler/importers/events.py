@@ -109,14 +109,15 @@ def msg_bytes(a: Args) -> int:
 
 
 class Event(msgspec.Struct, gc=False):
-    """One trace event (Chrome trace format): ``ts`` / ``dur`` in µs."""
+    """One trace event (Chrome trace format): ``ts`` / ``dur`` in µs; ``ts`` kept as its JSON
+    text, converted to ns exactly per chunk (:mod:`.times`)."""
 
     ph: str | None = None
     cat: str | None = None
     name: str | None = None
     pid: int | str | None = None
     tid: int | str | None = None
-    ts: float | None = None
+    ts: msgspec.Raw = _NULL
     dur: float | None = None
     id: int | str | None = None
     #: raw JSON: skipped by the decoder, decoded only for the events that use their args

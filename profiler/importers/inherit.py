@@ -144,7 +144,7 @@ def gpu_annotation_fallback(raw: RawTrace, base: int, device: np.ndarray, stream
     idx = np.flatnonzero(lab.step < 0)
     if not len(idx):
         return None
-    gs = to_ns(raw.ga_ts, base)
+    gs = raw.ga_ts + np.int64(base)
     ge = gs + np.maximum(to_ns(raw.ga_dur), 0)
     gkey = stream_keys(raw.ga_device, raw.ga_stream)
     index = IntervalIndex(gkey[idx], gs[idx], ge[idx])

@@ -31,6 +31,7 @@ import orjson
 
 from ..classify import KernelClasses, classify_kernels
 from ..errors import InputError
+from ..gpus import sms_for_name
 from .discover import load_document, load_trace
 from .events import TraceMeta
 from .kineto import RawTrace, clock_base, read_trace, to_ns
@@ -38,12 +39,8 @@ from .kineto import RawTrace, clock_base, read_trace, to_ns
 if TYPE_CHECKING:  # pandas is imported when a table is built, not by the importer
     import pandas as pd
 
-__all__ = ["DEFAULT_SMS", "KernelLanes", "device_sms", "kernel_lanes", "kernel_table",
+__all__ = ["KernelLanes", "device_sms", "kernel_lanes", "kernel_table",
            "read_kernels", "split_stream_key", "stream_keys"]
-
-#: SMs per GPU when a trace has no ``deviceProperties`` for a kernel's device (H100/H800)
-DEFAULT_SMS = 132
-
 
 @dataclass(frozen=True)
 class KernelLanes:
@@ -66,7 +63,9 @@ def kernel_lanes(names: Sequence[str] | np.ndarray, streams: Sequence[Hashable] 
     ``streams``: a hashable key per kernel naming its GPU and stream (``(device, stream)``);
     ``grid_blocks``: grid x*y*z (NaN when unknown); ``has_pg``: the kernel's args name a
     process group or collective; ``sms_per_gpu``: scalar or one per kernel."""
-    cls = classify_kernels(names, streams, grid_blocks, has_pg, sms_per_gpu=sms_per_gpu,
+    per = np.asarray(sms_per_gpu, dtype=np.float64)
+    cls = classify_kernels(names, streams, grid_blocks, has_pg,  # unknown SMs: grids uncapped
+                           sms_per_gpu=np.where(np.isnan(per), np.inf, per),
                            comm_patterns=comm_patterns)
     blocks = np.asarray(grid_blocks, dtype=np.float64)
     sms = np.minimum(blocks, np.asarray(sms_per_gpu, dtype=np.float64))  # NaN stays NaN
@@ -74,21 +73,33 @@ def kernel_lanes(names: Sequence[str] | np.ndarray, streams: Sequence[Hashable] 
     return KernelLanes(lane=lane, sms=sms, classes=cls)
 
 
-def device_sms(raw: RawTrace, device: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """SMs per GPU for each entry of ``device``: the trace's ``deviceProperties`` ``numSms``,
-    else :data:`DEFAULT_SMS`; second, the devices that had to take the default (sorted)."""
-    known = {d: info.sms for d, info in raw.devices.items() if info.sms}
-    sms = np.array([known.get(d, -1) for d in device.tolist()], dtype=np.int64)
-    missing = sorted(set(device[sms < 0].tolist()))
-    return np.where(sms < 0, DEFAULT_SMS, sms), missing
+def device_sms(raw: RawTrace, device: np.ndarray,
+               override: int | None = None) -> tuple[np.ndarray, dict[int, str], list[int]]:
+    """SMs per GPU for each entry of ``device`` (float64): ``override`` (``--sms-per-gpu``),
+    else the trace's ``deviceProperties`` ``numSms``, else the device name's
+    (:func:`profiler.gpus.sms_for_name`), else NaN (unknown: no SM figures). Also the devices
+    whose SMs came from their name (device -> name) and those left unknown (sorted)."""
+    if override:
+        return np.full(len(device), float(override)), {}, []
+    by_name: dict[int, str] = {}
+    known: dict[int, float] = {}
+    for d, info in raw.devices.items():
+        if info.sms:
+            known[d] = float(info.sms)
+        elif (named := sms_for_name(info.name)) is not None:
+            known[d] = float(named)
+            by_name[d] = str(info.name)
+    sms = np.array([known.get(d, np.nan) for d in device.tolist()], dtype=np.float64)
+    unknown = sorted(set(device[np.isnan(sms)].tolist()))
+    return sms, {d: n for d, n in by_name.items() if d in set(device.tolist())}, unknown
 
 
 def kernel_table(raw: RawTrace, *, sms_per_gpu: int | None = None,
                  comm_patterns: Iterable[str | re.Pattern[str]] = ()) -> pd.DataFrame:
     """The kernels of one parsed trace, one row each, in trace order.
 
-    ``sms_per_gpu``: SMs of every GPU, overriding the trace's ``deviceProperties`` (default:
-    those, else :data:`DEFAULT_SMS`). Columns: ``name``; ``device``, ``stream`` (int64);
+    ``sms_per_gpu``: SMs of every GPU, overriding the trace (default: :func:`device_sms`).
+    Columns: ``name``; ``device``, ``stream`` (int64);
     ``start_ns``, ``end_ns`` (int64 ns on the trace's own Unix-epoch clock, see
     :mod:`.kineto`); ``grid_blocks`` (float64, grid x*y*z, NaN unknown); ``sms`` (Int64, SMs
     held, <NA> unknown); ``lane`` (``comm`` | ``compute``); ``reason`` (the classifier's
@@ -103,10 +114,9 @@ def kernel_table(raw: RawTrace, *, sms_per_gpu: int | None = None,
     pg = [raw.g_pg[i] for i in pick]
     names = [raw.g_name[i] for i in pick]
     base, _ = clock_base(raw)
-    start = to_ns(raw.g_ts[idx], base)
+    start = raw.g_ts[idx] + np.int64(base)
     dur = to_ns(raw.g_dur[idx])
-    sms_per = (np.full(len(idx), sms_per_gpu, dtype=np.int64) if sms_per_gpu
-               else device_sms(raw, device)[0])
+    sms_per = device_sms(raw, device, sms_per_gpu)[0]
     k = kernel_lanes(names, stream_keys(device, stream), blocks, [p is not None for p in pg],
                      sms_per_gpu=sms_per, comm_patterns=comm_patterns)
     return pd.DataFrame({

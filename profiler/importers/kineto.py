@@ -25,18 +25,20 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from ..errors import InputError
-from .columns import columns_of, extract_columns, where
+from .columns import bad_ts, columns_of, extract_columns, where
 from .events import MAX_ABS_US, DeviceInfo, Event, TraceMeta, dtype_bytes
+from .times import NO_TS, NULL_TEXT, BadTime, us_to_ns
 
 __all__ = ["RawTrace", "DeviceInfo", "check_times", "clock_base", "extract", "extract_flows",
            "read_trace", "to_ns", "dtype_bytes"]
 
 _F = np.zeros(0, np.float64)
+_I = np.zeros(0, np.int64)
 _I = np.zeros(0, np.int64)
 
 
@@ -44,8 +46,9 @@ _I = np.zeros(0, np.int64)
 class RawTrace:
     """The events of one trace that the importer uses, as columns, in trace order.
 
-    Times are still in the trace's microseconds (``*_ts``, ``*_dur``: float64); :func:`to_ns`
-    converts them. ``*_idx`` is each row's event index in the file (for messages). Host
+    Starts (``*_ts``) are exact int64 ns of the trace's clock (:mod:`.times`; the
+    ``baseTimeNanoseconds`` not yet added: :func:`clock_base`), durations (``*_dur``) still the
+    trace's float64 µs (:func:`to_ns` converts them; a duration is exact in float64). ``*_idx`` is each row's event index in the file (for messages). Host
     threads are numbered in order of first appearance: ``thread_keys[i]`` is the
     ``(pid, tid)`` of thread ``i``.
     """
@@ -57,7 +60,7 @@ class RawTrace:
     g_idx: np.ndarray = field(default_factory=lambda: _I)
     g_kind: list[str] = field(default_factory=list)
     g_name: list[str] = field(default_factory=list)
-    g_ts: np.ndarray = field(default_factory=lambda: _F)
+    g_ts: np.ndarray = field(default_factory=lambda: _I)
     g_dur: np.ndarray = field(default_factory=lambda: _F)
     g_pid: list[Any] = field(default_factory=list)
     g_tid: list[Any] = field(default_factory=list)
@@ -71,24 +74,24 @@ class RawTrace:
     l_idx: np.ndarray = field(default_factory=lambda: _I)
     l_corr: np.ndarray = field(default_factory=lambda: _I)
     l_thread: np.ndarray = field(default_factory=lambda: _I)
-    l_ts: np.ndarray = field(default_factory=lambda: _F)
+    l_ts: np.ndarray = field(default_factory=lambda: _I)
     # host user annotations
     a_idx: np.ndarray = field(default_factory=lambda: _I)
     a_name: list[str] = field(default_factory=list)
-    a_ts: np.ndarray = field(default_factory=lambda: _F)
+    a_ts: np.ndarray = field(default_factory=lambda: _I)
     a_dur: np.ndarray = field(default_factory=lambda: _F)
     a_thread: np.ndarray = field(default_factory=lambda: _I)
     # GPU-side projections of user annotations
     ga_idx: np.ndarray = field(default_factory=lambda: _I)
     ga_name: list[str] = field(default_factory=list)
-    ga_ts: np.ndarray = field(default_factory=lambda: _F)
+    ga_ts: np.ndarray = field(default_factory=lambda: _I)
     ga_dur: np.ndarray = field(default_factory=lambda: _F)
     ga_device: np.ndarray = field(default_factory=lambda: _I)
     ga_stream: np.ndarray = field(default_factory=lambda: _I)
     # host ops: communication ops always, other cpu_ops only when kept
     h_idx: np.ndarray = field(default_factory=lambda: _I)
     h_name: list[str] = field(default_factory=list)
-    h_ts: np.ndarray = field(default_factory=lambda: _F)
+    h_ts: np.ndarray = field(default_factory=lambda: _I)
     h_dur: np.ndarray = field(default_factory=lambda: _F)
     h_thread: np.ndarray = field(default_factory=lambda: _I)
     h_bytes: np.ndarray = field(default_factory=lambda: _I)
@@ -96,11 +99,13 @@ class RawTrace:
     h_pg: list[str | None] = field(default_factory=list)
     h_is_cpu_op: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     # ac2g flows: start id -> (thread, ts); finish (pid, tid, ts) -> id
-    flow_start: dict[int, tuple[int, float]] = field(default_factory=dict)
-    flow_finish: dict[tuple[Any, Any, float], int] = field(default_factory=dict)
+    flow_start: dict[int, tuple[int, int]] = field(default_factory=dict)
+    flow_finish: dict[tuple[Any, Any, int], int] = field(default_factory=dict)
     thread_index: dict[tuple[Any, Any], int] = field(default_factory=dict)
     n_events: int = 0
     n_flows: int = 0
+    #: categories of events not imported (category -> events), for the import note
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def devices(self) -> dict[int, DeviceInfo]:
@@ -129,6 +134,7 @@ def extract(path: Path, chunks: Iterable[tuple[int, list[Event]]], *,
         setattr(raw, key, value)
     raw.n_events = cols.n_events
     raw.n_flows = cols.n_flows
+    raw.skipped = dict(cols.skipped.most_common())
     return raw
 
 
@@ -143,18 +149,19 @@ def check_times(raw: RawTrace) -> None:
         if not len(ts):
             continue
         dur = getattr(raw, f"{prefix}_dur", None)
-        bad = ~(np.abs(ts) <= MAX_ABS_US)
+        bad = (ts == NO_TS) | ~(np.abs(ts.astype(np.float64)) <= MAX_ABS_US * 1000.0)
         if dur is not None:
             bad |= ~(np.abs(dur) <= MAX_ABS_US)
         if not bad.any():
-            start = ts * 1000.0 + base
+            start = ts.astype(np.float64) + base
             end = start + (np.maximum(dur, 0) * 1000.0 if dur is not None else 0)
             bad = (np.abs(start) > limit) | (np.abs(end) > limit)
         if bad.any():
             i = int(np.argmax(bad))
             idx = int(getattr(raw, f"{prefix}_idx")[i])
             label = getattr(raw, name_col)[i] if name_col else "cuda launch"
-            value = f"ts={float(ts[i])!r}" + (f" dur={float(dur[i])!r}" if dur is not None else "")
+            shown = "missing" if ts[i] == NO_TS else repr(int(ts[i]) / 1000)
+            value = f"ts={shown}" + (f" dur={float(dur[i])!r}" if dur is not None else "")
             raise InputError(
                 f"{where(raw.path, idx, 'event', label)} has {value} µs, out of range (ts "
                 f"and dur finite, |ts|, |dur| <= {MAX_ABS_US:.1e} µs, start and end within "
@@ -167,21 +174,29 @@ def extract_flows(raw: RawTrace, chunks: Iterable[tuple[int, list[Event]]]) -> N
     threads, keys = raw.thread_index, raw.thread_keys
     base, _ = clock_base(raw)
     for first, chunk in chunks:
-        for j, e in enumerate(chunk):
-            if e.cat != "ac2g" or type(e.id) is not int or e.ts is None:
-                continue
-            if not (abs(e.ts) <= MAX_ABS_US and abs(e.ts * 1000.0 + base) <= _LIMIT_NS):
-                raise InputError(f"{where(raw.path, first + j, 'flow', e.name)} has ts={e.ts!r}"
-                                 " µs, out of range; fix the event or re-export the trace")
+        flows = [(j, e) for j, e in enumerate(chunk)
+                 if e.cat == "ac2g" and type(e.id) is int and e.ts != NULL_TEXT]
+        if not flows:
+            continue
+        try:
+            times = us_to_ns([e.ts for _, e in flows]).tolist()
+        except BadTime as err:
+            j, e = flows[err.index]
+            raise bad_ts(raw.path, first + j, e.name, err.text) from None
+        for (j, e), ts in zip(flows, times, strict=True):
+            if not (abs(ts) <= MAX_ABS_US * 1000 and abs(ts + base) <= _LIMIT_NS):
+                raise InputError(f"{where(raw.path, first + j, 'flow', e.name)} has ts="
+                                 f"{ts / 1000!r} µs, out of range; fix the event or re-export "
+                                 "the trace")
             if e.ph == "s":
                 k = (e.pid, e.tid)
                 th = threads.get(k)
                 if th is None:
                     th = threads[k] = len(keys)
                     keys.append(k)
-                raw.flow_start[e.id] = (th, e.ts)
+                raw.flow_start[cast(int, e.id)] = (th, ts)
             elif e.ph == "f":
-                raw.flow_finish[(e.pid, e.tid, e.ts)] = e.id
+                raw.flow_finish[(e.pid, e.tid, ts)] = cast(int, e.id)
 
 
 def clock_base(raw: RawTrace) -> tuple[int, str | None]:
@@ -192,7 +207,7 @@ def clock_base(raw: RawTrace) -> tuple[int, str | None]:
     if base is None:
         return 0, None
     firsts = [col[0] for col in (raw.g_ts, raw.a_ts, raw.h_ts, raw.l_ts, raw.ga_ts) if len(col)]
-    if firsts and min(firsts) * 1000 >= base:
+    if firsts and min(firsts) >= base:
         return 0, "ts are absolute although baseTimeNanoseconds is present; base not added"
     return base, None
 

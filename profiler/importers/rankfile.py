@@ -46,6 +46,7 @@ class FileTask:
     multi: bool
     comm_patterns: tuple[str, ...] = ()
     keep_cpu_ops: bool = False
+    sms_per_gpu: int | None = None
 
 
 @dataclass
@@ -71,7 +72,7 @@ class FileResult:
     world_size: int | None
     backend: str | None
     devices: dict[int, tuple[int | None, str | None]]
-    sms_default_used: bool
+    sms_per_gpu: int | None
     notes: list[str] = field(default_factory=list)
 
 
@@ -143,7 +144,8 @@ def import_file(task: FileTask, *,
     rank, source, notes = resolve_rank(path, meta, task.multi)
     world_size = _checked(path, "world_size", meta.distributed.get("world_size"))
     backend = meta.distributed.get("backend")
-    res = build_spans(raw, rank, comm_patterns=patterns, keep_cpu_ops=task.keep_cpu_ops)
+    res = build_spans(raw, rank, comm_patterns=patterns, keep_cpu_ops=task.keep_cpu_ops,
+                      sms_per_gpu=task.sms_per_gpu)
     n_events = raw.n_events
     del raw
     table = res.table
@@ -165,7 +167,7 @@ def import_file(task: FileTask, *,
         reasons=res.reasons, world_size=world_size,
         backend=backend if isinstance(backend, str) else None,
         devices={d: (info.sms, info.name) for d, info in meta.devices.items()},
-        sms_default_used=res.sms_default_used, notes=notes + res.notes,
+        sms_per_gpu=res.sms_per_gpu, notes=notes + res.notes,
     )
     del table, res
     if nbytes > _TRIM_BYTES:

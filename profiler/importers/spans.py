@@ -39,14 +39,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..classify import host_comm_lane
+from ..gpus import sms_for_name
 from ..schema import PRE_TRACE_STEP, SPAN_SCHEMA
 from .arrowcols import ints, nullable, strings
 from .inherit import AnnotationIndex, LabelColumns, gpu_annotation_fallback
-from .kernels import DEFAULT_SMS, device_sms, kernel_lanes, split_stream_key, stream_keys
+from .kernels import device_sms, kernel_lanes, split_stream_key, stream_keys
 from .kineto import RawTrace, clock_base, to_ns
 from .labels import ROLE_COMM, ROLE_COMPUTE, ROLE_PP_COMM
 
-__all__ = ["SpanResult", "build_spans", "DEFAULT_SMS"]
+__all__ = ["SpanResult", "build_spans"]
 
 @dataclass
 class SpanResult:
@@ -54,7 +55,8 @@ class SpanResult:
 
     table: pa.Table
     cpu_only: bool
-    sms_default_used: bool
+    #: SMs per GPU the kernels were counted with (most common; None: unknown, no SM figures)
+    sms_per_gpu: int | None
     comm_streams: list[tuple[int, int]]
     reasons: dict[str, int]
     comm_kernel_sms: dict[int, int]
@@ -104,13 +106,17 @@ def build_spans(
     *,
     comm_patterns: tuple[re.Pattern[str], ...] = (),
     keep_cpu_ops: bool = False,
+    sms_per_gpu: int | None = None,
 ) -> SpanResult:
-    """Turn one trace's raw columns into a span table for ``rank`` (see module docstring)."""
+    """Turn one trace's raw columns into a span table for ``rank`` (see module docstring).
+    ``sms_per_gpu``: SMs of every GPU, overriding the trace (:func:`.kernels.device_sms`)."""
     b, note = clock_base(raw)
     notes = [note] if note else []
+    if raw.skipped:
+        notes.append(skipped_note(raw.skipped, gpu_events=len(raw.g_name)))
 
-    def ns(ts: list[float]) -> np.ndarray:
-        return to_ns(ts, b)
+    def ns(ts: np.ndarray) -> np.ndarray:
+        return ts + np.int64(b) if b else ts
 
     def dur(d: list[float]) -> np.ndarray:
         return np.maximum(to_ns(d), 0)
@@ -118,22 +124,36 @@ def build_spans(
     parts = _Parts(rank)
     ann = AnnotationIndex(raw, ns, dur)
     cpu_only = not raw.g_name
-    gpu = _gpu_spans(raw, parts, ann, ns, dur, b, comm_patterns, notes) if not cpu_only else None
+    gpu = (None if cpu_only else
+           _gpu_spans(raw, parts, ann, ns, dur, b, comm_patterns, notes, sms_per_gpu))
     _annotation_spans(raw, parts, ann, cpu_only)
     _gpu_annotation_spans(raw, parts, ann, ns, dur)
     _host_ops(raw, parts, ann, ns, dur, cpu_only=cpu_only, keep_cpu_ops=keep_cpu_ops)
     return SpanResult(
         table=parts.table(), cpu_only=cpu_only,
-        sms_default_used=gpu.sms_default_used if gpu else False,
+        sms_per_gpu=gpu.sms_per_gpu if gpu else None,
         comm_streams=gpu.comm_streams if gpu else [],
         reasons=gpu.reasons if gpu else {},
         comm_kernel_sms=gpu.comm_kernel_sms if gpu else {}, notes=notes,
     )
 
 
+def skipped_note(skipped: dict[str, int], *, gpu_events: int, show: int = 8) -> str:
+    """The note naming the categories an import left out, with their event counts."""
+    items = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{c!r} {n}" for c, n in items[:show])
+    more = f" and {len(items) - show} more" if len(items) > show else ""
+    note = (f"{sum(skipped.values())} events in categories not imported: {listed}{more}")
+    if not gpu_events:
+        note += ("; no GPU event (kernel / gpu_memcpy / gpu_memset) was imported, so the run is "
+                 "CPU only: if those categories are a device's activity, its events are not "
+                 "read by this importer")
+    return note
+
+
 @dataclass
 class _GpuFacts:
-    sms_default_used: bool = False
+    sms_per_gpu: int | None = None
     comm_streams: list[tuple[int, int]] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     comm_kernel_sms: dict[int, int] = field(default_factory=dict)
@@ -163,12 +183,13 @@ def _launches(raw: RawTrace, g_start: np.ndarray, ns: Any, base: int) -> tuple[n
             start = raw.flow_start.get(fid) if fid is not None else None
             if start is not None:
                 thread[i] = start[0]
-                when[i] = to_ns([start[1]], base)[0]
+                when[i] = start[1] + base
     return thread, when
 
 
 def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur: Any, base: int,
-               comm_patterns: tuple[re.Pattern[str], ...], notes: list[str]) -> _GpuFacts:
+               comm_patterns: tuple[re.Pattern[str], ...], notes: list[str],
+               sms_per_gpu: int | None) -> _GpuFacts:
     facts = _GpuFacts()
     n = len(raw.g_name)
     g_start = ns(raw.g_ts)
@@ -179,11 +200,18 @@ def _gpu_spans(raw: RawTrace, parts: _Parts, ann: AnnotationIndex, ns: Any, dur:
     kind = np.asarray(raw.g_kind, dtype=object)
     is_kernel = kind == "kernel"
     k_idx = np.flatnonzero(is_kernel)
-    dev_sms, missing = device_sms(raw, device[k_idx])
-    if missing:
-        facts.sms_default_used = True
-        notes.append(f"no deviceProperties numSms for device(s) {missing}; "
-                     f"assumed {DEFAULT_SMS} SMs per GPU")
+    dev_sms, by_name, unknown = device_sms(raw, device[k_idx], sms_per_gpu)
+    for d, name in sorted(by_name.items()):
+        notes.append(f"no deviceProperties numSms for device {d}; {sms_for_name(name)} SMs per "
+                     f"GPU from its name {name!r} (profiler/gpus.py)")
+    if unknown:
+        notes.append(f"SMs per GPU unknown for device(s) {unknown} (no deviceProperties "
+                     "numSms, no known device name): SM figures are unavailable; import "
+                     "with --sms-per-gpu N to give them")
+    known = dev_sms[~np.isnan(dev_sms)]
+    if len(known):
+        vals, counts = np.unique(known, return_counts=True)
+        facts.sms_per_gpu = int(vals[np.argmax(counts)])
 
     launch_thread, launch_ns = _launches(raw, g_start, ns, base)
     no_launch = launch_thread < 0

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.overlap import overlap_total
 from ..analysis.params import AnalysisParams
 from ..analysis.steps import steps_table
 from ..analysis.stragglers import stragglers
@@ -81,8 +82,8 @@ def kpis(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
                                                          "rank"].unique()) if len(sc) else [],
     }
     if len(ov):
-        comm = float(ov["comm_ns"].sum())
-        out["overlap_ratio"] = float(ov["overlapped_ns"].sum()) / comm if comm else None
+        share, _ = overlap_total(ov)
+        out["overlap_ratio"] = share
         out["exposed_comm_s"] = float(ov["exposed_comm_ns"].sum()) / 1e9
     if len(sm) and "comm_sm_s" in sm:
         total = (sm["comm_sm_s"] + sm["compute_sm_s"] + sm["idle_sm_s"]).sum()
@@ -99,7 +100,7 @@ class RunningKpis:
 
     def __init__(self) -> None:
         self._steps: dict[int, list[float]] = {}  # step -> [start, end, window, sum, n, max]
-        self._sum = {k: 0.0 for k in ("bubble", "ideal", "comm", "overlapped", "exposed",
+        self._sum = {k: 0.0 for k in ("bubble", "ideal", "comm", "comm_all", "overlapped", "exposed",
                                       "comm_sm", "all_sm")}
         self._n = {"bubble": 0, "ideal": 0, "sm": 0}
         self._stragglers: set[int] = set()
@@ -129,8 +130,10 @@ class RunningKpis:
             self._n["ideal"] += int(ideal["ideal_bubble_ratio"].count())
         ov = new.get("overlap")
         if ov is not None and len(ov):
-            self._sum["comm"] += float(ov["comm_ns"].sum())
-            self._sum["overlapped"] += float(ov["overlapped_ns"].sum())
+            both = ov.loc[ov["compute_ns"] > 0]  # overlap_total's rule: ranks with compute
+            self._sum["comm"] += float(both["comm_ns"].sum())
+            self._sum["overlapped"] += float(both["overlapped_ns"].sum())
+            self._sum["comm_all"] += float(ov["comm_ns"].sum())
             self._sum["exposed"] += float(ov["exposed_comm_ns"].sum())
         sm = new.get("sm")
         if sm is not None and len(sm) and "comm_sm_s" in sm:
@@ -162,7 +165,7 @@ class RunningKpis:
             "bubble_ratio_mean": s["bubble"] / n["bubble"] if n["bubble"] else None,
             "ideal_bubble_ratio_mean": s["ideal"] / n["ideal"] if n["ideal"] else None,
             "overlap_ratio": s["overlapped"] / s["comm"] if s["comm"] else None,
-            "exposed_comm_s": s["exposed"] / 1e9 if s["comm"] else None,
+            "exposed_comm_s": s["exposed"] / 1e9 if s["comm_all"] else None,
             "comm_sm_share": s["comm_sm"] / s["all_sm"] if s["all_sm"] else None,
             "straggler_ranks": sorted(self._stragglers),
         }

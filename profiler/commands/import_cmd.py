@@ -109,6 +109,10 @@ def _print_summary(d: dict) -> None:
     if d["comm_kernels"]:
         sms = ", ".join(f"{v} x {k} SMs" for k, v in d["comm_kernel_sms"].items())
         echo(f"comm kernels: {d['comm_kernels']} ({sms})")
+    cap = d.get("capture")
+    if cap:
+        echo(f"capture: {cap['describe']}; results of {cap['steps']} steps in derived/steps; "
+             f"span rows {cap['rows_before']} -> {cap['rows_after']}")
     files = d["files"]
     shown = files if len(files) <= _FILE_LINES else files[:_FILE_LINES // 2]
     for f in shown:
@@ -143,10 +147,16 @@ def _print_summary(d: dict) -> None:
 @click.option("--scheduler", default=None, help="Address of a running dask.distributed "
               "scheduler (with --engine dask; the traces and --out must be on storage its "
               "workers share); default: start a LocalCluster.")
+@click.option("--trace-every", type=int, default=0, show_default=True,
+              help="Capture schedule: after the import, compute every step's results "
+                   "(RUN/derived/steps) and keep full spans only for --trace-steps of every "
+                   "N steps (0: keep every span).")
+@click.option("--trace-steps", type=int, default=1, show_default=True,
+              help="Steps per capture window (with --trace-every).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
             keep_cpu_ops: bool, sms_per_gpu: int | None, jobs: int | None, engine: str,
-            scheduler: str | None, as_json: bool) -> None:
+            scheduler: str | None, trace_every: int, trace_steps: int, as_json: bool) -> None:
     """Import Kineto / Chrome trace JSON (plain or .gz), one file per rank, or folders of
     them, into a new run directory OUT. Files are imported in parallel (--jobs)."""
     from ..importers import default_jobs, import_kineto
@@ -154,6 +164,13 @@ def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
 
     if scheduler and engine != "dask":
         raise InputError("--scheduler needs --engine dask")
+    capture = None
+    if trace_every < 0:
+        raise InputError(f"--trace-every {trace_every} must be 0 (keep every span) or more")
+    if trace_every:
+        from ..capture import CaptureSchedule
+
+        capture = CaptureSchedule(every=trace_every, steps=trace_steps)  # checks the values
     n_files = len(find_trace_files(list(traces)))
     try:
         with _progress(n_files) as update, system_arrow_pool():
@@ -165,6 +182,13 @@ def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
     except OSError as e:  # the inputs' errors are named by the importer: this is --out's
         raise io_error(out, e, "write the run") from None
     d = summary.to_dict()
+    if capture is not None:
+        from ..steps import keep_capture
+
+        try:
+            d["capture"] = {"describe": capture.describe(), **keep_capture(out, capture)}
+        except OSError as e:
+            raise io_error(out, e, "keep the capture windows of the run") from None
     if as_json:
         click.echo(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -191,3 +191,33 @@ def test_verify_cli_finds_every_flipped_file(tmp_path: Path, python: str,
     good = subprocess.run([python, "-m", "dualscope", "verify", str(tmp_path / "more")],
                           capture_output=True, text=True, env=cli_env, timeout=120)
     assert good.returncode == 0 and "0 damaged" in good.stdout
+
+
+def test_verify_checks_step_results_state_and_heartbeats(tmp_path: Path) -> None:
+    """Derived step results are segments like any other; the engine's state and the writers'
+    heartbeats are JSON side files: each damaged one is named."""
+    import json
+    import shutil
+
+    from profiler.steps.engine import StepEngine
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "sample_traces"
+                    / "reference-cpu-pp2-ep2-dualpipev", run)
+    with StepEngine(run, ideal_every=0) as engine:
+        engine.run()
+    (run / "heartbeat").mkdir()
+    (run / "heartbeat" / "rank-00000.json").write_text(json.dumps({"pid": 1}))
+    found = verify_run(run)
+    paths = {f.path: f.status for f in found}
+    derived = [p for p in paths if p.startswith("derived/steps/") and "seg-" in p]
+    assert derived and all(paths[p] == "ok" for p in derived)
+    assert paths["derived/steps/state.json"] == "ok"
+    assert paths["heartbeat/rank-00000.json"] == "ok"
+    victim = run / derived[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    victim.write_bytes(bytes(data))
+    (run / "heartbeat" / "rank-00000.json").write_text("{not json")
+    bad = {f.path for f in verify_run(run) if f.status == "damaged"}
+    assert bad == {derived[0], "heartbeat/rank-00000.json"}

@@ -3,6 +3,7 @@ checksums and Arrow's full validation, every Parquet part — and list what is d
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ def _rel(run: Path, path: Path) -> str:
 
 
 def _check_columns(table: pa.Table, kind: str) -> str:
+    if kind == "derived":  # each derived table has its own columns (docs/trace-format.md)
+        return ""
     expected = SPAN_SCHEMA if kind == "spans" else COUNTER_SCHEMA
     extra = set(table.schema.names) - set(expected.names)
     return f"columns {sorted(extra)[:4]} do not belong to a {kind} stream" if extra else ""
@@ -99,31 +102,60 @@ def verify_run(run_dir: str | os.PathLike[str]) -> list[Finding]:
     except RunFormatError as e:
         out.append(Finding("manifest.json", "damaged", str(e).split(": ", 1)[-1]))
     for kind in ("spans", "counters"):
-        root = run / kind
-        if not root.is_dir():
-            continue
-        for stream in sorted(root.iterdir()):
-            why = not_regular(stream)
-            if why != "a directory":
-                out.append(Finding(_rel(run, stream), "damaged", f"a stream must be a "
-                                   f"directory, this is {why or 'a file'}"))
-                continue
-            for path in sorted(stream.iterdir()):
-                name = path.name
-                if name.endswith(CRC_SUFFIX) or (name.startswith(".") and name.endswith(".tmp")):
-                    continue
-                if not (SEG_RE.match(name) or PART_RE.match(name)):
-                    out.append(Finding(_rel(run, path), "stray", "not a file of the store"))
-                    continue
-                why = not_regular(path)
-                if why:
-                    out.append(Finding(_rel(run, path), "damaged", why))
-                    continue
-                try:
-                    out.append((_segment if SEG_RE.match(name) else _part)(run, path, kind))
-                except OSError as e:
-                    out.append(Finding(_rel(run, path), "damaged", f"cannot read ({e.strerror})"))
+        _streams(run, run / kind, kind, out)
+    derived = run / "derived" / "steps"
+    _streams(run, derived, "derived", out)
+    for path in (derived / "state.json", *sorted((run / "heartbeat").glob("*.json"))):
+        if path.exists() or path.is_symlink():
+            out.append(_json_file(run, path))
     return out
+
+
+def _streams(run: Path, root: Path, kind: str, out: list[Finding]) -> None:
+    """The verdict of every file of every stream directory under ``root``."""
+    if not root.is_dir():
+        return
+    for stream in sorted(root.iterdir()):
+        if kind == "derived" and stream.name in ("state.json", ".lock"):
+            continue
+        why = not_regular(stream)
+        if why != "a directory":
+            out.append(Finding(_rel(run, stream), "damaged", f"a stream must be a "
+                               f"directory, this is {why or 'a file'}"))
+            continue
+        for path in sorted(stream.iterdir()):
+            name = path.name
+            if name.endswith(CRC_SUFFIX) or (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            if not (SEG_RE.match(name) or PART_RE.match(name)):
+                out.append(Finding(_rel(run, path), "stray", "not a file of the store"))
+                continue
+            why = not_regular(path)
+            if why:
+                out.append(Finding(_rel(run, path), "damaged", why))
+                continue
+            try:
+                out.append((_segment if SEG_RE.match(name) else _part)(run, path, kind))
+            except OSError as e:
+                out.append(Finding(_rel(run, path), "damaged", f"cannot read ({e.strerror})"))
+
+
+def _json_file(run: Path, path: Path) -> Finding:
+    """A JSON side file (the step engine's state, a writer's heartbeat): readable JSON object
+    or damaged. Both are advisory: a damaged one is rewritten by its writer (the engine then
+    reads its results again; a heartbeat is renewed every second)."""
+    why = not_regular(path)
+    if why:
+        return Finding(_rel(run, path), "damaged", why)
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as e:
+        return Finding(_rel(run, path), "damaged", f"cannot read ({e.strerror})")
+    except ValueError:
+        return Finding(_rel(run, path), "damaged", "not JSON (advisory: rewritten by its writer)")
+    if not isinstance(doc, dict):
+        return Finding(_rel(run, path), "damaged", "not a JSON object")
+    return Finding(_rel(run, path), "ok")
 
 
 def add_missing_checksums(run_dir: str | os.PathLike[str], findings: list[Finding]) -> int:

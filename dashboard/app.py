@@ -19,6 +19,7 @@ from typing import Any
 
 import flask
 from dash import Dash, Input, Output, State, ctx, html
+from dash.exceptions import PreventUpdate
 
 from profiler.freshness import FreshnessPolicy
 
@@ -112,10 +113,16 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
     interval_s = live_interval_ms / 1000.0
 
     @app.callback(Output(ids.PAGE, "children"), Output(ids.NAV, "children"),
-                  Output(ids.HEADER_RUN, "children"),
-                  Input(ids.URL, "pathname"), Input(ids.URL, "search"))
-    def _route(pathname: str | None, search: str | None) -> tuple[Any, Any, Any]:
-        return route(svc, pathname, search)
+                  Output(ids.HEADER_RUN, "children"), Output(ids.VIEW_SHOWN, "data"),
+                  Input(ids.URL, "pathname"), Input(ids.URL, "search"),
+                  State(ids.VIEW_SHOWN, "data"))
+    def _route(pathname: str | None, search: str | None,
+               shown: str | None) -> tuple[Any, Any, Any, Any]:
+        # a page's own controls wrote this URL (dashboard.deeplink): it shows it already
+        here = (pathname or "/") + (search or "")
+        if shown is not None and here == shown:
+            raise PreventUpdate
+        return (*route(svc, pathname, search), here)
 
     @app.callback(
         Output(ids.CLOCK, "data"), Output(ids.TICK, "disabled"), Output(ids.REPLAY_BAR, "className"),

@@ -18,6 +18,10 @@ CLOCK_LABEL = "clock-label"
 MODE_BADGE = "mode-badge"
 FRESHNESS = "freshness"
 FRESH_CHIP = "fresh-chip"
+#: the URL (path + search) the page shows now (dashboard.deeplink)
+VIEW_SHOWN = "view-shown"
+#: what a page with URL parameters drew from the URL (dashboard.deeplink.born)
+VIEW_BORN = "view-born"
 ERROR_CARD = "error-card"
 
 # runs
@@ -84,6 +88,8 @@ MD_SUMMARY = "md-summary"
 MD_PREFILL = "md-prefill"
 MD_SOURCE = "md-source"
 MD_ERRORS = "md-errors"
+#: the model page's dashboard.deeplink.born (its prefill sets it, so not VIEW_BORN)
+MD_BORN = "md-born"
 
 # experts
 EX_HEAT = "ex-heat"

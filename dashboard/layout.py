@@ -37,7 +37,7 @@ def query_of(search: str | None) -> dict[str, str]:
 
 def href(path: str, run: str | None = None, compare: str | None = None, **extra: str) -> str:
     q = {k: v for k, v in (("run", run), ("compare", compare), *extra.items()) if v}
-    return path + ("?" + urlencode(q) if q else "")
+    return path + ("?" + urlencode(q, safe=":,") if q else "")
 
 
 def shell(live_interval_ms: int) -> html.Div:
@@ -45,6 +45,7 @@ def shell(live_interval_ms: int) -> html.Div:
     return html.Div(className="app", children=[
         dcc.Location(id=ids.URL, refresh=False),
         dcc.Store(id=ids.CLOCK, storage_type="memory"),
+        dcc.Store(id=ids.VIEW_SHOWN, storage_type="memory"),
         dcc.Interval(id=ids.TICK, interval=live_interval_ms, disabled=True),
         html.Header(className="topbar", children=[
             html.Div(className="brand", children=[
@@ -139,7 +140,8 @@ def alert_list(alerts: Sequence[Alert], run: str | None) -> html.Div:
             html.Span("●", className="dot dot-ok"), html.Span("No alerts: every threshold holds")])
     items = []
     for a in alerts:
-        items.append(dcc.Link(href=href("/" + a.page, run), className=f"alert alert-{a.level}",
+        items.append(dcc.Link(href=href("/" + a.page, run, **dict(a.params)),
+                              className=f"alert alert-{a.level}",
                               children=[html.Span("●", className=f"dot dot-{a.level}"),
                                         html.Span(a.title, className="alert-title"),
                                         html.Span(a.detail, className="alert-detail")]))

@@ -19,6 +19,7 @@ from profiler.counters import IB, NVLINK, device_kinds
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
+from ..deeplink import born, sync
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
 from ..overview_model import cpu_run
@@ -48,8 +49,11 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     # open on the node of the weakest link: what an operator looks for first
     worst = ports.sort_values("share").iloc[0]["node"] if len(ports) and ports["share"].notna().any() else None
     default = str(worst) if worst in link_nodes else (link_nodes[0] if link_nodes else None)
+    if q.get("node") in link_nodes:  # a deep link (a weak port's alert, a freshness chip)
+        default = q["node"]
     hidden = "" if link_nodes else "hidden"  # no link counters: one card says why
     return html.Div(className="links-page", children=[
+        dcc.Store(id=ids.VIEW_BORN, data=born(q, {"node": default})),
         html.Div(className="empty-card" if not link_nodes else "hidden", children=[
             html.Div(_no_links(snap.manifest), className="empty-title"),
             html.Div("NVLink and InfiniBand rates come from dualscope probe running beside the "
@@ -234,6 +238,15 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
 
 
 def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.URL, "search", allow_duplicate=True),
+        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
+        Input(ids.LK_NODE, "value"), State(ids.URL, "pathname"), State(ids.URL, "search"),
+        State(ids.VIEW_BORN, "data"), prevent_initial_call=True)
+    def _to_url(node: str | None, pathname: str | None, search: str | None,
+                drawn: dict[str, Any] | None) -> tuple[str, str]:
+        return sync(pathname, search, PATH, {"node": node}, drawn)
+
     @app.callback(
         Output(ids.LK_KPIS, "children"), Output(ids.LK_NVL_HEAT, "figure"),
         Output(ids.LK_IB_HEAT, "figure"), Output(ids.LK_NVL_LINES, "figure"),

@@ -22,8 +22,9 @@ from profiler.simulate import Costs, simulate
 from .. import ids
 from ..clock import ClockLike, as_clock
 from ..data import DataService
+from ..deeplink import born, sync
 from ..figures import empty_figure, schedule_figure
-from ..layout import fmt_num, graph, kpi, panel
+from ..layout import fmt_num, graph, kpi, panel, query_of
 from .sms import declared_cap
 
 PATH = "/model"
@@ -61,9 +62,25 @@ def _num(label: str, cid: str, value: float, step: float = 0.1, mn: float = 0,
                                     step=step if step >= 1 else "any", debounce=True)])
 
 
+def url_view(q: dict[str, str]) -> dict[str, Any]:
+    """The URL's schedule, PP ranks and micro-batches (dashboard.deeplink), the valid ones."""
+    out: dict[str, Any] = {}
+    if q.get("schedule") in BUILDERS:
+        out["schedule"] = q["schedule"]
+    for k in ("pp", "mb"):
+        try:
+            v = int(q.get(k, ""))
+        except ValueError:
+            continue
+        if LIMITS[k][0] <= v <= LIMITS[k][1]:
+            out[k] = v
+    return out
+
+
 def layout(svc: DataService, q: dict[str, str]) -> html.Div:
-    d = DEFAULTS
+    d = {**DEFAULTS, **url_view(q)}
     return html.Div(className="model-page", children=[
+        dcc.Store(id=ids.MD_BORN, data=born(q, {k: d[k] for k in ("schedule", "pp", "mb")})),
         dcc.Store(id=ids.MD_SOURCE, data={"run": None, "sms": d["sms"], "c0": d["c0"]}),
         panel(html.Div(className="model-form", children=[
             html.Label(className="field", children=[html.Span("schedule"), dcc.Dropdown(
@@ -281,8 +298,11 @@ def register(app: Dash, svc: DataService) -> None:
         Output(ids.MD_SCHEDULE, "value"), Output(ids.MD_PP, "value"), Output(ids.MD_MB, "value"),
         Output(ids.MD_F, "value"), Output(ids.MD_B, "value"), Output(ids.MD_W, "value"),
         Output(ids.MD_FB, "value"), Output(ids.MD_COMM_SMS, "value"), Output(ids.MD_SOURCE, "data"),
-        Input(ids.MD_PREFILL, "n_clicks"), Input(ids.CLOCK, "data"), State(ids.MD_SOURCE, "data"))
-    def _prefill(_n: int, clock: dict[str, Any] | None, source: dict[str, Any] | None) -> tuple[Any, ...]:
+        Output(ids.MD_BORN, "data"),
+        Input(ids.MD_PREFILL, "n_clicks"), Input(ids.CLOCK, "data"), State(ids.MD_SOURCE, "data"),
+        State(ids.URL, "search"))
+    def _prefill(_n: int, clock: dict[str, Any] | None, source: dict[str, Any] | None,
+                 search: str | None) -> tuple[Any, ...]:
         c = as_clock(clock)
         run = c.run if c is not None else None
         if ctx.triggered_id == ids.CLOCK and source and source.get("run") == run and run:
@@ -290,8 +310,22 @@ def register(app: Dash, svc: DataService) -> None:
 
             raise PreventUpdate
         p = prefill(svc, clock)
+        q = query_of(search)
+        if ctx.triggered_id != ids.MD_PREFILL:  # opening the page: the URL's view wins
+            p.update(url_view(q))
         return (p["schedule"], p["pp"], p["mb"], p["f"], p["b"], p["w"], p["fb"], p["comm_sms"],
-                {"run": p["run"], "sms": p["sms"], "c0": p["c0"], "source": p["source"]})
+                {"run": p["run"], "sms": p["sms"], "c0": p["c0"], "source": p["source"]},
+                born(q, {k: p[k] for k in ("schedule", "pp", "mb")}))
+
+    @app.callback(
+        Output(ids.URL, "search", allow_duplicate=True),
+        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
+        Input(ids.MD_SCHEDULE, "value"), Input(ids.MD_PP, "value"), Input(ids.MD_MB, "value"),
+        State(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.MD_BORN, "data"),
+        prevent_initial_call=True)
+    def _to_url(schedule: str | None, pp: Any, mb: Any, pathname: str | None,
+                search: str | None, drawn: dict[str, Any] | None) -> tuple[str, str]:
+        return sync(pathname, search, PATH, {"schedule": schedule, "pp": pp, "mb": mb}, drawn)
 
     field_outputs = [Output(cid, "className") for cid, _ in FIELDS.values()]
 

@@ -21,8 +21,27 @@ from ..figures import (
     exposed_comm_figure,
     step_time_figure,
 )
-from ..layout import alert_list, error_card, fmt_num, fmt_pct, fmt_rate, fmt_s, graph, kpi, panel
-from ..overview_model import DEFAULT_THRESHOLDS, Delta, LinkSummary, Overview, deltas, overview
+from ..layout import (
+    alert_list,
+    error_card,
+    fmt_num,
+    fmt_pct,
+    fmt_rate,
+    fmt_s,
+    graph,
+    href,
+    kpi,
+    panel,
+)
+from ..overview_model import (
+    DEFAULT_THRESHOLDS,
+    Delta,
+    LinkSummary,
+    Overview,
+    deltas,
+    overview,
+    straggler_view,
+)
 from . import NoRun, describe_error, open_run, render_if_changed
 
 PATH = "/overview"
@@ -149,10 +168,14 @@ def _link_sub(d: LinkSummary, name: str, per: str, o: Overview) -> str:
     return text
 
 
-def _stragglers_table(st: pd.DataFrame) -> Any:
+def _stragglers_table(st: pd.DataFrame, run: str | None = None) -> Any:
+    """Worst stragglers first; each rank links to its pipeline and worst step on the
+    Timeline."""
     if len(st) == 0:
         return html.Div("No rank is slower than its peers beyond the threshold.", className="dim")
-    rows = [html.Tr([html.Td(f"{int(r['rank'])}"), html.Td(str(r.get("worst_op", ""))),
+    rows = [html.Tr([html.Td(dcc.Link(f"{int(r['rank'])}", title="open its pipeline and step",
+                                      href=href("/timeline", run, **dict(straggler_view(r))))),
+                     html.Td(str(r.get("worst_op", ""))),
                      html.Td(f"{float(r['slowdown']):.2f}x"), html.Td(f"{float(r['z_max']):.1f}"),
                      html.Td(f"{int(r.get('waiting_count', 0) or 0)}")])
             for _, r in st.sort_values("z_max", ascending=False).head(12).iterrows()]
@@ -260,7 +283,7 @@ def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
                        else bubble_compare_figure(measured, None, o.bubble_formula))
     return (kpi_tiles(o, th), alert_list(o.alerts, run), steps_fig, bubbles_fig,
             exposed_comm_figure(ov, max(1, len(o.steps))),
-            _stragglers_table(o.stragglers), _probes_table(o.probes), compare)
+            _stragglers_table(o.stragglers, run), _probes_table(o.probes), compare)
 
 
 def render_phases(svc: DataService, clock: ClockLike) -> tuple[Any]:

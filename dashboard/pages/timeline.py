@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
@@ -18,9 +19,10 @@ from dash.exceptions import PreventUpdate
 from profiler.analysis import rank_node_map, steps_table
 
 from .. import ids
-from ..aggregate import query
+from ..aggregate import ROW_KINDS, query
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService, RunData
+from ..deeplink import born, fmt_window, parse_window, step_param, step_value, sync
 from ..figures import empty_figure, timeline_figure
 from ..snapshot import Snapshot
 from . import NoRun, describe_error, open_page, open_run, render_key
@@ -29,7 +31,8 @@ PATH = "/timeline"
 TITLE = "Timeline"
 
 __all__ = ["PATH", "TITLE", "layout", "register", "render", "rank_options", "ranks_for",
-           "view_from_relayout", "step_windows", "step_options", "LIVE_WINDOW_S"]
+           "view_from_relayout", "step_windows", "step_options", "newest_complete_step",
+           "url_params", "LIVE_WINDOW_S"]
 
 #: a live run longer than this follows its last LIVE_WINDOW_S seconds until the user zooms
 LIVE_WINDOW_S = 10.0
@@ -103,13 +106,50 @@ def step_windows(rd: RunData, snap: Snapshot) -> pd.DataFrame:
 
 
 def step_options(steps: pd.DataFrame, live: bool) -> tuple[list[dict[str, str]], str]:
-    """Window choices (the whole run, or one step) and the default: the last complete step of
+    """Window choices (the newest complete step, followed as it moves, when live; the whole
+    run; one step) and the default: the newest complete step of a live run, the last step of
     a finished run with more than 3 steps, else the whole run."""
-    opts = [{"label": "whole run", "value": "all"}] + [
+    opts = ([{"label": "newest complete step (follows)", "value": "live"}] if live else []) + [
+        {"label": "whole run", "value": "all"}] + [
         {"label": f"step {int(r.step)} ({(r.end_s - r.start_s) * 1e3:.1f} ms)", "value": f"step:{int(r.step)}"}
         for r in steps.itertuples()]
-    default = f"step:{int(steps['step'].iloc[-1])}" if len(steps) > 3 and not live else "all"
+    default = "live" if live else (
+        f"step:{int(steps['step'].iloc[-1])}" if len(steps) > 3 else "all")
     return opts, default
+
+
+def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]] | None:
+    """(step, window in s since the run start) of the newest step every rank finished: the
+    step before the newest one all ranks have begun (every step, once the run finished); the
+    newest step when none is complete yet, so a run with data never shows an empty window.
+    Read from the timeline index, so the step is one the Timeline can draw (a big live run's
+    index may lag the data). The window is the bubble analysis' when it has the step, else
+    the step's extent (measured and communication rows)."""
+    ix = rd.timeline_index(snap)
+
+    def run() -> tuple[int, int, int] | None:
+        drawn = (ix.step >= 0) & (ix.row != ROW_KINDS.index("ideal"))
+        if not drawn.any():
+            return None
+        rank, step = ix.rank[drawn], ix.step[drawn].astype(np.int64)
+        order = np.lexsort((step, rank))  # per rank, its newest step last
+        last = np.r_[rank[order][1:] != rank[order][:-1], True]
+        reached = int(step[order][last].min())
+        newest, oldest = int(step.max()), int(step.min())
+        pick = newest if not snap.live else (reached - 1 if reached - 1 >= oldest else newest)
+        mine = drawn.copy()
+        mine[drawn] = step == pick
+        return pick, int(ix.start[mine].min()), int(ix.end[mine].max())
+
+    got = rd.derived("newest_complete", snap, run, (id(ix),))
+    if got is None:
+        return None
+    step, a, b = got
+    view = _step_view(step_windows(rd, snap), f"step:{step}")
+    if view is None:
+        pad = 0.01 * (b - a) / 1e9
+        view = [(a - ix.t0_ns) / 1e9 - pad, (b - ix.t0_ns) / 1e9 + pad]
+    return step, view
 
 
 def _step_view(steps: pd.DataFrame, value: str | None) -> list[float] | None:
@@ -127,15 +167,28 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     opened = open_page(svc, q, lambda rd, snap: (rank_options(rd, snap), step_windows(rd, snap)))
     if isinstance(opened, html.Div):
         return opened
-    _rd, snap, loaded = opened
+    rd, snap, loaded = opened
     assert loaded is not None
     (opts, default), steps = loaded
     step_opts, step_default = step_options(steps, snap.live)
+    ranks = q.get("ranks") if q.get("ranks") in {o["value"] for o in opts} else default
+    step: str | None = step_value(q.get("step"))
+    if step not in {o["value"] for o in step_opts}:
+        step = step_default
+    view = parse_window(q.get("t"))
+    if view is not None and "step" not in q:
+        step = None  # a zoomed window
+    elif step == "live":
+        live = newest_complete_step(rd, snap)
+        view = live[1] if live is not None else None
+    else:
+        view = _step_view(steps, step)
     return html.Div(className="timeline-page", children=[
+        dcc.Store(id=ids.VIEW_BORN, data=born(q, url_params(ranks, step, view))),
         html.Div(className="controls", children=[
-            dcc.Dropdown(id=ids.TL_RANKS, options=opts, value=q.get("ranks", default),
+            dcc.Dropdown(id=ids.TL_RANKS, options=opts, value=ranks,
                          clearable=False, className="ranks-pick"),
-            dcc.Dropdown(id=ids.TL_STEP, options=step_opts, value=step_default, clearable=False,
+            dcc.Dropdown(id=ids.TL_STEP, options=step_opts, value=step, clearable=False,
                          className="step-pick", placeholder="zoomed window"),
             dcc.Checklist(id=ids.TL_OPTIONS, className="checks", inline=True,
                           options=[{"label": " comm lane", "value": "comm"},
@@ -143,7 +196,7 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
                           value=["comm", "ideal"]),
             html.Span(id=ids.TL_STATUS, className="status dim"),
         ]),
-        dcc.Store(id=ids.TL_VIEW, data=_step_view(steps, step_default)),
+        dcc.Store(id=ids.TL_VIEW, data=view),
         dcc.Store(id=ids.TL_KEY),
         html.Div(className="panel timeline-panel", children=dcc.Graph(
             id=ids.TL_GRAPH, config=_CONFIG, figure=empty_figure("loading…"),
@@ -179,8 +232,13 @@ def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
         if new_view != view:
             step_out = "all" if new_view is None else None
         view = new_view
-    elif trigger == ids.TL_STEP:
+    elif trigger == ids.TL_STEP and step != "live":
         view = _step_view(step_windows(rd, snap), step)
+    live_step = None
+    if step == "live" and trigger != ids.TL_GRAPH and cutoff_ns(c) is None:
+        got = newest_complete_step(rd, snap)  # follow the newest complete step
+        if got is not None:
+            live_step, view = got
     cut = cutoff_ns(c)
     ranks = ranks_for(rd, snap, ranks_value)
     t0 = ix.t0_ns
@@ -202,12 +260,32 @@ def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
     note = "" if ideal.ok else f" · no ideal row: {ideal.reason.split(';')[0]}"
     fig = timeline_figure(w, now_s=now_s, uirevision=f"{c.run}|{ranks_value}")
     ms = (time.perf_counter() - t) * 1e3
-    status = (f"{w.count:,} spans in window · drawn as {w.mode} · {len(ranks)} ranks · "
+    shown = "" if live_step is None else f"step {live_step} (newest complete) · "
+    status = (f"{shown}{w.count:,} spans in window · drawn as {w.mode} · {len(ranks)} ranks · "
               f"{ms:.0f} ms{note}")
     return fig, status, view, step_out
 
 
+def url_params(ranks: str | None, step: str | None,
+               view: list[float] | None) -> dict[str, str | None]:
+    """The Timeline's URL parameters (dashboard.deeplink): ranks, step, and the window only
+    when zoomed (a step choice defines its own window)."""
+    return {"ranks": ranks, "step": step_param(step),
+            "t": fmt_window(view) if step is None else None}
+
+
 def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.URL, "search", allow_duplicate=True),
+        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
+        Input(ids.TL_RANKS, "value"), Input(ids.TL_STEP, "value"), Input(ids.TL_VIEW, "data"),
+        State(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.VIEW_BORN, "data"),
+        prevent_initial_call=True)
+    def _to_url(ranks: str | None, step: str | None, view: list[float] | None,
+                pathname: str | None, search: str | None,
+                drawn: dict[str, Any] | None) -> tuple[str, str]:
+        return sync(pathname, search, PATH, url_params(ranks, step, view), drawn)
+
     @app.callback(
         Output(ids.TL_GRAPH, "figure"), Output(ids.TL_STATUS, "children"),
         Output(ids.TL_VIEW, "data"), Output(ids.TL_STEP, "value"), Output(ids.TL_KEY, "data"),

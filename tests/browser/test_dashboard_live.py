@@ -6,6 +6,7 @@ to tests/artifacts/live-*.png."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from browser.test_dashboard_browser import ARTIFACTS, _Server, _shot
+from browser.test_dashboard_browser import ARTIFACTS, _Server, _shot, check_span_hover
 from profiler.freshness import FreshnessPolicy
 
 pytestmark = pytest.mark.browser
@@ -127,3 +128,44 @@ def test_freshness_local_writer_killed_is_dead_at_once(live_site: tuple[str, Wri
     assert time.monotonic() - killed < 3.0
     assert f"process {writer.proc.pid}" in chip.inner_text()
     assert page.errors == []
+
+
+def test_live_timeline_follows_the_newest_complete_step(live_site: tuple[str, Writer],
+                                                        page: Any) -> None:
+    """While data flows the Timeline shows the newest complete step, with its ideal rows,
+    never an empty window; it moves on as steps complete; a span's hover names rank, step,
+    stage, micro-batch, start and duration."""
+    url, writer = live_site
+    page.goto(url + "/timeline?run=live")
+    page.wait_for_selector("#tl-status:has-text('(newest complete)')")
+    assert "newest complete step" in page.locator("#tl-step").inner_text()
+    seen: list[int] = []
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        status = page.locator("#tl-status").inner_text()
+        m = re.match(r"step (\d+) \(newest complete\) · ([\d,]+) spans in window", status)
+        assert m, status
+        assert int(m.group(2).replace(",", "")) > 0, status  # never an empty window
+        rng = page.evaluate(_XRANGE_JS)
+        assert 0 < rng[1] - rng[0] < 0.05, rng  # one ~13 ms step, not the run
+        seen.append(int(m.group(1)))
+        page.wait_for_timeout(300)
+    labels = page.locator("#tl-graph .ytick text").all_text_contents()
+    assert labels.count("ideal") == 2 and "rank 0" in labels and "rank 1" in labels, labels
+    _shot(page, "live-timeline-newest-step")
+    check_span_hover(page, "live timeline")
+    writer.kill()
+    assert writer.proc.stdout is not None
+    printed = [int(line.split()[1]) for line in writer.proc.stdout.read().split("\n") if line]
+    last = printed[-1] if printed else writer.last
+    assert seen == sorted(seen) and seen[-1] > seen[0], seen  # it moved on with the data
+    assert seen[-1] <= last, (seen, last)  # a step every rank finished, never a later one
+    # the index behind the Timeline is rebuilt every ~3x its build time (0.5 s here: the
+    # ideal schedule), so at this writer's 5 steps/s it may lag by a few seconds' worth
+    assert seen[-1] >= last - 40, (seen, last)
+    assert page.errors == []
+
+
+_XRANGE_JS = """() => { const el = document.getElementById('tl-graph');
+  const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
+  return gd._fullLayout.xaxis.range; }"""

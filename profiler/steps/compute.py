@@ -37,7 +37,7 @@ from ..manifest import Manifest
 from ..store.segments import to_pandas
 
 __all__ = ["UNIT_TABLES", "per_step", "unit_results", "node_windows", "node_bandwidth",
-           "step_scores", "batch_frames", "window_ends"]
+           "step_scores", "batch_frames", "window_ends", "samples_in_windows"]
 
 #: the tables :func:`unit_results` returns (each also a derived stream, docs/trace-format.md)
 UNIT_TABLES = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "costs", "ideal_spans")
@@ -152,7 +152,6 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
     counts = pd.Series(1, index=pd.MultiIndex.from_arrays([pipe, steps])).groupby(
         level=[0, 1]).size()
     for (p, s), idx in pd.Series(np.arange(len(spans))).groupby([pipe, steps]).groups.items():
-        unit = spans.iloc[np.asarray(idx)]
         row: dict[str, Any] = {"pipeline": int(p), "step": int(s), "ideal_ns": np.nan,
                                "replay_ns": np.nan, "replay_error": np.nan,
                                "ideal_bubble_ratio_mean": np.nan, "schedule": "",
@@ -160,6 +159,7 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
         if not (ideal is True or (ideal and int(s) in ideal)):
             row["ideal_note"] = "ideal not computed"
         else:
+            unit = spans.iloc[np.asarray(idx)]
             try:
                 cmp = compare(unit, manifest, bubble_table=bub.loc[
                     (bub["pipeline"] == p) & (bub["step"] == s)])
@@ -242,14 +242,12 @@ def node_bandwidth(counters: pd.DataFrame, spans: pd.DataFrame, steps: np.ndarra
         return pd.DataFrame({"node": [], "step": [], "step_end_ns": []})
     # each sample against the windows of its node (a few per node), one merge for all
     win = windows[["node", "step", "start_ns", "end_ns"]].reset_index(drop=True)
-    cnode = pd.Index(win["node"].unique()).get_indexer(counters["node"].astype(str).to_numpy())
-    wnode = pd.Index(win["node"].unique()).get_indexer(win["node"].to_numpy())
-    pairs = pd.DataFrame({"row": np.arange(len(counters)), "n": cnode}).merge(
-        pd.DataFrame({"w": np.arange(len(win)), "n": wnode}), on="n")
-    ts = counters["ts_ns"].to_numpy(dtype=np.int64)[pairs["row"].to_numpy()]
-    w = pairs["w"].to_numpy()
-    inside = (ts >= win["start_ns"].to_numpy()[w]) & (ts <= win["end_ns"].to_numpy()[w])
-    rows, w = pairs["row"].to_numpy()[inside], w[inside]
+    names = pd.Index(win["node"].astype(str).unique())
+    rows, w = samples_in_windows(_codes_of(counters["node"], names),
+                                 counters["ts_ns"].to_numpy(dtype=np.int64),
+                                 names.get_indexer(win["node"].astype(str).to_numpy()),
+                                 win["start_ns"].to_numpy(dtype=np.int64),
+                                 win["end_ns"].to_numpy(dtype=np.int64))
     if len(rows) == 0:
         return pd.DataFrame({"node": [], "step": [], "step_end_ns": []})
     keys = (win["node"].astype(str) + _SEP + win["step"].astype(str)).to_numpy()
@@ -273,6 +271,52 @@ def node_bandwidth(counters: pd.DataFrame, spans: pd.DataFrame, steps: np.ndarra
     return _with_end(out, ends, ["node", "step"]).sort_values(
         ["node", "step", "gpu", "device", "metric", "phase"], kind="stable").reset_index(
         drop=True)
+
+
+def _codes_of(values: pd.Series, names: pd.Index) -> np.ndarray:
+    """Position of each value in ``names`` (-1: not there), through the categories when the
+    column is categorical (a counter table repeats a few node names millions of times)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = names.get_indexer(values.cat.categories.astype(str))
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, cats[np.maximum(codes, 0)], -1)
+    return names.get_indexer(values.astype(str).to_numpy())
+
+
+def samples_in_windows(snode: np.ndarray, ts: np.ndarray, wnode: np.ndarray,
+                       start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (sample, window) pair where sample ``i`` of node ``snode[i]`` (-1: none) at
+    ``ts[i]`` lies in window ``k`` of node ``wnode[k]``, ``start[k] <= ts <= end[k]``; windows
+    may overlap (a sample then pairs with each). Sorted by (sample, window). One search over
+    the windows sorted by (node, start), then back over the earlier windows that still reach
+    the sample (a running maximum of their ends says when to stop)."""
+    if len(ts) == 0 or len(start) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    base = int(min(ts.min(), start.min()))
+    span = int(max(ts.max(), end.max())) - base + 1
+    if span * (int(max(snode.max(), wnode.max())) + 2) >= 2**62:
+        raise ValueError("time range too large to match counter samples to step windows")
+    ks = wnode * span + (start - base)
+    ke = wnode * span + (end - base)
+    order = np.argsort(ks, kind="stable")
+    ks, ke = ks[order], ke[order]
+    reach = np.maximum.accumulate(ke)
+    key = np.where(snode >= 0, snode * span + (ts - base), -1)
+    j = np.searchsorted(ks, key, side="right") - 1
+    active = np.flatnonzero((j >= 0) & (snode >= 0))
+    jj = j[active]
+    rows, hits = [], []
+    while len(active):
+        inside = key[active] <= ke[jj]
+        rows.append(active[inside])
+        hits.append(order[jj[inside]])
+        back = jj - 1
+        go = (back >= 0) & (reach[np.maximum(back, 0)] >= key[active])
+        active, jj = active[go], back[go]
+    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    w = np.concatenate(hits) if hits else np.empty(0, np.int64)
+    o = np.lexsort((w, r))
+    return r[o], w[o]
 
 
 def step_scores(ops: pd.DataFrame, *, params: AnalysisParams) -> pd.DataFrame:

@@ -362,7 +362,7 @@ def test_replay_advances(site: dict[str, Any], page: Any) -> None:
 
 def test_live_mode_picks_up_spans_a_writer_appends(site: dict[str, Any], page: Any) -> None:
     live: LiveRun = site["live"]
-    page.goto(site["url"] + "/timeline?run=live-writer")
+    page.goto(site["url"] + "/timeline?run=live-writer&step=all")  # the whole run grows
     # a writer attached (the manifest says live): LIVE, or STALE when its last step is older
     # than the freshness limit (the module's other tests ran meanwhile)
     page.wait_for_selector("#mode-badge.badge-live, #mode-badge.badge-stale")

@@ -77,15 +77,24 @@ def label_samples(counters: pd.DataFrame, intervals: pd.DataFrame) -> pd.Series:
     n = len(counters)
     if n == 0:
         return pd.Series([], dtype="str", index=counters.index)
-    nodes = pd.Index(pd.unique(np.concatenate([
-        counters["node"].to_numpy(dtype=object), intervals["node"].to_numpy(dtype=object)])))
+    col = counters["node"]
+    if isinstance(col.dtype, pd.CategoricalDtype):  # codes, not millions of strings
+        cats = col.cat.categories.astype(str).to_numpy(dtype=object)
+        nodes = pd.Index(pd.unique(np.concatenate([cats, intervals["node"].to_numpy(
+            dtype=object)])))
+        codes = col.cat.codes.to_numpy()
+        cnode = np.where(codes >= 0, nodes.get_indexer(cats)[np.maximum(codes, 0)], -1)
+    else:
+        values = col.to_numpy(dtype=object)
+        nodes = pd.Index(pd.unique(np.concatenate([values, intervals["node"].to_numpy(
+            dtype=object)])))
+        cnode = nodes.get_indexer(values)
     ts = counters["ts_ns"].to_numpy(dtype=np.int64)
     base = min(ts.min(), intervals["start_ns"].min()) if len(intervals) else ts.min()
     hi = max(ts.max(), intervals["end_ns"].max()) if len(intervals) else ts.max()
     span = int(hi - base) + 1
     if span * (len(nodes) + 1) >= 2**62:
         raise ValueError("time range too large to label counter samples")
-    cnode = nodes.get_indexer(counters["node"].to_numpy(dtype=object))
     key = cnode * span + (ts - base)
     mask = np.zeros(n, dtype=np.int64)
     for bit, phase in enumerate(PHASES):  # one vectorised pass per phase, not per sample

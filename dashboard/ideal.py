@@ -24,7 +24,7 @@ class IdealTimeline:
     ``costs``: fitted per-stage costs (stage, f_ns, b_ns, w_ns, fb_ns, counts).
     ``per_position``: pp_rank, bubble_ratio (ideal, mean over steps). ``attribution``: pp_rank,
     window_ns, measured_bubble_ns, ideal_bubble_ns, excess_ns, slow_stage_ns, exposed_comm_ns,
-    host_gap_ns (ns, mean over ranks and steps).
+    host_gap_ns, p2p_wait_ns, below_ideal_ns (ns, mean over ranks and steps).
     ``ok`` false with a ``reason`` when the model cannot be fed."""
 
     ok: bool
@@ -74,7 +74,8 @@ class IdealTimeline:
         if len(a) == 0:
             return {}
         return {c: float(a[c].mean()) for c in
-                ("excess_ns", "slow_stage_ns", "exposed_comm_ns", "host_gap_ns")}
+                ("excess_ns", "slow_stage_ns", "exposed_comm_ns", "host_gap_ns", "p2p_wait_ns",
+                 "below_ideal_ns")}
 
 
 def ideal_timeline(spans: pd.DataFrame, manifest: Manifest) -> IdealTimeline:
@@ -108,5 +109,5 @@ def _summaries(pr: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_pos = per_pos.rename(columns={"ideal_bubble_ratio": "bubble_ratio"})
     attribution = pr.groupby("pp_rank", sort=True)[
         ["window_ns", "measured_bubble_ns", "ideal_bubble_ns", "excess_ns", "slow_stage_ns",
-         "exposed_comm_ns", "host_gap_ns"]].mean().reset_index()
+         "exposed_comm_ns", "host_gap_ns", "p2p_wait_ns", "below_ideal_ns"]].mean().reset_index()
     return per_pos, attribution

@@ -3,32 +3,45 @@
 1. **Actions.** Compute-lane spans labelled with op / stage / micro-batch are grouped into
    pipeline actions per (rank, step, op, stage, micro-batch): start = first span start, end =
    last span end (an action timed as one span, or the kernels that inherited its annotation).
+   The F / B parts recorded inside an OVERLAP_F_B (spans named ``0F3`` / ``3B1`` annotated with
+   the pair's name) are not actions of their own.
 2. **Layout.** :func:`~profiler.analysis.params.pipeline_layout`, the rule every analysis
    uses: the manifest's PP mesh when it fits the ranks, else the ranks' positions
    (:func:`~profiler.analysis.params.position_stage`), ranks at one position being replicas
    (expert / data parallel).
-3. **Costs.** Per stage, the median duration of F, B (or I + W), W and F&B actions; a stage
-   with no sample takes the median of all stages.
+3. **Costs.** Per stage, the median *work* of F, B, I, W and F&B actions: the whole action's
+   span less the P2P waits recorded inside it (an F&B waits for its backward input after its
+   forward part); F&B from whole F&B actions only, never from their F / B parts. A stage with
+   no sample takes the median of all stages. Where I + W > B (the split backward costs more
+   than the fused one) a note says so and the ideal splits B in the measured I : W ratio.
 4. **Ideal.** The schedule (named, from the manifest, or inferred from the ops: F&B with 2·PP
    stages is DualPipeV, with PP stages DualPipe; I / W is ZB1P; else 1F1B; ``measured`` uses the
    run's own op order) simulated with those costs and zero P2P latency, aligned to each
    measured step's window start.
-5. **Attribution.** For each step and pipeline three more timelines replay the run's own op
-   order: (1) with every action's measured compute duration (counted from the later of its
-   start and its input's arrival), (2) plus the step's P2P latency (the median delay from an
-   input's arrival to the start of an action that was waiting for it).
-   Per rank, the measured bubble and step window are those of the bubble analysis
-   (:func:`~profiler.analysis.bubbles.combine_bubbles`, bubble = window − busy as in DESIGN.md)
-   over this layout's pipelines:
+5. **Replay** (:mod:`profiler.replay`) of each step and pipeline in the run's own op order,
+   at three levels: (1) each action's measured work, (2) + each link's P2P latency (median of
+   the measured transfers), (3) + the measured host time between actions and before sends
+   and each rank's release (its previous action's end). ``replay_error`` = (end(3) - window
+   start) / measured window - 1. A fourth level (each transfer's own measured delay instead
+   of its link's median) is a check of the replay itself: ``transfer_replay_error``.
+6. **Attribution.** Per rank, bubble = window - busy (DESIGN.md; measured by the bubble
+   analysis, :func:`~profiler.analysis.bubbles.combine_bubbles`, over this layout's
+   pipelines). The bubble levels ideal -> (1) -> (2) -> (3) -> measured telescope:
 
-   - ``slow_stage_ns`` = bubble(1) − ideal: slower-than-peer stages and per-op variation (and
-     any difference between the run's op order and the named schedule);
-   - ``exposed_comm_ns`` = bubble(2) − bubble(1): waiting on pipeline transfers;
-   - ``host_gap_ns`` = measured − bubble(2): what a replay of the measured durations and waits
-     does not explain (host gaps, launch delays, measurement noise).
+   - ``slow_stage_ns`` from (1) - ideal: slower-than-fitted actions, per-op variation, the
+     run's op order where it differs from the named schedule;
+   - ``exposed_comm_ns`` from (2) - (1): the links' typical P2P latency on the critical path;
+   - ``host_gap_ns`` from (3) - (2): host time between actions (launches, bookkeeping, send
+     posting) and the ranks' release;
+   - ``p2p_wait_ns`` from measured - (3): waiting on transfers beyond their link's typical
+     latency (and whatever the replay misses, at most its error).
 
-   The three add up to ``excess_ns`` = measured − ideal, exactly; a part may be negative.
-   ``replay_error`` = (makespan(2) − measured window) / measured window.
+   An increment may be negative (a faster-than-median action, an internal wait that a
+   shorter latency turned into busy time). The parts reported are the positive increments
+   scaled by excess / (sum of positive increments), so each part is >= 0 and the four sum to
+   ``excess_ns`` = measured - ideal exactly. A rank whose measured bubble is *below* the ideal
+   (negative excess: its actions ran faster than the fitted medians) has four zero parts and
+   ``below_ideal_ns`` = ideal - measured; always slow + comm + host + wait - below = excess.
 
 All times are int64 / float nanoseconds on the run clock.
 """
@@ -46,12 +59,16 @@ from .analysis.bubbles import bubble_parts, busy_intervals, combine_bubbles
 from .analysis.params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 from .errors import InputError
 from .manifest import Manifest
+from .replay import ReplayInput, ReplayResult, comm_events, link_latency, prepare, replay
 from .schedules import BUILDERS, Op, Schedule, build
-from .simulate import Costs, ScheduleDeadlock, simulate
+from .simulate import Costs, simulate
 
-__all__ = ["Comparison", "compare", "measured_actions", "fit_costs", "infer_schedule"]
+__all__ = ["Comparison", "compare", "measured_actions", "fit_costs", "infer_schedule",
+           "attribute"]
 
 _FB_RE = re.compile(r"\((\d+)F(\d+);(\d+)[BI](\d+)\)")
+_PART_RE = r"^\d+[FBIW]\d+$"  # the name of a part recorded inside an OVERLAP_F_B
+_PARTS = ("slow_stage_ns", "exposed_comm_ns", "host_gap_ns", "p2p_wait_ns")
 _ALIASES = {
     "dualpipev": "dualpipev", "scheduledualpipev": "dualpipev",
     "dualpipe": "dualpipe",
@@ -66,16 +83,20 @@ class Comparison:
     """The result of :func:`compare`.
 
     ``per_rank``: one row per (step, pipeline, rank): ``window_ns`` (measured step window),
-    ``measured_bubble_ns``, ``ideal_bubble_ns``, ``excess_ns``, ``slow_stage_ns``,
-    ``exposed_comm_ns``, ``host_gap_ns`` (ns), ``measured_bubble_ratio``,
+    ``measured_bubble_ns``, ``ideal_bubble_ns``, ``excess_ns``, the parts ``slow_stage_ns``,
+    ``exposed_comm_ns``, ``host_gap_ns``, ``p2p_wait_ns`` (each >= 0, summing to the excess)
+    and ``below_ideal_ns`` (>= 0, see the module doc) (ns), ``measured_bubble_ratio``,
     ``ideal_bubble_ratio`` (bubble / own window).
     ``per_step``: one row per (step, pipeline): ``measured_ns``, ``ideal_ns``, ``replay_ns``
-    (step makespans, ns), ``replay_error`` (fraction, signed; NaN when the replay could not
-    run), ``p2p_wait_ns``.
+    (step makespans, ns), ``replay_error``, ``transfer_replay_error`` (fractions, signed; NaN
+    when the replay could not run), ``p2p_latency_ns`` (median link latency of the run over
+    this pipeline's links, ns).
     ``costs``: per stage ``f_ns``, ``b_ns``, ``w_ns``, ``fb_ns`` (fitted medians) and sample
     counts ``n_f``, ``n_b``, ``n_i``, ``n_w``, ``n_fb``.
     ``ideal_spans``: the ideal timeline per (step, pipeline) in the run schema, shifted to the
     measured window start and mapped to the real ranks (kind ``model``).
+    ``notes``: how the ideal was built (schedule inferred, replay impossible);
+    ``warnings``: what the cost fit could not honour as measured (I + W > B).
     """
 
     schedule: str
@@ -87,10 +108,12 @@ class Comparison:
     costs: pd.DataFrame
     ideal_spans: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    #: what the cost fit could not honour as measured (I + W > B), one line each
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         pr, ps = self.per_rank, self.per_step
-        err = ps["replay_error"].abs()
+        err, terr = ps["replay_error"].abs(), ps["transfer_replay_error"].abs()
         return {
             "schedule": self.schedule, "pp": self.pp, "microbatches": self.microbatches,
             "stages": self.num_stages, "steps": int(ps["step"].nunique()),
@@ -99,7 +122,10 @@ class Comparison:
             "excess_ns_mean": float(pr["excess_ns"].mean()),
             "replay_error_abs_median": float(err.median()) if err.notna().any() else None,
             "replay_error_abs_max": float(err.max()) if err.notna().any() else None,
-            "notes": self.notes,
+            "transfer_replay_error_abs_median": float(terr.median()) if terr.notna().any()
+            else None,
+            "transfer_replay_error_abs_max": float(terr.max()) if terr.notna().any() else None,
+            "notes": self.notes, "warnings": self.warnings,
         }
 
 
@@ -115,8 +141,10 @@ def measured_actions(spans: pd.DataFrame, steps: np.ndarray | None = None) -> pd
         return _empty_actions()
     if steps is None:
         steps = assign_steps(spans)
+    part = (spans["name"].str.match(_PART_RE, na=False)
+            & spans["annotation"].str.contains("OVERLAP", regex=False, na=False))
     mask = ((spans["lane"] == "compute") & spans["op"].notna() & spans["stage"].notna()
-            & spans["microbatch"].notna()).to_numpy(dtype=bool)
+            & spans["microbatch"].notna() & ~part).to_numpy(dtype=bool)
     if not mask.any():
         return _empty_actions()
     a = spans.loc[mask, ["rank", "op", "stage", "microbatch", "start_ns", "end_ns",
@@ -170,28 +198,38 @@ def infer_schedule(actions: pd.DataFrame, pp: int, num_stages: int) -> str:
     return "zb1p" if ops & {"I", "W"} else "1f1b"
 
 
-def fit_costs(actions: pd.DataFrame, num_stages: int) -> pd.DataFrame:
-    """Per-stage medians (ns): ``f_ns``, ``b_ns`` (full backward; I + W when only split
-    backward was measured), ``w_ns``, ``fb_ns`` (F&B, by forward stage; F + B when absent),
-    with counts ``n_f`` … ``n_fb``."""
+def fit_costs(actions: pd.DataFrame, num_stages: int,
+              warnings: list[str] | None = None) -> pd.DataFrame:
+    """Per-stage medians (ns) of ``dur_ns`` (pass the actions' work, module doc): ``f_ns``,
+    ``b_ns`` (full backward; I + W when only split backward was measured), ``w_ns``, ``fb_ns``
+    (whole F&B actions, by forward stage; F + B when absent), with counts ``n_f`` … ``n_fb``.
+    Where I + W > B, ``w_ns`` takes B's share W / (I + W) and a line goes to ``warnings``."""
     stages = pd.Index(range(num_stages), name="stage")
-    med, cnt = {}, {}
+    med, cnt, own = {}, {}, {}
     for op in ("F", "B", "I", "W", "FB"):
         g = actions.loc[actions["op"] == op].groupby("stage")["dur_ns"]
-        med[op] = g.median().reindex(stages)
+        own[op] = g.median().reindex(stages)
         cnt[op] = g.size().reindex(stages).fillna(0).astype(int)
-        all_med = actions.loc[actions["op"] == op, "dur_ns"].median()
-        med[op] = med[op].fillna(all_med)
+        med[op] = own[op].fillna(actions.loc[actions["op"] == op, "dur_ns"].median())
     if med["F"].isna().all():
         raise InputError("the run has no forward (F) actions to fit costs from; compare needs "
                          "pipeline actions labelled like 'PP:0F3'")
     w = med["W"].fillna(0.0)
-    b = med["B"].where(med["B"].notna(), med["I"] + w)
+    split = med["I"].fillna(0.0) + w
+    # a stage's own B; else its own I + W; else the B of all stages; else I + W
+    b = own["B"].where(own["B"].notna(), (own["I"] + w).where(own["I"].notna(), med["B"]))
+    b = b.fillna(med["I"] + w)
     if b.isna().all():
         raise InputError("the run has no backward (B or I) actions to fit costs from")
     f = med["F"]
     fb = med["FB"].where(med["FB"].notna(), f + b)
-    w = np.minimum(w, b)
+    over = (split > b + 1e-9) & ((cnt["I"] > 0) | (cnt["W"] > 0))
+    for s in stages[over.to_numpy()]:
+        if warnings is not None:
+            warnings.append(f"stage {s}: split backward I + W = {split[s] / 1e6:.3g} ms costs more "
+                         f"than the fused B = {b[s] / 1e6:.3g} ms; the ideal splits B as "
+                         f"I : W = {(split[s] - w[s]) / 1e6:.3g} : {w[s] / 1e6:.3g}")
+    w = np.where(over, b * w / split.where(split > 0, 1.0), np.minimum(w, b))
     return pd.DataFrame({
         "f_ns": f, "b_ns": b, "w_ns": w, "fb_ns": fb,
         "n_f": cnt["F"], "n_b": cnt["B"], "n_i": cnt["I"], "n_w": cnt["W"], "n_fb": cnt["FB"],
@@ -199,12 +237,11 @@ def fit_costs(actions: pd.DataFrame, num_stages: int) -> pd.DataFrame:
 
 
 def _measured_schedule(acts: pd.DataFrame, layout: pd.DataFrame, pp: int, m: int,
-                       num_stages: int) -> tuple[Schedule, np.ndarray, list[int]]:
-    """The run's own op order of one (step, pipeline) as a Schedule, with per-op durations and
-    the real rank of each pipeline rank."""
+                       num_stages: int) -> tuple[Schedule, list[int]]:
+    """The run's own op order of one (step, pipeline) as a Schedule, and the real rank of each
+    pipeline rank (-1: none)."""
     ranks_of = dict(zip(layout["pp_rank"], layout["rank"], strict=True))
     ops_per_rank: list[tuple[Op, ...]] = []
-    durs: list[np.ndarray] = []
     real = []
     for p in range(pp):
         r = ranks_of.get(p)
@@ -214,63 +251,24 @@ def _measured_schedule(acts: pd.DataFrame, layout: pd.DataFrame, pp: int, m: int
             Op(str(o), int(s), int(mb), int(bs), int(bm))
             for o, s, mb, bs, bm in zip(mine["op"], mine["stage"], mine["microbatch"],
                                         mine["b_stage"], mine["b_microbatch"], strict=True)))
-        durs.append(mine["dur_ns"].to_numpy(dtype=float))
-    sched = Schedule("measured", pp, m, num_stages, tuple(ops_per_rank))
-    return sched, np.concatenate(durs) if durs else np.empty(0), real
+    return Schedule("measured", pp, m, num_stages, tuple(ops_per_rank)), real
 
 
-def _dependencies(acts: pd.DataFrame, num_stages: int) -> np.ndarray:
-    """Per action (rows of one step and pipeline): when its latest cross-rank input was
-    produced (ns; -1 when none)."""
-    fwd_end: dict[tuple[int, int], tuple[int, int]] = {}
-    bwd_end: dict[tuple[int, int], tuple[int, int]] = {}
-    rows = list(zip(acts["rank"], acts["op"], acts["stage"], acts["microbatch"], acts["b_stage"],
-                    acts["b_microbatch"], acts["start_ns"], acts["end_ns"], strict=True))
-    for r, o, s, mb, bs, bm, _st, e in rows:
-        if o in ("F", "FB"):
-            fwd_end[(s, mb)] = (r, e)
-        if o in ("B", "I"):
-            bwd_end[(s, mb)] = (r, e)
-        if o == "FB":
-            bwd_end[(bs, bm)] = (r, e)
-    ready = np.full(len(rows), -1, dtype=np.int64)
-    for i, (r, o, s, mb, bs, bm, _st, _e) in enumerate(rows):
-        deps = []
-        if o in ("F", "FB") and s > 0:
-            deps.append(fwd_end.get((s - 1, mb)))
-        bst, bmb = (bs, bm) if o == "FB" else (s, mb)
-        if o in ("B", "I", "FB") and bst < num_stages - 1:
-            deps.append(bwd_end.get((bst + 1, bmb)))
-        cross = [d[1] for d in deps if d is not None and d[0] != r]
-        if cross:
-            ready[i] = max(cross)
-    return ready
-
-
-def _replay_inputs(acts: pd.DataFrame, num_stages: int) -> tuple[np.ndarray, float]:
-    """Per action (rows sorted by rank, start): its compute duration (ns), and the step's P2P
-    latency (ns).
-
-    An action's compute is counted from the later of its start and its input's arrival (a
-    runtime that waits for the receive inside the action holds that wait in its span). The P2P
-    latency is the median, over the input-bound actions (their input arrived after their rank's
-    previous action ended), of the time from the input's arrival to the action's start. Gaps
-    of actions that were not waiting for an input are host time, which the replay leaves out."""
-    ready = _dependencies(acts, num_stages)
-    rank = acts["rank"].to_numpy()
-    start = acts["start_ns"].to_numpy(np.int64)
-    end = acts["end_ns"].to_numpy(np.int64)
-    prev_end = np.empty_like(end)
-    prev_end[1:] = end[:-1]
-    first = np.ones(len(rank), dtype=bool)
-    first[1:] = rank[1:] != rank[:-1]
-    prev_end[first] = -1
-    begin = np.maximum(start, ready)
-    bound = (ready >= 0) & (ready >= prev_end)
-    latency = float(np.median((begin - ready)[bound])) if bound.any() else 0.0
-    # an input that arrived after the action ended (clocks skewed between ranks) leaves it no
-    # compute time to replay, not a negative one
-    return np.maximum(end - begin, 0).astype(float), latency
+def attribute(levels: np.ndarray, measured: float) -> dict[str, float]:
+    """Split measured - levels[0] (the excess) into the increments of the telescoping bubble
+    levels (ideal, replay 1, 2, 3), then measured: the positive increments scaled to sum to
+    the excess, or zeros and ``below_ideal_ns`` when the excess is negative (module doc)."""
+    inc = np.diff(np.append(levels, measured))
+    inc = np.where(np.isfinite(inc), inc, 0.0)
+    excess = measured - levels[0]
+    if not np.isfinite(levels[1:]).all():  # no replay: all of it unexplained
+        inc = np.array([0.0, 0.0, 0.0, excess])
+    pos = np.clip(inc, 0.0, None)
+    total = pos.sum()
+    parts = pos * (excess / total) if excess > 0 and total > 0 else np.zeros(4)
+    out = dict(zip(_PARTS, parts.tolist(), strict=True))
+    out["below_ideal_ns"] = max(0.0, -excess)
+    return out
 
 
 def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
@@ -292,9 +290,8 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     m = int(max(actions["microbatch"].max(), actions["b_microbatch"].max())) + 1
     notes: list[str] = []
     name = _schedule_name(schedule, manifest, actions, pp, num_stages, notes)
-    costs = fit_costs(actions, num_stages)
-    cost_obj = Costs(f=costs["f_ns"].to_numpy(), b=costs["b_ns"].to_numpy(),
-                     w=costs["w_ns"].to_numpy(), fb=costs["fb_ns"].to_numpy())
+    acts = actions.merge(layout, on="rank").sort_values(["rank", "start_ns"], kind="stable")
+    acts["prev_end_ns"] = acts.groupby("rank")["end_ns"].shift(1, fill_value=-1)
     ideal_sched: Schedule | None = None
     if name != "measured":
         try:
@@ -303,9 +300,23 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
             notes.append(f"schedule {name} does not fit this run ({e}); ideal uses the run's "
                          "own op order")
             name = "measured"
+    events = comm_events(spans)
+    groups: dict[tuple[int, int], ReplayInput] = {}
+    samples: dict[tuple[int, int], list[float]] = {}
+    for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):
+        lay = layout[layout["pipeline"] == pipe]
+        ops_of = {int(r): ideal_sched.ranks[int(p)] for r, p in
+                  zip(lay["rank"], lay["pp_rank"], strict=True)} if ideal_sched else None
+        inp = groups[(int(step), int(pipe))] = prepare(g, events, num_stages, ops_of)
+        for link, v in inp.samples.items():
+            samples.setdefault(link, []).extend(v)
+    latency = link_latency(samples)  # one latency per link over the whole run
+    work = pd.concat([inp.acts.assign(dur_ns=inp.work_ns()) for inp in groups.values()])
+    warnings: list[str] = []
+    costs = fit_costs(work, num_stages, warnings)
+    cost_obj = Costs(f=costs["f_ns"].to_numpy(), b=costs["b_ns"].to_numpy(),
+                     w=costs["w_ns"].to_numpy(), fb=costs["fb_ns"].to_numpy())
     ideal_cache: dict[str, Any] = {}
-
-    acts = actions.merge(layout, on="rank")
     # the DESIGN.md window and bubble, as the bubble analysis measures them, per this layout
     if bubble_table is None:
         table = combine_bubbles(parts.loc[parts["rank"].isin(layout["rank"])], layout,
@@ -315,46 +326,44 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
             layout[["rank", "pipeline", "pp_rank"]], on="rank")
     measured = dict(iter(table.groupby(["step", "pipeline"], sort=False)))
     rank_rows, step_rows, ideal_parts = [], [], []
-    for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):
+    for (step, pipe), inp in groups.items():
         lay = layout[layout["pipeline"] == pipe]
-        g = g.sort_values(["rank", "start_ns"], kind="stable")
-        compute_ns, wait = _replay_inputs(g, num_stages)
-        sched, durs, real = _measured_schedule(g.assign(dur_ns=compute_ns), lay, pp, m,
-                                               num_stages)
+        sched, real = _measured_schedule(inp.acts, lay, pp, m, num_stages)
         ideal = _ideal(ideal_sched or sched, cost_obj, ideal_cache)
         mine = measured[(step, pipe)]
         win_start, window = int(mine["window_start_ns"].iloc[0]), int(mine["window_ns"].iloc[0])
         # a rank of the pipeline with no compute in the step idles the whole window
         bubble = mine.set_index("rank")["bubble_ns"].reindex(real).fillna(window).to_numpy(float)
-        try:
-            rep1 = simulate(sched, cost_obj, op_costs=durs, unit_ns=1.0)
-            rep2 = simulate(sched, cost_obj, op_costs=durs, p2p=wait, unit_ns=1.0)
-            b1, b2, replay = rep1.bubble, rep2.bubble, rep2.makespan
-        except ScheduleDeadlock as e:
-            notes.append(f"step {step} pipeline {pipe}: replay impossible ({e})")
-            b1 = b2 = np.full(pp, np.nan)
-            replay = float("nan")
+        inp.latency = latency
+        reps = [replay(inp, level, win_start) for level in (1, 2, 3, 4)]
+        ok = not any(rep.deadlock for rep in reps)
+        if not ok:
+            notes.append(f"step {step} pipeline {pipe}: the replay of the run's own op order "
+                         "cannot finish (an input is never produced in the step)")
+        levels = np.array([ideal.bubble.astype(float)] + [
+            _bubbles(rep, real) if ok else np.full(pp, np.nan)
+            for rep in reps[:3]])
         for p, r in enumerate(real):
             if r < 0:
                 continue
-            measured_bubble = bubble[p]
             rank_rows.append({
-                "step": int(step), "pipeline": int(pipe), "rank": r, "pp_rank": p,
-                "window_ns": window, "measured_bubble_ns": float(measured_bubble),
+                "step": step, "pipeline": pipe, "rank": r, "pp_rank": p,
+                "window_ns": window, "measured_bubble_ns": float(bubble[p]),
                 "ideal_bubble_ns": float(ideal.bubble[p]),
-                "excess_ns": float(measured_bubble - ideal.bubble[p]),
-                "slow_stage_ns": float(b1[p] - ideal.bubble[p]),
-                "exposed_comm_ns": float(b2[p] - b1[p]),
-                "host_gap_ns": float(measured_bubble - b2[p]),
-                "measured_bubble_ratio": measured_bubble / window if window else 0.0,
+                "excess_ns": float(bubble[p] - ideal.bubble[p]),
+                **attribute(levels[:, p], float(bubble[p])),
+                "measured_bubble_ratio": bubble[p] / window if window else 0.0,
                 "ideal_bubble_ratio": (float(ideal.bubble[p]) / ideal.makespan
                                        if ideal.makespan else 0.0),
             })
+        ends = [rep.end_ns if ok else float("nan") for rep in reps]
+        links = [latency.get((a, b), latency[(-1, -1)]) for a, b in inp.consumer_links()]
         step_rows.append({
-            "step": int(step), "pipeline": int(pipe), "measured_ns": float(window),
-            "ideal_ns": float(ideal.makespan), "replay_ns": float(replay),
-            "replay_error": (replay - window) / window if window else float("nan"),
-            "p2p_wait_ns": wait,
+            "step": step, "pipeline": pipe, "measured_ns": float(window),
+            "ideal_ns": float(ideal.makespan), "replay_ns": float(ends[2]),
+            "replay_error": ends[2] / window - 1 if window else float("nan"),
+            "transfer_replay_error": ends[3] / window - 1 if window else float("nan"),
+            "p2p_latency_ns": float(np.median(links)) if links else 0.0,
         })
         sp = ideal.spans.copy()
         rank_map = np.asarray(real, dtype=np.int64)
@@ -367,8 +376,15 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     return Comparison(
         schedule=name, pp=pp, microbatches=m, num_stages=num_stages,
         per_rank=pd.DataFrame(rank_rows), per_step=pd.DataFrame(step_rows), costs=costs,
-        ideal_spans=pd.concat(ideal_parts, ignore_index=True), notes=notes,
+        ideal_spans=pd.concat(ideal_parts, ignore_index=True), notes=notes, warnings=warnings,
     )
+
+
+def _bubbles(rep: ReplayResult, real: list[int]) -> np.ndarray:
+    """Per pipeline rank: the replay's window (its t0 to its last end) less the rank's busy
+    time inside it (ns); a rank with no action idles the whole window."""
+    busy = dict(zip(rep.ranks, rep.busy(), strict=True))
+    return np.array([rep.end_ns - busy.get(r, 0.0) for r in real])
 
 
 def _schedule_name(requested: str, manifest: Manifest | None, actions: pd.DataFrame, pp: int,

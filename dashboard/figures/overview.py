@@ -113,20 +113,27 @@ def bubble_compare_figure(measured: pd.DataFrame, ideal: pd.DataFrame | None,
 
 def bubble_attribution_figure(a: pd.DataFrame) -> go.Figure:
     """Bubble per pipeline position as a share of the step: the ideal bubble plus the excess
-    split into slow stages, exposed P2P and host gaps (they add up to the measured bubble,
-    drawn as a marker). ``a``: pp_rank, window_ns, measured_bubble_ns, ideal_bubble_ns,
-    slow_stage_ns, exposed_comm_ns, host_gap_ns (profiler.compare, means per position)."""
+    split into slow stages, P2P (link latency + waits beyond it) and host gaps (they add up
+    to the measured bubble, drawn as a marker; a position below the ideal has a negative slow
+    stage bar). ``a``: pp_rank, window_ns, measured_bubble_ns, ideal_bubble_ns,
+    slow_stage_ns, exposed_comm_ns, host_gap_ns and optionally p2p_wait_ns, below_ideal_ns
+    (profiler.compare, means per position)."""
     title = "Bubble per pipeline position: ideal + excess = measured"
     if len(a) == 0:
         return empty_figure("no ideal timeline for this run", title=title)
     f = fig(title, height=260, barmode="relative")
     x = a["pp_rank"].to_numpy()
     win = a["window_ns"].to_numpy(dtype=float)
+    zero = pd.Series(0.0, index=a.index)
+    values = {"ideal_bubble_ns": a["ideal_bubble_ns"],
+              "slow_stage_ns": a["slow_stage_ns"] - a.get("below_ideal_ns", zero),
+              "exposed_comm_ns": a["exposed_comm_ns"] + a.get("p2p_wait_ns", zero),
+              "host_gap_ns": a["host_gap_ns"]}
     for col, name, key in (("ideal_bubble_ns", "ideal (schedule)", "ideal"),
                            ("slow_stage_ns", "slow stage / variation", "slow_stage"),
                            ("exposed_comm_ns", "waiting on P2P", "p2p"),
                            ("host_gap_ns", "host gaps / other", "host_gap")):
-        v = a[col].to_numpy(dtype=float)
+        v = values[col].to_numpy(dtype=float)
         f.add_trace(go.Bar(x=x, y=v / win, name=name, customdata=v / 1e9,
                            marker=dict(color=ATTRIBUTION[key], line=dict(width=0)),
                            hovertemplate=(f"position %{{x}}<br>{name} %{{y:.1%}} of the step "

@@ -42,10 +42,12 @@ class Categories:
         return code
 
     def of(self, chunk: list[Event]) -> np.ndarray:
-        known, new = self.codes, self.code
-        cats = [e.cat for e in chunk]
-        codes = np.array([known[c] if c in known else new(c) for c in cats], dtype=np.int8)
+        get = self.codes.get
+        found = [get(e.cat, -1) for e in chunk]  # one dict lookup per event
+        if -1 in found:  # a spelling not seen yet
+            found = [self.code(e.cat) if c < 0 else c for c, e in zip(found, chunk, strict=True)]
+        codes = np.array(found, dtype=np.int8)
         if not codes.all():
-            self.skipped.update(c for c, k in zip(cats, codes.tolist(), strict=True)
-                                if not k and c is not None)
+            self.skipped.update(c for c in (chunk[i].cat for i in np.flatnonzero(codes == 0))
+                                if c is not None)
         return codes

@@ -16,6 +16,11 @@ An FB sends both of its results at its end; an op with ``hold`` (DualPipe's and 
 late sends, :mod:`profiler.schedules.dual`) sends its result with the next op's, at that op's
 end; an op of the same rank that needs it still has it at the held op's end.
 
+An op with ``waits_for`` (DualPipe's and DualPipeV's early receives) also waits, before it
+starts, for the inputs from other ranks of the later ops it names (an F: the F of (s-1, m); a
+B or I: the B/I of (s+1, m)), as a commit that waits for every receive queued so far. Inputs
+made on the op's own rank add no wait. Schedules without ``waits_for`` are unaffected.
+
 Costs per op: F = f, B = b, I = b - w, W = w, FB = mean of fb at its two stages. Optional
 jitter multiplies each op's cost by max(0, 1 + jitter·N(0, 1)), seeded.
 
@@ -203,6 +208,30 @@ def _compile(schedule: Schedule, ops: list[Op], cols: np.ndarray, S: int, M: int
     return needs.tolist(), makes.tolist()
 
 
+def _add_early_waits(ops: list[Op], needs: list[list[int]], makes: list[list[int]],
+                     rank: np.ndarray, S: int, M: int) -> None:
+    """Append to ``needs`` the keys of each op's ``waits_for``: the inputs of the named later
+    ops that another rank produces (a key nobody produces is kept: the run reports it)."""
+    if not any(op.waits_for for op in ops):
+        return
+    producer = np.full(2 * S * M, -1, dtype=np.int64)
+    made = np.asarray(makes, dtype=np.int64).reshape(len(ops), 2)
+    for col in made.T:
+        ok = col >= 0
+        producer[col[ok]] = rank[ok]
+    for g, op in enumerate(ops):
+        for kind, s, m in op.waits_for:
+            if kind not in ("F", "B", "I") or not (0 <= s < S and 0 <= m < M):
+                raise InputError(f"op {op.name}: waits_for names {kind}{(s, m)}, which is not "
+                                 f"an F, B or I of {S} stages and {M} micro-batches")
+            if kind == "F":
+                k = (s - 1) * M + m if s > 0 else -1
+            else:
+                k = S * M + (s + 1) * M + m if s < S - 1 else -1
+            if k >= 0 and producer[k] != rank[g] and k not in needs[g]:
+                needs[g].append(k)
+
+
 def _run(schedule: Schedule, ops: list[Op], cols: np.ndarray, cost: list[float], p2p: float
          ) -> tuple[np.ndarray, np.ndarray]:
     """The event loop: a rank runs its ops until an input is missing, registers itself as
@@ -210,7 +239,9 @@ def _run(schedule: Schedule, ops: list[Op], cols: np.ndarray, cost: list[float],
     S = schedule.num_stages
     M = int(max(schedule.microbatches, cols[:, 2].max(initial=-1) + 1,
                 cols[:, 4].max(initial=-1) + 1))
+    rank = np.repeat(np.arange(schedule.pp), [len(r) for r in schedule.ranks])
     needs, makes = _compile(schedule, ops, cols, S, M)
+    _add_early_waits(ops, needs, makes, rank, S, M)
     hold = [op.hold for op in ops]
     nkeys = 2 * S * M
     local_t: list[float | None] = [None] * nkeys   # when the producing rank has the result

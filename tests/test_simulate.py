@@ -120,7 +120,8 @@ def _naive(s: Schedule, f: float, b: float, w: float, fb: float, p2p: float) -> 
     """Fixed-point relaxation of the rules, written without profiler.simulate: an op starts at
     max(end of the previous op on its rank, arrival of each input); inputs from another rank
     arrive p2p after they are sent, at the producing op's end or, for a held op, at the end of
-    the op after it. Repeat until nothing moves."""
+    the op after it; an op with ``waits_for`` also waits for the inputs from another rank of
+    the ops it names. Repeat until nothing moves."""
     cost = {"F": f, "B": b, "I": b - w, "W": w, "FB": fb}
     where: dict[tuple[str, int, int], tuple[int, int]] = {}
     for r, ops in enumerate(s.ranks):
@@ -148,7 +149,9 @@ def _naive(s: Schedule, f: float, b: float, w: float, fb: float, p2p: float) -> 
             t = 0.0
             for i, op in enumerate(ops):
                 begin = t
-                for key in needs(op):
+                early = [k for later in op.waits_for for k in needs(Op(*later))
+                         if k[1] != later[1] and where[k][0] != r]  # received inputs
+                for key in needs(op) + early:
                     pr, pi = where[key]
                     if pr == r:
                         ready = start[pr][pi] + cost[s.ranks[pr][pi].kind]
@@ -210,6 +213,40 @@ def test_held_forward_is_sent_with_the_next_op() -> None:
             assert r.start[consumer[0]] >= sent + 0.25 - 1e-12
             seen += 1
     assert seen == 6  # ranks 0, 3: one phase-2 F(0) each; middle ranks 1, 2: two each
+
+
+def test_waits_for_waits_for_a_later_ops_input_from_another_rank() -> None:
+    """Rank 1's 1F0 also waits for the input of its 1F1 (an early receive); a named input made
+    on the op's own rank (1B0's output-grad on the last stage: none; 0B0's, from rank 1, named
+    on rank 1) adds no wait; a name outside the schedule is an input error."""
+    def sched(first: Op) -> Schedule:
+        return Schedule("early", 2, 2, 2, (
+            (Op("F", 0, 0), Op("F", 0, 1), Op("B", 0, 0), Op("B", 0, 1)),
+            (first, Op("B", 1, 0), Op("F", 1, 1), Op("B", 1, 1))))
+    costs = Costs(f=1, b=2, w=1, fb=3)
+    plain = simulate(sched(Op("F", 1, 0)), costs, p2p=0.5)
+    early = simulate(sched(Op("F", 1, 0, waits_for=(("F", 1, 1),))), costs, p2p=0.5)
+    assert plain.start[4] == 1.5 and early.start[4] == 2.5  # 0F1 ends at 2, + p2p
+    assert early.makespan == plain.makespan + 1
+    local = simulate(sched(Op("F", 1, 0, waits_for=(("B", 0, 0), ("B", 1, 0)))), costs, p2p=0.5)
+    assert local.start.tolist() == plain.start.tolist()
+    with pytest.raises(InputError, match="waits_for names"):
+        simulate(sched(Op("F", 1, 0, waits_for=(("W", 1, 1),))), costs)
+    with pytest.raises(InputError, match="waits_for names"):
+        simulate(sched(Op("F", 1, 0, waits_for=(("F", 2, 0),))), costs)
+
+
+def test_dualpipe_waits_for_the_early_receives_of_its_code() -> None:
+    """DualPipe / DualPipeV phase-2 F(1)s wait for the next F(0)'s input, phase-3 Ws for the
+    next F(1)'s input: the F that follows them in the op list."""
+    for s in (dualpipe(8, 20), build("dualpipev", 4, 9)):
+        for ops in s.ranks:
+            for i, op in enumerate(ops):
+                for kind, st, mb in op.waits_for:
+                    nxt = next(o for o in ops[i + 1:] if ("F", st, mb) in o.compute_key()[:1])
+                    later_f = [o for o in ops[i + 1:] if o.kind in ("F", "FB") and o.stage == st]
+                    assert kind == "F" and later_f[0] == nxt
+                    assert op.kind in ("F", "W")
 
 
 def test_deadlock_names_the_rank_the_op_and_the_missing_input() -> None:

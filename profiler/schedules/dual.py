@@ -27,9 +27,19 @@ middle (DualPipeV: last) ones sends each F(0) result after the F(1) that follows
 (last) ranks send their last phase-2 F(1) result after phase 4's unoverlapped F(0), and that
 F(0)'s result after the B(1). Ops that send late carry ``hold`` (see :mod:`profiler.simulate`);
 on DualPipeV's last rank the F(0) of stage P-1 feeds its own F(1) of stage P, which has it at
-once. Not modelled: the code also waits, at a commit, for receives it queued early for a later
-op (phase 2's next F(0) input before an F(1), phase 3's F(1) input before a W); the simulator
-lets each op wait only for its own inputs (tests/test_dualpipev_code.py measures the gap).
+once.
+
+Receive timing follows the code too: ``_commit_and_wait_comm`` waits for every receive queued
+so far, and two are queued one op early. Phase 2 queues the next F(0)'s input before each F(1)
+(``_recv_forward(0)`` before ``_forward_chunk(1)``), so each phase-2 F(1) also waits for the
+input of the F(0) after it: the next phase-2 F(0), and for the last one phase 4's first F(0)
+(phase 3 runs no F(0)). Phase 3 queues the next F(1)'s input before the W
+(``_recv_forward(1)`` before ``_weight_chunk``), so each phase-3 W waits for the input of the
+F(1) after it. These ops carry ``waits_for`` (see :mod:`profiler.schedules.ops`); on the first
+rank the F(0) input is local and adds no wait. tests/test_dualpipev_code.py and
+tests/test_dualpipe_code.py check both schedules against independent readings of the code.
+Not modelled: a send that cannot complete until its receiver posts the matching receive
+(the code's ``req.wait()`` on an isend); the model lets a result leave at its commit.
 """
 
 from __future__ import annotations
@@ -43,21 +53,29 @@ __all__ = ["dualpipe", "dualpipev", "phase_ops"]
 
 
 def phase_ops(*, H: int, h: int, n_main: int, stages: tuple[int, int],
-              mb_base: tuple[int, int], middle: bool, deferred_sends: bool = False) -> list[Op]:
+              mb_base: tuple[int, int], middle: bool, deferred_sends: bool = False,
+              early_recvs: bool = False) -> list[Op]:
     """One rank's op list. ``stages[p]`` / ``mb_base[p]``: the stage and the first micro-batch
     of phase p; ``middle``: this rank runs its first F&B unoverlapped (h is largest).
     ``deferred_sends``: phase 2 sends as ``dualpipe.py`` / ``dualpipev.py`` step 2 do: other
     ranks send each F(0) result after the F(1) that follows it, and the middle ranks send their
-    last F(1) result after phase 4's unoverlapped F(0)."""
+    last F(1) result after phase 4's unoverlapped F(0). ``early_recvs``: ops wait for the
+    receives the code queues early (``waits_for``): each phase-2 F(1) for the next F(0)'s
+    input, each phase-3 W for the next F(1)'s input."""
     ops: list[Op] = []
     nf = [0, 0]  # forwards issued per phase
     nb = [0, 0]  # backwards (full or input-grad) issued per phase
     wq: deque[tuple[int, int]] = deque()  # queued weight-grad work (stage, micro-batch)
 
-    def f(p: int, hold: bool = False) -> Op:
+    def f(p: int, hold: bool = False, early: int = -1) -> Op:
+        """The next F of phase p; ``early`` >= 0: it also waits for the next F(early)'s input."""
         op = Op("F", stages[p], mb_base[p] + nf[p], hold=hold)
         nf[p] += 1
-        return op
+        return op._replace(waits_for=next_f(early))
+
+    def next_f(p: int) -> tuple[tuple[str, int, int], ...]:
+        """``waits_for`` naming phase p's next F (none when p < 0 or without early_recvs)."""
+        return (("F", stages[p], mb_base[p] + nf[p]),) if early_recvs and p >= 0 else ()
 
     def b(p: int, zb: bool = False) -> Op:
         mb = mb_base[p] + nb[p]
@@ -70,18 +88,18 @@ def phase_ops(*, H: int, h: int, n_main: int, stages: tuple[int, int],
         fwd, bwd = f(pf), b(pb)
         return Op("FB", fwd.stage, fwd.microbatch, bwd.stage, bwd.microbatch)
 
-    def w() -> Op:
+    def w(early: int = -1) -> Op:
         stage, mb = wq.popleft()
-        return Op("W", stage, mb)
+        return Op("W", stage, mb, waits_for=next_f(early))
 
     tail = H - h - 1
     ops += [f(0) for _ in range(2 * tail)]                         # phase 1
     for i in range(h + 1):                                         # phase 2
         last = i == h
-        ops += [f(0, hold=deferred_sends and not middle),
-                f(1, hold=deferred_sends and middle and last)]
+        ops.append(f(0, hold=deferred_sends and not middle))
+        ops.append(f(1, hold=deferred_sends and middle and last, early=0))
     for _ in range(tail):                                          # phase 3
-        ops += [b(1, zb=True), w(), f(1)]
+        ops += [b(1, zb=True), w(early=1), f(1)]
     for i in range(n_main):                                        # phase 4
         if i == 0 and middle:
             ops += [f(0, hold=True), b(1)]
@@ -127,6 +145,7 @@ def dualpipe(pp: int, microbatches: int) -> Schedule:
         ranks.append(tuple(phase_ops(
             H=H, h=h, n_main=half - pp + h + 1, stages=(h, pp - 1 - h),
             mb_base=(0, half) if r < H else (half, 0), middle=h == H - 1, deferred_sends=True,
+            early_recvs=True,
         )))
     return Schedule("dualpipe", pp, microbatches, pp, tuple(ranks))
 
@@ -138,7 +157,7 @@ def dualpipev(pp: int, microbatches: int) -> Schedule:
     ranks = [
         tuple(phase_ops(H=pp, h=r, n_main=microbatches - 2 * pp + r + 1,
                         stages=(r, 2 * pp - 1 - r), mb_base=(0, 0), middle=r == pp - 1,
-                        deferred_sends=True))
+                        deferred_sends=True, early_recvs=True))
         for r in range(pp)
     ]
     return Schedule("dualpipev", pp, microbatches, 2 * pp, tuple(ranks))

@@ -8,6 +8,12 @@ backward chunk run overlapped, DualPipe's F&B). ``stage`` / ``microbatch`` name 
 
 ``hold`` marks an op whose results are sent together with the next op's on the same rank
 (DualPipe / DualPipeV send as their code does: see :mod:`profiler.schedules.dual`).
+
+``waits_for`` names later ops, as ``(kind, stage, micro-batch)`` with kind ``F``, ``B`` or
+``I``, whose inputs from other ranks this op also waits for before it starts: a receive the
+code queues early and waits on at this op's start (DualPipe / DualPipeV's
+``_commit_and_wait_comm`` waits for every queued receive). An input produced on the op's own
+rank is not received and adds no wait.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class Op(NamedTuple):
     b_stage: int = -1
     b_microbatch: int = -1
     hold: bool = False
+    waits_for: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def name(self) -> str:

@@ -27,13 +27,13 @@ from . import ids
 from .clock import Clock, ClockLike, RunInfo, as_clock, clock_label, next_clock, ticking
 from .data import DataService
 from .layout import error_card, nav_links, query_of, run_title, shell
-from .pages import experts, links, model, overview, runs, sms, timeline
+from .pages import experts, gpus, links, model, overview, runs, sms, timeline
 from .status import FreshnessTracker, status_outputs
 
 __all__ = ["create_app", "server", "PAGE_MODULES", "route", "clock_outputs"]
 
-PAGE_MODULES: dict[str, ModuleType] = {m.PATH: m for m in (runs, overview, timeline, links, sms,
-                                                           model, experts)}
+PAGE_MODULES: dict[str, ModuleType] = {m.PATH: m for m in (runs, overview, timeline, gpus, links,
+                                                           sms, model, experts)}
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 

@@ -14,6 +14,8 @@ parameter      page        value
 ``t``          Timeline    the zoomed window, ``a,b`` in s since the run's start
 ``node``       Links       a node name
 ``schedule``   Model       a schedule name; ``pp`` and ``mb`` its PP ranks, micro-batches
+``group``      GPUs        ``pipeline`` (pipelines x stages) or ``node`` (nodes x GPUs)
+``metric``     GPUs        ``bubble`` or ``busy``
 =============  ==========  ==============================================================
 
 How the controls and the URL stay one: a page's controls write the URL (a new history
@@ -37,7 +39,8 @@ __all__ = ["PARAMS", "search_of", "with_view", "born", "sync", "parse_window", "
 
 #: each page's own URL parameters, in the order the URL lists them
 PARAMS: dict[str, tuple[str, ...]] = {"/timeline": ("ranks", "step", "t"), "/links": ("node",),
-                                      "/model": ("schedule", "pp", "mb")}
+                                      "/model": ("schedule", "pp", "mb"),
+                                      "/gpus": ("group", "metric")}
 _BASE = ("run", "compare")
 
 

@@ -100,6 +100,14 @@ EX_KPIS = "ex-kpis"
 EX_LAYER = "ex-layer"
 EX_NOTE = "ex-note"
 
+# GPUs (every rank at a glance)
+GP_HEAT = "gp-heat"
+GP_WORST = "gp-worst"
+GP_GROUP = "gp-group"
+GP_METRIC = "gp-metric"
+GP_STATUS = "gp-status"
+GP_KEY = "gp-key"
+
 # render keys (see dashboard.pages.render_key): what each page last drew
 OV_KEY = "ov-key"
 TL_KEY = "tl-key"

@@ -22,6 +22,7 @@ PAGES = (
     ("/", "Runs"),
     ("/overview", "Overview"),
     ("/timeline", "Timeline"),
+    ("/gpus", "GPUs"),
     ("/links", "Links"),
     ("/sms", "SMs"),
     ("/model", "Model"),

@@ -118,6 +118,7 @@ PAGES = {
     "overview": (f"/overview?run={SYN}", "#ov-kpis .kpi-value"),
     "timeline": (f"/timeline?run={SYN}", "#tl-status:has-text('drawn as segments')"),
     "timeline-reference": (f"/timeline?run={REF}", "#tl-status:has-text('drawn as bars')"),
+    "gpus": (f"/gpus?run={SYN}", "#gp-status:has-text('64 GPUs')"),
     "links": (f"/links?run={SYN}", "#lk-nvl-heat .heatmaplayer, #lk-nvl-heat .hm image"),
     "sms": (f"/sms?run={SYN}", "#sm-kpis .kpi-value"),
     "model": (f"/model?run={SYN}", "#md-fig .bars .point"),

@@ -147,3 +147,36 @@ def test_alerts_and_rows_open_the_exact_view(samples: str, page: Any) -> None:
     assert row.get_attribute("href") == target
     assert page.errors == []
 
+
+
+def test_gpus_page_cell_opens_its_pipeline(samples: str, page: Any) -> None:
+    """GPUs page (issue 10, item 5): every rank a cell; clicking one opens its pipeline on
+    the Timeline at its worst step; the worst-ranks table links the same way."""
+    page.goto(samples + f"/gpus?run={SYN}&metric=busy")
+    page.wait_for_selector("#gp-status:has-text('64 GPUs')")
+    page.wait_for_selector("#gp-heat .hm image, #gp-heat .heatmaplayer", state="attached")
+    first = page.locator("#gp-worst a").first
+    target = first.get_attribute("href") or ""
+    assert re.match(rf"/timeline\?run={SYN}&ranks=pipeline:\d+&step=\d+$", target), target
+    _shot(page, "gpus")
+    # the middle of the cell of pipeline row 2, stage 3, by plotly's own axes
+    x, y, pipe = page.evaluate("""() => { const el = document.getElementById('gp-heat');
+        const gd = el.classList.contains('js-plotly-plot') ? el
+            : el.querySelector('.js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[0];
+        const box = gd.getBoundingClientRect();
+        return [box.left + xa._offset + xa.d2p(t.x[3]), box.top + ya._offset + ya.d2p(t.y[2]),
+                t.customdata[2][3][1]]; }""")
+    page.mouse.move(x, y)
+    hover = " ".join(page.wait_for_selector("#gp-heat .hoverlayer .hovertext").evaluate(
+        "el => Array.from(el.querySelectorAll('tspan.line')).map(t => t.textContent)"))
+    assert f"pipeline {pipe}" in hover and "stage 3" in hover and "worst in step" in hover, hover
+    page.mouse.click(x, y)
+    page.wait_for_function("() => location.pathname === '/timeline'")
+    assert _q(page)["ranks"] == f"pipeline:{pipe}", (page.url, hover)
+    assert _q(page)["path"] == "/timeline"
+    _timeline_shows(page, f"pipeline {pipe} (16 ranks)", f"step {_q(page)['step']}")
+    page.go_back()
+    page.wait_for_selector("#gp-status:has-text('64 GPUs')")
+    assert _q(page) == {"path": "/gpus", "run": SYN, "metric": "busy"}
+    assert page.errors == []

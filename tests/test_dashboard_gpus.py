@@ -1,0 +1,69 @@
+"""Every GPU at a glance (issue 10, item 5; dashboard/gpu_grid.py, dashboard/pages/gpus.py):
+2,048 ranks as pipelines x stages or nodes x GPUs, the worst ranks, and the links they open."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard.gpu_grid import grid, per_rank, worst
+from dashboard.pages.gpus import cell_target, clicked_cell, heat_figure
+
+PP, PIPES, STEPS = 16, 128, 12  # 2,048 ranks
+
+
+def _bubbles(slow_rank: int = 1234, slow_step: int = 9) -> pd.DataFrame:
+    """The bubble table of 2,048 ranks (rank = pipeline * PP + stage) over STEPS steps, one
+    rank slow in one step (its busy time x3, its bubble lower, its peers' higher)."""
+    rng = np.random.default_rng(0)
+    rank = np.repeat(np.arange(PP * PIPES), STEPS)
+    step = np.tile(np.arange(STEPS), PP * PIPES)
+    busy = rng.normal(100.0, 1.0, len(rank))
+    bubble = rng.uniform(0.10, 0.12, len(rank))
+    hit = (rank == slow_rank) & (step == slow_step)
+    busy[hit] *= 3.0
+    bubble[(rank // PP == slow_rank // PP) & (step == slow_step) & ~hit] = 0.6
+    return pd.DataFrame({"rank": rank, "step": step, "pipeline": rank // PP, "pp_rank": rank % PP,
+                         "busy_ns": busy, "bubble_ratio": bubble})
+
+
+def test_two_thousand_gpus_grouped_and_ranked() -> None:
+    b = _bubbles()
+    t = time.perf_counter()
+    ranks, steps = per_rank(b, "busy", last_steps=10, live=True)
+    g = grid(ranks, "pipeline", steps=steps)
+    fig = heat_figure(g, "busy", "pipeline")
+    took = time.perf_counter() - t
+    assert steps == (1, 10)  # a live run's newest step (11) is still running
+    assert len(ranks) == 2048 and g.z.shape == (PIPES, PP) and not np.isnan(g.z).any()
+    assert g.rank[1234 // PP, 1234 % PP] == 1234 and g.pipeline[1234 // PP, 0] == 1234 // PP
+    w = worst(ranks, "busy", 5)
+    assert int(w["rank"].iloc[0]) == 1234 and int(w["worst_step"].iloc[0]) == 9
+    assert w["value"].iloc[0] == pytest.approx(1.2, abs=0.02)  # x3 in 1 of 10 steps
+    assert took < 2.0, took
+    assert fig.data[0].z.shape == (PIPES, PP) and "rank %{customdata[0]}" in \
+        fig.data[0].hovertemplate
+    # by node: 8 GPUs per node in rank order
+    rank_node = {r: f"node{r // 8}" for r in range(2048)}
+    gn = grid(ranks, "node", rank_node, steps)
+    assert gn.z.shape == (256, 8) and gn.rows[:3] == ["node0", "node1", "node2"]
+    assert gn.rank[1234 // 8, 1234 % 8] == 1234
+    # bubble: the slow rank's pipeline peers waited on it
+    rb, _ = per_rank(b, "bubble", last_steps=10)
+    wb = worst(rb, "bubble", 15, rank_node)
+    assert set(wb["pipeline"].astype(int)) == {1234 // PP} and int(wb["worst_step"].iloc[0]) == 9
+    assert wb["node"].iloc[0].startswith("node")
+
+
+def test_cell_opens_its_pipeline_at_its_worst_step() -> None:
+    assert cell_target("r", 77, 9) == "/timeline?run=r&ranks=pipeline:77&step=9"
+    assert cell_target("r", -1, -1) == "/timeline?run=r"
+    assert per_rank(None, "bubble")[1] is None
+    # what Dash sends for a heatmap cell (customdata as an object), and for other points
+    click = {"points": [{"x": "3", "y": "2", "customdata": {"0": 14, "1": 2, "2": 6}}]}
+    assert clicked_cell(click) == [14, 2, 6]
+    assert clicked_cell({"points": [{"customdata": [1, 0, 3]}]}) == [1, 0, 3]
+    assert clicked_cell({"points": [{}]}) is None and clicked_cell(None) is None

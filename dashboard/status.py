@@ -11,6 +11,7 @@ times)") and its newest step come from the data read so far, cached per data ver
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -209,9 +210,20 @@ def _strip(run: str, f: RunFreshness) -> list[Any]:
         level = "warn" if f.state == "STALE" else "crit"
         w = f.worst
         target = _source_href(run, w.source) if w is not None else href("/", None)
-        out.append(dcc.Link(f"{f.state}: {f.reason}", href=target, id=ids.FRESH_CHIP,
+        out.append(dcc.Link(f"{f.state}: {_short(f.reason)}", href=target, id=ids.FRESH_CHIP,
                             className=f"chip chip-{level}", title=f.reason))
     return out
+
+
+def _short(reason: str) -> str:
+    """A chip's text: the reason without the stream that decided it and the stream count
+    (both stay in the chip's tooltip)."""
+    text = re.sub(r" \(\d+ of \d+ streams\)$", "", reason)
+    m = re.match(r"^(\w+)/([\w.-]+): ", text)
+    if m:  # the stream -> its source (the job's spans, a node)
+        label = "spans" if m.group(1) == "spans" else m.group(2).split(".rank-", 1)[0]
+        text = f"{label}: {text[m.end():]}"
+    return text
 
 
 def status_outputs(tracker: FreshnessTracker, clock: ClockLike) -> tuple[str, str, list[Any]]:

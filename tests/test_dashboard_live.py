@@ -134,3 +134,14 @@ def test_step_stats_and_ages() -> None:
     assert step_stats(spans.iloc[:2]) == (pytest.approx(50e-9), 0)  # one step: its extent
     assert [fmt_age(x) for x in (None, 0.42, 12.4, 300, 7300, 2e5, float("inf"))] == [
         "–", "0.4 s", "12 s", "5 min", "2 h", "2 d", "∞"]
+
+
+def test_chip_text_names_the_source_not_the_stream() -> None:
+    from dashboard.status import _short
+
+    assert _short("spans/rank-00000: no new data for 3 s (stale after 2 s) (2 of 2 streams)") \
+        == "spans: no new data for 3 s (stale after 2 s)"
+    assert _short("counters/node0.rank-00003: writer w failed (1 of 3 streams)") == \
+        "node0: writer w failed"
+    assert _short("heartbeat of writer job not renewed for 5 s") == \
+        "heartbeat of writer job not renewed for 5 s"

@@ -36,6 +36,7 @@ from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, link_ports
+from .promsource import PromSource
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
 __all__ = ["DataService", "RunData"]
@@ -223,10 +224,14 @@ class RunData:
 
 @dataclass
 class DataService:
-    """The app's view of RUNS_DIR: the catalog plus one cached :class:`RunData` per run."""
+    """The app's view of RUNS_DIR: the catalog plus one cached :class:`RunData` per run.
+    ``prometheus``: where the Links and SMs pages read their cluster views
+    (:mod:`dashboard.promsource`); by default the one ``$DUALSCOPE_PROMETHEUS`` names, None
+    (the run's files only) when it is unset."""
 
     runs_dir: str
     live_reload_s: float = 0.5
+    prometheus: PromSource | None = field(default_factory=PromSource.from_env)
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)

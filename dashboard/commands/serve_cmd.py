@@ -1,15 +1,34 @@
 """``dualscope dashboard [RUNS_DIR]``: serve the dashboard over the runs under RUNS_DIR.
 
 Binds 127.0.0.1 by default; never runs Dash's debug mode unless ``--debug`` is given. For a
-multi-user deployment run the WSGI app under gunicorn instead (docs/dashboard.md)."""
+multi-user deployment run the WSGI app under gunicorn instead (docs/dashboard.md).
+
+``--prometheus URL`` makes the Links and SMs pages read their cluster views from that
+Prometheus (:mod:`dashboard.promsource`); it sets ``$DUALSCOPE_PROMETHEUS`` (and
+``..._STEP`` / ``..._TIMEOUT``), the variables the gunicorn factory reads too."""
 
 from __future__ import annotations
+
+import os
 
 import click
 
 from profiler.freshness import FreshnessPolicy
 
 __all__ = ["command", "serve"]
+
+
+def use_prometheus(url: str | None, step_s: float = 10.0, timeout_s: float = 5.0) -> None:
+    """Point the apps this process builds at ``url`` (None: the run files only), through
+    the environment :meth:`dashboard.promsource.PromSource.from_env` reads."""
+    from ..promsource import ENV_STEP, ENV_TIMEOUT, ENV_URL, PromSource
+
+    if not url:
+        for key in (ENV_URL, ENV_STEP, ENV_TIMEOUT):
+            os.environ.pop(key, None)
+        return
+    PromSource(url, min_step_s=step_s, timeout_s=timeout_s)  # refuse a bad URL now
+    os.environ.update({ENV_URL: url, ENV_STEP: f"{step_s:g}", ENV_TIMEOUT: f"{timeout_s:g}"})
 
 
 def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
@@ -36,11 +55,31 @@ def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
 @click.option("--heartbeat-timeout", default=15.0, show_default=True,
               type=click.FloatRange(0.1),
               help="A writer whose heartbeat is older than this (s) is gone: DEAD.")
+@click.option("--prometheus", "prometheus", metavar="URL", default=None,
+              help="Prometheus base URL (http://HOST:9090) the Links and SMs pages read their "
+                   "cluster views from; the run's files when it fails. Default: "
+                   "$DUALSCOPE_PROMETHEUS.")
+@click.option("--prometheus-step", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="Shortest query step (s): the agents' scrape interval.")
+@click.option("--prometheus-timeout", default=5.0, show_default=True,
+              type=click.FloatRange(0.1), help="Per-query timeout (s).")
 @click.option("--debug", is_flag=True, help="Dash debug mode (never on a shared host).")
 def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: float,
-            dead_after: float, heartbeat_timeout: float, debug: bool) -> None:
+            dead_after: float, heartbeat_timeout: float, prometheus: str | None,
+            prometheus_step: float, prometheus_timeout: float, debug: bool) -> None:
     """Serve the dashboard over the run directories under RUNS_DIR (default ./runs)."""
-    click.echo(f"dualscope dashboard: {runs_dir} at http://{host}:{port}/  (Ctrl-C to stop)")
+    from ..promsource import ENV_URL, PromSource
+
+    url = prometheus or os.environ.get(ENV_URL) or None
+    try:
+        if prometheus:
+            use_prometheus(prometheus, prometheus_step, prometheus_timeout)
+        else:  # the environment's settings as they are; a bad URL is refused now
+            PromSource.from_env()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--prometheus") from None
+    click.echo(f"dualscope dashboard: {runs_dir} at http://{host}:{port}/  (Ctrl-C to stop)"
+               + (f"; link and SM counters from Prometheus at {url}" if url else ""))
     policy = FreshnessPolicy(stale_min_s=stale_after, dead_after_s=dead_after,
                              heartbeat_timeout_s=heartbeat_timeout)
     serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms, freshness=policy)

@@ -3,10 +3,17 @@ share of peak, and the bandwidth split by communication phase (dispatch, combine
 
 Live and replay refresh this page every tick through ``extendData``: only the samples taken
 since the last tick travel (a few kB for 64 GPUs); the heatmaps and the phase split are
-rebuilt every :data:`FULL_EVERY` ticks."""
+rebuilt every :data:`FULL_EVERY` ticks.
+
+With a Prometheus (:mod:`dashboard.promsource`) the heatmaps, the node's lines and the KPIs
+come from PromQL range queries (the NVLink heatmap: one row per GPU, its all-links total);
+the phase split and the spans still come from the run's files. A notice first in the KPI
+grid says which source the page shows, and why Prometheus was not used when it failed (the
+run's files are then drawn instead)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -14,17 +21,19 @@ import pandas as pd
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from profiler.analysis.params import natural_key
-from profiler.counters import IB, NVLINK, device_kinds
+from profiler.counters import IB, NVLINK, TX_BYTES_PER_S, device_kinds
 
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
-from ..data import DataService
+from ..data import DataService, RunData
 from ..deeplink import born, sync
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
-from ..overview_model import cpu_run
+from ..overview_model import cpu_run, link_ports
+from ..promsource import LinkData, PromError, PromSource, Window, failure_text, notice_text
+from ..promview import page_window, run_ids, source_note
 from ..series import link_long, link_wide, phase_buckets
-from ..snapshot import clip_to_cutoff
+from ..snapshot import Snapshot, clip_to_cutoff
 from . import NoRun, describe_error, open_page, open_run
 
 PATH = "/links"
@@ -46,6 +55,15 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     kinds: Any = device_kinds(snap.counters["device"], family=True) if len(snap.counters) else []
     link_rows = snap.counters.loc[np.isin(kinds, [NVLINK, IB])] if len(snap.counters) else snap.counters
     link_nodes = sorted(link_rows["node"].astype("str").unique(), key=natural_key) if len(link_rows) else []
+    src = svc.prometheus
+    if src is not None:  # the nodes Prometheus has (the render's notice says why not, if not)
+        try:
+            w = page_window(src, snap, None)
+            cluster = src.cluster(run_ids(snap), TX_BYTES_PER_S, w)
+            link_nodes = sorted(cluster["node"].astype("str").unique(), key=natural_key)
+            ports = _prom_ports(src, _rd, snap, w, None)
+        except Exception:  # noqa: S110 - the files' nodes are shown, the render says why
+            pass
     # open on the node of the weakest link: what an operator looks for first
     worst = ports.sort_values("share").iloc[0]["node"] if len(ports) and ports["share"].notna().any() else None
     default = str(worst) if worst in link_nodes else (link_nodes[0] if link_nodes else None)
@@ -176,13 +194,9 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
         and cursor.get("node") == node and cursor.get("metric") == metric
         and cursor.get("mode") == c.mode and cursor.get("t0") == t0
         and (cut is None or cut >= cursor["ts_ns"]) and c.tick % FULL_EVERY)
-    if incremental:
+    new = _new_rows(svc, rd, snap, cursor, node, metric, cut) if incremental and cursor else None
+    if new is not None:
         assert cursor is not None
-        new = rd.counters_since(cursor["ts_ns"])
-        keep = (new["node"] == node).to_numpy(dtype=bool) & (new["metric"] == metric).to_numpy(dtype=bool)
-        if cut is not None:
-            keep &= new["ts_ns"].to_numpy() <= cut
-        new = new.loc[keep]
         nv = extend_payload(link_long(new, "nvlink", metric, node, t0), cursor["nvl"])
         ib = extend_payload(link_long(new, "ib", metric, node, t0), cursor["ib"])
         if nv is not None and ib is not None:
@@ -191,14 +205,19 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
             return (no_update, no_update, no_update, no_update,
                     [nv, list(range(len(cursor["nvl"])))], no_update,
                     [ib, list(range(len(cursor["ib"])))], no_update, cur)
-    _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
-    topo = snap.manifest.topology
     run = c.run
-    nvl_long = link_long(counters, "nvlink", metric, node, t0)
-    ib_long = link_long(counters, "ib", metric, node, t0)
+    data, note = _from_prometheus(svc, snap, metric, node, cut)
+    if data is not None:
+        counters, node_rows, has_counters = data.cluster, data.node, True
+    else:
+        _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
+        node_rows = counters
+        has_counters = bool(len(snap.counters)) and bool(
+            np.isin(device_kinds(snap.counters["device"], family=True), [NVLINK, IB]).any())
+    topo = snap.manifest.topology
+    nvl_long = link_long(node_rows, "nvlink", metric, node, t0)
+    ib_long = link_long(node_rows, "ib", metric, node, t0)
     what = "transmit" if metric.startswith("tx") else "receive"
-    has_counters = bool(len(snap.counters)) and bool(
-        np.isin(device_kinds(snap.counters["device"], family=True), [NVLINK, IB]).any())
     no_counters = "this run has no link counters (dualscope probe records them)"
     nvl_heat = link_heatmap_figure(link_wide(counters, "nvlink", metric, topo.nvlink_peak_bytes_per_s, t0),
                                    title=f"NVLink {what}, share of peak, per GPU", uirevision=run,
@@ -220,7 +239,12 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
         summary = summary.loc[summary["metric"] == metric]
     phase = phase_bars_figure(phase_buckets(summary) if summary is not None else pd.DataFrame(),
                               empty=_phase_reason(results, has_counters))
-    ports = rd.ports(snap, cut)
+    ports = None
+    if data is not None and svc.prometheus is not None:
+        with contextlib.suppress(Exception):  # the KPIs fall back to the run's files
+            ports = _prom_ports(svc.prometheus, rd, snap, data.window, cut)
+    if ports is None:
+        ports = rd.ports(snap, cut)
     other = None
     if c.compare:
         try:
@@ -230,11 +254,67 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
             other = None
     kpis = _kpis(ports, {"nvlink": topo.nvlink_peak_bytes_per_s, "ib": topo.ib_peak_bytes_per_s},
                  has_counters, other)
+    if note is not None:
+        kpis = [note, *kpis]
     last = int(counters["ts_ns"].max()) if len(counters) else t0
     cur = {"run": run, "node": node, "metric": metric, "mode": c.mode, "t0": t0,
            "ts_ns": last, "nvl": sorted(nvl_long["series"].unique().tolist()),
-           "ib": sorted(ib_long["series"].unique().tolist())}
+           "ib": sorted(ib_long["series"].unique().tolist()), "src": "files"}
+    if data is not None and svc.prometheus is not None:
+        cur.update(src=svc.prometheus.url, step=data.window.step_s, w0=data.window.start_ns)
     return kpis, nvl_heat, ib_heat, nvl_lines, no_update, ib_lines, no_update, phase, cur
+
+
+def _from_prometheus(svc: DataService, snap: Snapshot, metric: str,
+                     node: str | None, cut: int | None) -> tuple[LinkData | None, Any]:
+    """(the page's data from Prometheus or None, the notice or None): None and a warning
+    when Prometheus is configured but failed; (None, None) without a Prometheus."""
+    src = svc.prometheus
+    if src is None:
+        return None, None
+    try:
+        data = src.links(run_ids(snap), metric, node, page_window(src, snap, cut))
+    except PromError as e:
+        return None, source_note(failure_text(e), ok=False)
+    except Exception as e:  # an answer this code cannot use: never a blank page
+        text = f"Prometheus' answer could not be used ({type(e).__name__}: {e}); showing the run's files"
+        return None, source_note(text, ok=False)
+    return data, source_note(notice_text(src.url, data.window, data.freshness,
+                                         src.silent_after_s), ok=True)
+
+
+def _prom_ports(src: PromSource, rd: RunData, snap: Snapshot, w: Window,
+                cut: int | None) -> pd.DataFrame:
+    """:func:`~dashboard.overview_model.link_ports` of Prometheus' transmit rates in ``w``
+    and the run's spans (the KPIs), cached per window."""
+    def run() -> pd.DataFrame:
+        tx = src.cluster(run_ids(snap), TX_BYTES_PER_S, w)
+        spans, _ = clip_to_cutoff(snap.spans, snap.counters.iloc[:0], cut)
+        return link_ports(tx, spans, rd.params(snap))
+
+    return rd.derived("prom_ports", snap, run, (src.url, w, cut))
+
+
+def _new_rows(svc: DataService, rd: RunData, snap: Snapshot, cursor: dict[str, Any],
+              node: str | None, metric: str, cut: int | None) -> pd.DataFrame | None:
+    """The shown node's samples since the cursor, from the source the cursor was drawn from;
+    None when the page must be drawn again (the source or its step changed, or it failed)."""
+    if cursor.get("src", "files") == "files":
+        new = rd.counters_since(cursor["ts_ns"])
+        keep = (new["node"] == node).to_numpy(dtype=bool) & (new["metric"] == metric).to_numpy(dtype=bool)
+        if cut is not None:
+            keep &= new["ts_ns"].to_numpy() <= cut
+        return new.loc[keep]  # type: ignore[no-any-return]
+    src = svc.prometheus
+    if src is None or cursor["src"] != src.url or not node:
+        return None
+    try:
+        w = page_window(src, snap, cut)
+        if w.step_s != cursor.get("step") or w.start_ns != cursor.get("w0"):
+            return None
+        return src.node_since(run_ids(snap), metric, node, int(cursor["ts_ns"]), w)
+    except Exception:  # the full render tries again and says why
+        return None
 
 
 def register(app: Dash, svc: DataService) -> None:

@@ -1,8 +1,14 @@
 """SMs: communication vs compute SMs over time per GPU (stacked area), SM-seconds per GPU,
-and the declared communication cap (manifest ``extra.comm_sms_cap``)."""
+and the declared communication cap (manifest ``extra.comm_sms_cap``).
+
+With a Prometheus (:mod:`dashboard.promsource`) the area chart of the mean over all GPUs is
+the mean of the agents' ``dualscope_comm_sms`` / ``dualscope_compute_sms`` gauges (a range
+query, one point per pixel); one rank's view, the SM-seconds and the KPIs come from the run's
+spans. A notice first in the KPI grid says which source the chart shows."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pandas as pd
@@ -13,9 +19,12 @@ from profiler.analysis import sm_split_series
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
+from ..deeplink import born, sync
 from ..figures import empty_figure, sm_area_figure, sm_seconds_figure
 from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel
 from ..overview_model import cpu_run
+from ..promsource import PromError, failure_text
+from ..promview import page_window, run_ids, source_note
 from ..series import sm_binned
 from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
@@ -45,8 +54,10 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
     opts = [{"label": f"mean of all {len(ranks)} GPUs", "value": "all"}] + [
         {"label": f"rank {r}", "value": str(r)} for r in ranks]
     sms = snap.manifest.topology.sms_per_gpu
+    gpu = q.get("gpu") if q.get("gpu") in {o["value"] for o in opts} else "all"
     charts = "" if sms else "hidden"  # no SMs: one empty state says why, not two blank charts
     return html.Div(className="sms-page", children=[
+        dcc.Store(id=ids.VIEW_BORN, data=born(q, {"gpu": gpu})),
         dcc.Store(id=ids.SM_KEY),
         html.Div(id=ids.SM_KPIS, className="kpi-grid kpi-grid-4"),
         html.Div(className="empty-card" if not sms else "hidden", children=[
@@ -56,7 +67,7 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
                      "the run.")]),
         html.Div(className=charts, children=[
             html.Div(className="controls", children=[
-                dcc.Dropdown(id=ids.SM_GPU, options=opts, value="all", clearable=False,
+                dcc.Dropdown(id=ids.SM_GPU, options=opts, value=gpu, clearable=False,
                              className="ranks-pick")]),
             panel(graph(ids.SM_AREA, _CONFIG)),
             panel(graph(ids.SM_SECONDS, _CONFIG)),
@@ -69,8 +80,11 @@ def _no_sms(m: Any) -> str:
             "The number of SMs per GPU was not recorded for this run")
 
 
-def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ...]:
-    """(kpis, area figure, SM-seconds figure)."""
+def render(svc: DataService, clock: ClockLike, gpu: str | None,
+           epoch: int | None = None) -> tuple[Any, ...]:
+    """(kpis, area figure, SM-seconds figure). ``epoch``: the Prometheus step a live page is
+    in (only part of the redraw key: a new step redraws although the run's files did not
+    change)."""
     c = as_clock(clock)
     try:
         rd, snap = open_run(svc, c)
@@ -97,6 +111,7 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ..
     ranks = None if gpu in (None, "all") else [int(gpu)]
     x1 = cut if cut is not None else snap.t1_ns
     area = sm_binned(ser, ranks, snap.t0_ns, max(x1, snap.t0_ns + 1), snap.t0_ns)
+    area, note = _from_prometheus(svc, snap, ranks, cut, area)
     cap = declared_cap(snap.manifest.extra)
     who = "mean over GPUs" if ranks is None else f"rank {gpu}"
     fig = sm_area_figure(area, sms_per_gpu=int(sms), cap=cap, title=f"SMs held · {who}",
@@ -124,7 +139,43 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None) -> tuple[Any, ..
         ]
     else:
         kpis = [kpi("SM split", "n/a", "no kernels with SM counts in this run")]
+    if note is not None:
+        kpis = [note, *kpis]
     return kpis, fig, bars
+
+
+def _from_prometheus(svc: DataService, snap: Any, ranks: list[int] | None, cut: int | None,
+                     area: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
+    """(the area chart's frame, the notice or None): the mean over GPUs from Prometheus when
+    it has it, else ``area`` (from the spans) and a notice saying why."""
+    src = svc.prometheus
+    if src is None:
+        return area, None
+    if ranks is not None:
+        return area, source_note("One rank's SMs come from the run's spans (Prometheus' "
+                                 "series carry no rank)", ok=True)
+    try:
+        w = page_window(src, snap, cut)
+        got = src.sm_mean(run_ids(snap), w)
+    except PromError as e:
+        return area, source_note(failure_text(e).replace("files", "spans"), ok=False)
+    except Exception as e:  # an answer this code cannot use: the spans' chart instead
+        return area, source_note(f"Prometheus' answer could not be used ({type(e).__name__}: "
+                                 f"{e}); showing the run's spans", ok=False)
+    out = pd.DataFrame({"t_s": (got["ts_ns"].to_numpy() - snap.t0_ns) / 1e9,
+                        "comm_sms": got["comm_sms"].to_numpy(dtype=float),
+                        "compute_sms": got["compute_sms"].to_numpy(dtype=float)})
+    return out, source_note(f"SMs held: mean of the agents' gauges from Prometheus at {src.url} "
+                            f"· step {w.step_s:g} s · SM-seconds from the run's spans", ok=True)
+
+
+def _epoch(svc: DataService, clock: ClockLike) -> int | None:
+    """The Prometheus step a live page is in (None without a Prometheus or when not live)."""
+    c = as_clock(clock)
+    src = svc.prometheus
+    if src is None or c is None or c.mode != "live":
+        return None
+    return int(time.time() // src.min_step_s)
 
 
 def _compared_share(svc: DataService, run: str | None) -> float:
@@ -143,9 +194,18 @@ def _compared_share(svc: DataService, run: str | None) -> float:
 
 
 def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.URL, "search", allow_duplicate=True),
+        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
+        Input(ids.SM_GPU, "value"), State(ids.URL, "pathname"), State(ids.URL, "search"),
+        State(ids.VIEW_BORN, "data"), prevent_initial_call=True)
+    def _to_url(value: Any, pathname: str | None, search: str | None,
+                drawn: dict[str, Any] | None) -> tuple[str, str]:
+        return sync(pathname, search, PATH, {"gpu": value}, drawn)
+
     @app.callback(Output(ids.SM_KPIS, "children"), Output(ids.SM_AREA, "figure"),
                   Output(ids.SM_SECONDS, "figure"), Output(ids.SM_KEY, "data"),
                   Input(ids.CLOCK, "data"), Input(ids.SM_GPU, "value"), State(ids.SM_KEY, "data"))
     def _render(clock: dict[str, Any] | None, gpu: str | None,
                 last: list[Any] | None) -> tuple[Any, ...]:
-        return render_if_changed(svc, clock, last, render, gpu)
+        return render_if_changed(svc, clock, last, render, gpu, _epoch(svc, clock))

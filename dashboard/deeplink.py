@@ -16,6 +16,8 @@ parameter      page        value
 ``schedule``   Model       a schedule name; ``pp`` and ``mb`` its PP ranks, micro-batches
 ``group``      GPUs        ``pipeline`` (pipelines x stages) or ``node`` (nodes x GPUs)
 ``metric``     GPUs        ``bubble`` or ``busy``
+``gpu``        SMs         ``all`` or a rank
+``layer``      Experts     a MoE layer
 =============  ==========  ==============================================================
 
 How the controls and the URL stay one: a page's controls write the URL (a new history
@@ -40,7 +42,8 @@ __all__ = ["PARAMS", "search_of", "with_view", "born", "sync", "parse_window", "
 #: each page's own URL parameters, in the order the URL lists them
 PARAMS: dict[str, tuple[str, ...]] = {"/timeline": ("ranks", "step", "t"), "/links": ("node",),
                                       "/model": ("schedule", "pp", "mb"),
-                                      "/gpus": ("group", "metric")}
+                                      "/gpus": ("group", "metric"), "/sms": ("gpu",),
+                                      "/experts": ("layer",)}
 _BASE = ("run", "compare")
 
 

@@ -247,6 +247,18 @@ def with_worst_step(st: pd.DataFrame | None, spans: pd.DataFrame) -> pd.DataFram
     return st.assign(worst_step=pd.array(worst, dtype="Int64"))
 
 
+def worst_excess_view(ideal: IdealTimeline | None) -> tuple[tuple[str, str], ...]:
+    """URL parameters of the pipeline and step with the most bubble above the ideal."""
+    pr = ideal.per_rank if ideal is not None and ideal.ok else None
+    if pr is None or len(pr) == 0 or "excess_ns" not in pr:
+        return ()
+    by = pr.groupby(["pipeline", "step"])["excess_ns"].sum()
+    if by.empty or not by.notna().any():
+        return ()
+    pipe, step = by.idxmax()
+    return (("ranks", f"pipeline:{int(pipe)}"), ("step", str(int(step))))
+
+
 def straggler_view(s: Any) -> tuple[tuple[str, str], ...]:
     """URL parameters of a straggler's view: its pipeline and worst step on the Timeline."""
     out: list[tuple[str, str]] = []
@@ -347,7 +359,8 @@ def alerts(o: Overview, th: Mapping[str, float]) -> list[Alert]:
         if excess > th["bubble_excess_pp"]:
             out.append(Alert("warn", "timeline", f"Bubble {excess:.1f} pp above ideal",
                              f"measured {meas:.1%} vs ideal {ideal:.1%} for {o.schedule} with "
-                             f"this run's costs (threshold {th['bubble_excess_pp']:g} pp)"))
+                             f"this run's costs (threshold {th['bubble_excess_pp']:g} pp)",
+                             worst_excess_view(o.ideal)))
     ports = o.ports
     if len(ports):
         low = ports.loc[ports["share"] < th["bandwidth_share_min"]].sort_values("share")

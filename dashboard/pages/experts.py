@@ -16,6 +16,7 @@ from dash import Dash, Input, Output, State, dcc, html
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
+from ..deeplink import born, sync
 from ..figures import empty_figure, expert_heatmap_figure, lines_figure, spread_figure
 from ..layout import error_card, fmt_num, graph, kpi, panel
 from ..palette import RUNS, SERIES
@@ -39,12 +40,14 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
         return opened
     _rd, _snap, layers = opened
     assert layers is not None
+    layer = next((L for L in layers if str(L) == q.get("layer")), layers[0] if layers else None)
     return html.Div(className="experts-page", children=[
+        dcc.Store(id=ids.VIEW_BORN, data=born(q, {"layer": layer})),
         dcc.Store(id=ids.EX_KEY),
         html.Div(id=ids.EX_KPIS, className="kpi-grid kpi-grid-4"),
         html.Div(className="controls", children=[dcc.Dropdown(
             id=ids.EX_LAYER, options=[{"label": f"MoE layer {L}", "value": L} for L in layers],
-            value=layers[0] if layers else None, clearable=False, className="node-pick",
+            value=layer, clearable=False, className="node-pick",
             placeholder="no per-expert counters")]),
         html.Div(className="grid-2", children=[
             panel(graph(ids.EX_HEAT, _CONFIG, height=HEIGHT)),
@@ -122,6 +125,15 @@ def _loss_figure(svc: DataService, clock: ClockLike, loss: pd.DataFrame) -> Any:
 
 
 def register(app: Dash, svc: DataService) -> None:
+    @app.callback(
+        Output(ids.URL, "search", allow_duplicate=True),
+        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
+        Input(ids.EX_LAYER, "value"), State(ids.URL, "pathname"), State(ids.URL, "search"),
+        State(ids.VIEW_BORN, "data"), prevent_initial_call=True)
+    def _to_url(value: Any, pathname: str | None, search: str | None,
+                drawn: dict[str, Any] | None) -> tuple[str, str]:
+        return sync(pathname, search, PATH, {"layer": value}, drawn)
+
     @app.callback(Output(ids.EX_KPIS, "children"), Output(ids.EX_HEAT, "figure"),
                   Output(ids.EX_BIAS, "figure"), Output(ids.EX_NODES, "figure"),
                   Output(ids.EX_LOSS, "figure"), Output(ids.EX_KEY, "data"),

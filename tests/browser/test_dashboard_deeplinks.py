@@ -116,6 +116,15 @@ def test_links_node_and_model_schedule_in_the_url(samples: str, page: Any) -> No
     _pick(page, "md-schedule", "1f1b")
     _wait_q(page, schedule="1f1b", pp="4", mb="8")
     _shot(page, "deeplink-model")
+    page.goto(samples + f"/sms?run={SYN}&gpu=5")
+    _shows(page, "sm-gpu", "rank 5")
+    _pick(page, "sm-gpu", "rank 6")
+    _wait_q(page, gpu="6")
+    page.go_back()
+    _shows(page, "sm-gpu", "rank 5")
+    page.goto(samples + f"/experts?run={SYN}&layer=0")
+    _shows(page, "ex-layer", "MoE layer 0")
+    assert _q(page) == {"path": "/experts", "run": SYN, "layer": "0"}
     assert page.errors == []
 
 
@@ -143,6 +152,9 @@ def test_alerts_and_rows_open_the_exact_view(samples: str, page: Any) -> None:
     _wait_q(page, node=node)
     _shows(page, "lk-node", node)
     page.go_back()
+    bubble = page.locator("#ov-alerts a.alert", has_text="above ideal")
+    assert re.search(r"/timeline\?run=[^&]+&ranks=pipeline:\d+&step=\d+$",
+                     bubble.get_attribute("href") or ""), bubble.get_attribute("href")
     row = page.locator("#ov-stragglers a", has_text="37")
     assert row.get_attribute("href") == target
     assert page.errors == []

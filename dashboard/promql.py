@@ -101,6 +101,8 @@ class PromClient:
 def _api_error(e: urllib.error.HTTPError) -> str:
     try:
         raw = e.read()
+        if e.headers.get("Content-Encoding", "") == "gzip":
+            raw = gzip.decompress(raw)
         doc = json.loads(raw)
         return _one_line(f"{doc.get('errorType', 'error')}: {doc.get('error', '')}")
     except Exception:  # not Prometheus' JSON error: the reason phrase says enough

@@ -247,7 +247,9 @@ class PromSource:
     def _select(self, family: str, matchers: str, step_s: float) -> str:
         sel = f"{family}{{{matchers}}}"
         if step_s > self.min_step_s * 1.0001:
-            return f"avg_over_time({sel}[{int(round(step_s * 1000))}ms])"
+            # 1 ms short of the step: each sample in exactly one point whether the range is
+            # closed at its start (Prometheus 2) or open (Prometheus 3)
+            return f"avg_over_time({sel}[{int(round(step_s * 1000)) - 1}ms])"
         return sel
 
     # -- cached, guarded calls -----------------------------------------------------------------

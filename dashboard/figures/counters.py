@@ -4,6 +4,7 @@ small multiples, bandwidth by communication phase, SMs held by communication vs 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,21 +62,28 @@ def link_lines_figure(long: pd.DataFrame, *, title: str, peak: float | None,
     w = (1 - gap_x * (cols - 1)) / cols
     h = (1 - gap_y * (rows - 1)) / rows
     shapes, notes = [], []
+    axes: dict[str, Any] = {}
+    traces = []
+    # the figure is built once from plain dicts: update_layout / add_trace per panel cost
+    # O(panels) each (8 GPUs x 18 links: 160 panels, 5.6 s instead of 0.2 s)
     for i, (name, g) in enumerate(groups):
         r, c = divmod(i, cols)
         ax = "" if i == 0 else str(i + 1)
         x0 = c * (w + gap_x)
         y1 = 1 - r * (h + gap_y)
-        f.update_layout({
-            f"xaxis{ax}": dict(domain=[x0, x0 + w], anchor=f"y{ax}", matches="x" if i else None,
-                               showticklabels=r == rows - 1, ticksuffix=" s", tickformat="~r",
-                               hoverformat=SECONDS, gridcolor=GRID, linecolor=GRID,
-                               zerolinecolor=GRID),
-            f"yaxis{ax}": dict(domain=[y1 - h, y1], anchor=f"x{ax}", range=[0, ymax],
-                               gridcolor=GRID, linecolor=GRID, zerolinecolor=GRID, nticks=3,
-                               tickfont=dict(size=9), ticksuffix=" GB/s" if c == 0 else "",
-                               showticklabels=c == 0)})
-        f.add_trace(go.Scattergl(
+        axes[f"xaxis{ax}"] = dict(domain=[max(0.0, x0), min(1.0, x0 + w)], anchor=f"y{ax}",
+                                  matches="x" if i else None,
+                                  showticklabels=r == rows - 1, ticksuffix=" s", tickformat="~r",
+                                  hoverformat=SECONDS, gridcolor=GRID, linecolor=GRID,
+                                  zerolinecolor=GRID)
+        # clamped: with many panels (8 GPUs x 18 links) rounding leaves -6e-17
+        axes[f"yaxis{ax}"] = dict(domain=[max(0.0, y1 - h), min(1.0, y1)], anchor=f"x{ax}",
+                                  range=[0, ymax],
+                                  gridcolor=GRID, linecolor=GRID, zerolinecolor=GRID, nticks=3,
+                                  tickfont=dict(size=9), ticksuffix=" GB/s" if c == 0 else "",
+                                  showticklabels=c == 0)
+        traces.append(dict(
+            type="scattergl",
             x=g["t_s"].to_numpy(), y=g["value"].to_numpy() / 1e9, mode="lines", name=str(name),
             xaxis=f"x{ax}", yaxis=f"y{ax}", line=dict(width=1.4, color=LINE),
             fill="tozeroy", fillcolor=rgba(LINE, 0.12),
@@ -91,8 +99,9 @@ def link_lines_figure(long: pd.DataFrame, *, title: str, peak: float | None,
         notes.append(dict(text=f"dotted: peak {peak / 1e9:.4g} GB/s", xref="paper", yref="paper",
                           x=1, y=1.0, xanchor="right", yanchor="bottom", yshift=18,
                           showarrow=False, font=dict(size=10, color=DIM)))
-    f.update_layout(shapes=shapes, annotations=notes)
-    return f
+    layout = f.layout.to_plotly_json()
+    layout.update(axes, shapes=shapes, annotations=notes)
+    return go.Figure(data=traces, layout=layout)
 
 
 def phase_bars_figure(summary: pd.DataFrame, *, empty: str = "no phase information") -> go.Figure:

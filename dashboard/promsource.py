@@ -37,6 +37,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -136,9 +138,13 @@ def counter_rows(result: list[dict[str, Any]], family: str) -> pd.DataFrame:
     if not result:
         return _empty()
     counts = np.fromiter((len(s["values"]) for s in result), dtype=np.int64, count=len(result))
-    flat = [v for s in result for v in s["values"]]
-    ts = np.fromiter((v[0] for v in flat), dtype=np.float64, count=len(flat))
-    value = np.array([v[1] for v in flat]).astype(np.float64)  # "NaN", "+Inf" parse too
+    n = int(counts.sum())
+    # C-level iteration over the [time, "value"] pairs ("NaN", "+Inf" parse too)
+    ts = np.fromiter(map(itemgetter(0), chain.from_iterable(s["values"] for s in result)),
+                     np.float64, n)
+    value = np.fromiter(map(float, map(itemgetter(1),
+                                       chain.from_iterable(s["values"] for s in result))),
+                        np.float64, n)
     nodes = np.array([s["metric"].get("Hostname") or s["metric"].get("instance", "?")
                       for s in result], dtype=object)
     gpu_text = [s["metric"].get("gpu", "") for s in result]

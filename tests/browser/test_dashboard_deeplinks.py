@@ -82,10 +82,11 @@ def test_timeline_deep_link_round_trip(samples: str, page: Any) -> None:
     page.goto(samples + f"/timeline?run={SYN}&ranks=pipeline:0&t=0.1,0.2")
     _shows(page, "tl-ranks", "pipeline 0")
     page.wait_for_selector("#tl-status:has-text('spans in window')")
-    rng = page.evaluate("() => { const el = document.getElementById('tl-graph');"
-                        " const gd = el.classList.contains('js-plotly-plot') ? el"
-                        " : el.querySelector('.js-plotly-plot');"
-                        " return gd._fullLayout.xaxis.range; }")
+    rng = page.wait_for_function(  # once plotly has drawn the figure
+        "() => { const el = document.getElementById('tl-graph');"
+        " const gd = el && (el.classList.contains('js-plotly-plot') ? el"
+        " : el.querySelector('.js-plotly-plot'));"
+        " return gd && gd._fullLayout && gd._fullLayout.xaxis.range; }").json_value()
     assert rng == pytest.approx([0.1, 0.2], abs=1e-6), rng
     assert page.errors == []
 

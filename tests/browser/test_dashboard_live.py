@@ -146,7 +146,7 @@ def test_live_timeline_follows_the_newest_complete_step(live_site: tuple[str, Wr
         m = re.match(r"step (\d+) \(newest complete\) · ([\d,]+) spans in window", status)
         assert m, status
         assert int(m.group(2).replace(",", "")) > 0, status  # never an empty window
-        rng = page.evaluate(_XRANGE_JS)
+        rng = page.wait_for_function(_XRANGE_JS).json_value()
         assert 0 < rng[1] - rng[0] < 0.05, rng  # one ~13 ms step, not the run
         seen.append(int(m.group(1)))
         page.wait_for_timeout(300)
@@ -167,5 +167,6 @@ def test_live_timeline_follows_the_newest_complete_step(live_site: tuple[str, Wr
 
 
 _XRANGE_JS = """() => { const el = document.getElementById('tl-graph');
-  const gd = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
-  return gd._fullLayout.xaxis.range; }"""
+  const gd = el && (el.classList.contains('js-plotly-plot') ? el
+                    : el.querySelector('.js-plotly-plot'));
+  return gd && gd._fullLayout && gd._fullLayout.xaxis.range; }"""

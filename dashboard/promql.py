@@ -12,6 +12,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import orjson
+
 __all__ = ["PromClient", "PromError", "label_value"]
 
 
@@ -76,7 +78,7 @@ class PromClient:
         try:
             if encoding == "gzip":
                 raw = gzip.decompress(raw)
-            doc = json.loads(raw)
+            doc = orjson.loads(raw)  # a 256-node answer is megabytes: 2-3x json's speed
         except (OSError, ValueError):
             raise PromError("error", f"{self.url}{path} did not answer with Prometheus API "
                                      "JSON (is this Prometheus' base URL?)") from None

@@ -135,3 +135,16 @@ def test_step_engine_gives_the_same_bubbles(tmp_path: Path) -> None:
     cols = ["rank", "step", "window_start_ns", "window_end_ns", "bubble_ns"]
     pd.testing.assert_frame_equal(per_step[cols].sort_values(["rank", "step"])
                                   .reset_index(drop=True), whole[cols], check_dtype=False)
+
+
+def test_perfetto_export_says_a_pre_trace_kernel_is_in_no_step(tmp_path: Path) -> None:
+    import json
+
+    from profiler.exporters.perfetto import PRE_TRACE_NOTE, to_chrome_trace
+
+    import_kineto([overlapping_steps(tmp_path / "t.json")], tmp_path / "run")
+    events = json.loads(json.dumps(to_chrome_trace(RunReader(tmp_path / "run").spans(),
+                                                   None)))["traceEvents"]
+    steps = {e["name"]: e["args"].get("step") for e in events if e.get("ph") == "X"}
+    assert steps["pre_profiling_gemm"] == PRE_TRACE_NOTE
+    assert steps["gemm_b"] == 1 and steps["gemm_c"] == 2

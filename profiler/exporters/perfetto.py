@@ -38,12 +38,13 @@ import pyarrow as pa
 
 from ..errors import InputError, io_error, is_output_error
 from ..manifest import Manifest, fsync_dir
-from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
+from ..schema import COUNTER_SCHEMA, PRE_TRACE_STEP, SPAN_SCHEMA
 from ..store.writer import check_output_path
 
 __all__ = [
     "NODE_PID_BASE",
     "ARG_COLUMNS",
+    "PRE_TRACE_NOTE",
     "assign_subtracks",
     "default_ts_base_ns",
     "span_events",
@@ -60,6 +61,8 @@ NODE_PID_BASE = 1_000_000
 
 #: span columns copied into an X event's ``args`` when not null (``kind`` is always there).
 ARG_COLUMNS = ("op", "stage", "microbatch", "step", "sms", "bytes", "annotation", "pg")
+#: the ``step`` arg of a span launched before the trace began (in no step)
+PRE_TRACE_NOTE = "none (launched before the trace began)"
 
 _LANE_ORDER = {"compute": 0, "comm": 1, "pp_comm": 2, "memory": 3, "host": 4}
 
@@ -231,6 +234,11 @@ def _rank_events(rank: int, part: pd.DataFrame, ts_base_ns: int) -> Iterator[dic
     tids = tid[order].tolist()
     names = _take(_pylist(part, "name", SPAN_SCHEMA), order)
     kinds = _take(_pylist(part, "kind", SPAN_SCHEMA), order)
+    # a kernel launched before the trace began is in no step (profiler.schema.PRE_TRACE_STEP)
+    pre = (part["step"] == PRE_TRACE_STEP).fillna(False).to_numpy(dtype=bool) \
+        if "step" in part else np.zeros(len(part), dtype=bool)
+    if pre.any():
+        part = part.assign(step=part["step"].mask(pre))
     # args: columns with a value in every row go in through dict(zip()), the others row by row
     dense_keys, dense_cols = ["kind"], [kinds]
     sparse: list[tuple[str, np.ndarray]] = []
@@ -249,6 +257,8 @@ def _rank_events(rank: int, part: pd.DataFrame, ts_base_ns: int) -> Iterator[dic
         values = _take(_pylist(part, col, SPAN_SCHEMA), order[where])
         for i, v in zip(where.tolist(), values, strict=True):
             args[i][col] = v
+    for i in np.flatnonzero(pre[order]).tolist():
+        args[i]["step"] = PRE_TRACE_NOTE
     for t, ts, dur, name, kind, a in zip(tids, ts_us, dur_us, names, kinds, args, strict=True):
         yield {"ph": "X", "pid": rank, "tid": t, "ts": ts, "dur": dur, "name": name,
                "cat": kind, "args": a}

@@ -421,7 +421,9 @@ def bubble_intervals(spans: pd.DataFrame, table: pd.DataFrame | None = None, *,
     rank = win["rank"].to_numpy(dtype=np.int64)
     ws = win["window_start_ns"].to_numpy(dtype=np.int64)
     we = win["window_end_ns"].to_numpy(dtype=np.int64)
-    i, s, e = busy.overlapping(rank, ws, we)
+    open_ = np.flatnonzero(we > ws)  # a window emptied by the one before it has no idle
+    i, s, e = busy.overlapping(rank[open_], ws[open_], we[open_])
+    i = open_[i]
     g, gs, ge = idle_intervals(i, s, e, ws, we)
     none = np.setdiff1d(np.flatnonzero(we > ws), i)  # windows with no busy time: all idle
     g, gs, ge = (np.concatenate([g, none]), np.concatenate([gs, ws[none]]),

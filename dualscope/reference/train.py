@@ -289,12 +289,16 @@ def _timers(cfg: ReferenceConfig, me: _Rank, span_writer: StreamWriter) -> Timer
     if not cfg.instrument:
         return NullTimers(me.clock)
     timers: HostTimers
+    cap = cfg.capture()
+    # seal the span segment where a capture window starts or ends: the segments outside
+    # the windows can then be deleted whatever the step time
+    seal = (lambda s: cap.captures(s) != cap.captures(s + 1)) if cap is not None else None
     if me.cuda:
         timers = CudaTimers(me.rank, me.clock, span_writer, flush_s=cfg.flush_s,
-                            device=me.local_rank, background=True)
+                            device=me.local_rank, background=True, seal_after=seal)
     else:
         timers = HostTimers(me.rank, me.clock, span_writer, flush_s=cfg.flush_s,
-                            background=True)
+                            background=True, seal_after=seal)
     return AlternatingTimers(timers) if cfg.instrument_ab else timers
 
 

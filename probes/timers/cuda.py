@@ -5,7 +5,7 @@ one is built, so this module imports on any machine."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from profiler.schema import SPAN_SCHEMA
@@ -33,7 +33,8 @@ class CudaTimers(HostTimers):
     """
 
     def __init__(self, rank: int, clock: RunClock, writer: SpanSink, *, flush_s: float = 0.5,
-                 device: int | None = None, background: bool = False) -> None:
+                 device: int | None = None, background: bool = False,
+                 seal_after: Callable[[int], bool] | None = None) -> None:
         import torch
 
         self._torch = torch
@@ -43,7 +44,7 @@ class CudaTimers(HostTimers):
         self.clock = clock
         self._reanchor()
         super().__init__(rank, clock, writer, flush_s=flush_s, device=device,
-                         background=background)
+                         background=background, seal_after=seal_after)
 
     def _thread_init(self) -> None:
         if self._device_index is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -55,8 +55,13 @@ class HostTimers:
     enabled = True
 
     def __init__(self, rank: int, clock: RunClock, writer: SpanSink, *, flush_s: float = 0.5,
-                 device: int | None = None, background: bool = False) -> None:
+                 device: int | None = None, background: bool = False,
+                 seal_after: Callable[[int], bool] | None = None) -> None:
         self.rank = rank
+        #: whether to seal the writer's segment after a step (a capture schedule seals at
+        #: the edges of its windows, so that the segments outside them can be deleted
+        #: whatever the step time; rows of a step that arrive late go to the next segment)
+        self.seal_after = seal_after
         self.clock = clock
         self.writer = writer
         self.flush_s = flush_s
@@ -188,7 +193,19 @@ class HostTimers:
         t1 = self.clock.now_ns()
         self._append(self._row("host", "annotation", f"ProfilerStep#{self.step}",
                                start=self._step_t0, end=t1, tid=threading.get_ident()))
-        self._maybe_flush()
+        if self.seal_after is not None and self.step is not None and self.seal_after(self.step):
+            self.seal()
+        else:
+            self._maybe_flush()
+
+    def seal(self) -> None:
+        """Write every buffered row, then seal the writer's open segment (when it can)."""
+        with self._io_lock:
+            self._last_flush = time.monotonic()
+            self._write_pending()
+            rotate = getattr(self.writer, "rotate", None)
+            if rotate is not None:
+                rotate()
 
     def add_rows(self, columns: dict[str, list[Any]]) -> None:
         n = len(columns["start_ns"])

@@ -28,12 +28,14 @@ forward), and the page's layout reads its controls from the URL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from dash import Dash, Input, Output, State
 from dash.exceptions import PreventUpdate
 
+from . import ids
 from .layout import query_of
 
 __all__ = ["PARAMS", "search_of", "with_view", "born", "sync", "parse_window", "fmt_window",
@@ -94,6 +96,27 @@ def sync(pathname: str | None, search: str | None, path: str, params: Mapping[st
     if new == (search or ""):
         raise PreventUpdate
     return new, path + new
+
+
+def register_sync(app: Dash, path: str, controls: Sequence[tuple[str, str, str]], *,
+                  born_id: str = ids.VIEW_BORN,
+                  params: Callable[..., Mapping[str, Any]] | None = None) -> None:
+    """Register a page's controls-to-URL callback (:func:`sync`): ``controls`` are
+    ``(parameter, component id, property)``; ``params(*values)`` turns the controls' values
+    into URL parameters (default: each value under its parameter name); ``born_id``: the
+    store holding what the page was drawn with (:func:`born`)."""
+    names = [name for name, _, _ in controls]
+
+    @app.callback(
+        Output(ids.URL, "search", allow_duplicate=True),
+        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
+        *[Input(cid, prop) for _, cid, prop in controls],
+        State(ids.URL, "pathname"), State(ids.URL, "search"), State(born_id, "data"),
+        prevent_initial_call=True)
+    def _to_url(*args: Any) -> tuple[str, str]:
+        values, (pathname, search, drawn) = args[:len(names)], args[len(names):]
+        wanted = params(*values) if params is not None else dict(zip(names, values, strict=True))
+        return sync(pathname, search, path, wanted, drawn)
 
 
 def fmt_window(view: list[float] | None) -> str | None:

@@ -16,7 +16,7 @@ from dash import Dash, Input, Output, State, dcc, html
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
-from ..deeplink import born, sync
+from ..deeplink import born, register_sync
 from ..figures import empty_figure, expert_heatmap_figure, lines_figure, spread_figure
 from ..layout import error_card, fmt_num, graph, kpi, panel
 from ..palette import RUNS, SERIES
@@ -125,14 +125,7 @@ def _loss_figure(svc: DataService, clock: ClockLike, loss: pd.DataFrame) -> Any:
 
 
 def register(app: Dash, svc: DataService) -> None:
-    @app.callback(
-        Output(ids.URL, "search", allow_duplicate=True),
-        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
-        Input(ids.EX_LAYER, "value"), State(ids.URL, "pathname"), State(ids.URL, "search"),
-        State(ids.VIEW_BORN, "data"), prevent_initial_call=True)
-    def _to_url(value: Any, pathname: str | None, search: str | None,
-                drawn: dict[str, Any] | None) -> tuple[str, str]:
-        return sync(pathname, search, PATH, {"layer": value}, drawn)
+    register_sync(app, PATH, [("layer", ids.EX_LAYER, "value")])
 
     @app.callback(Output(ids.EX_KPIS, "children"), Output(ids.EX_HEAT, "figure"),
                   Output(ids.EX_BIAS, "figure"), Output(ids.EX_NODES, "figure"),

@@ -17,7 +17,7 @@ from profiler.analysis import rank_node_map
 from .. import ids, palette
 from ..clock import ClockLike, as_clock
 from ..data import DataService
-from ..deeplink import born, sync, view_href
+from ..deeplink import born, register_sync, view_href
 from ..figures import empty_figure
 from ..figures.base import fig
 from ..gpu_grid import GROUPS, METRICS, GpuGrid, grid, per_rank, worst
@@ -150,15 +150,7 @@ def register(app: Dash, svc: DataService) -> None:
                 last: list[Any] | None) -> tuple[Any, ...]:
         return render_if_changed(svc, clock, last, render, group, metric)
 
-    @app.callback(
-        Output(ids.URL, "search", allow_duplicate=True),
-        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
-        Input(ids.GP_GROUP, "value"), Input(ids.GP_METRIC, "value"),
-        State(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.VIEW_BORN, "data"),
-        prevent_initial_call=True)
-    def _to_url(group: str | None, metric: str | None, pathname: str | None,
-                search: str | None, drawn: dict[str, Any] | None) -> tuple[str, str]:
-        return sync(pathname, search, PATH, {"group": group, "metric": metric}, drawn)
+    register_sync(app, PATH, [("group", ids.GP_GROUP, "value"), ("metric", ids.GP_METRIC, "value")])
 
     @app.callback(
         Output(ids.URL, "pathname", allow_duplicate=True),

@@ -26,7 +26,7 @@ from profiler.counters import IB, NVLINK, TX_BYTES_PER_S, device_kinds
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService, RunData
-from ..deeplink import born, sync
+from ..deeplink import born, register_sync
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
 from ..overview_model import cpu_run, link_ports
@@ -318,14 +318,7 @@ def _new_rows(svc: DataService, rd: RunData, snap: Snapshot, cursor: dict[str, A
 
 
 def register(app: Dash, svc: DataService) -> None:
-    @app.callback(
-        Output(ids.URL, "search", allow_duplicate=True),
-        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
-        Input(ids.LK_NODE, "value"), State(ids.URL, "pathname"), State(ids.URL, "search"),
-        State(ids.VIEW_BORN, "data"), prevent_initial_call=True)
-    def _to_url(node: str | None, pathname: str | None, search: str | None,
-                drawn: dict[str, Any] | None) -> tuple[str, str]:
-        return sync(pathname, search, PATH, {"node": node}, drawn)
+    register_sync(app, PATH, [("node", ids.LK_NODE, "value")])
 
     @app.callback(
         Output(ids.LK_KPIS, "children"), Output(ids.LK_NVL_HEAT, "figure"),

@@ -22,7 +22,7 @@ from profiler.simulate import Costs, simulate
 from .. import ids
 from ..clock import ClockLike, as_clock
 from ..data import DataService
-from ..deeplink import born, sync
+from ..deeplink import born, register_sync
 from ..figures import empty_figure, schedule_figure
 from ..layout import fmt_num, graph, kpi, panel, query_of
 from .sms import declared_cap
@@ -317,15 +317,8 @@ def register(app: Dash, svc: DataService) -> None:
                 {"run": p["run"], "sms": p["sms"], "c0": p["c0"], "source": p["source"]},
                 born(q, {k: p[k] for k in ("schedule", "pp", "mb")}))
 
-    @app.callback(
-        Output(ids.URL, "search", allow_duplicate=True),
-        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
-        Input(ids.MD_SCHEDULE, "value"), Input(ids.MD_PP, "value"), Input(ids.MD_MB, "value"),
-        State(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.MD_BORN, "data"),
-        prevent_initial_call=True)
-    def _to_url(schedule: str | None, pp: Any, mb: Any, pathname: str | None,
-                search: str | None, drawn: dict[str, Any] | None) -> tuple[str, str]:
-        return sync(pathname, search, PATH, {"schedule": schedule, "pp": pp, "mb": mb}, drawn)
+    register_sync(app, PATH, [("schedule", ids.MD_SCHEDULE, "value"), ("pp", ids.MD_PP, "value"),
+                              ("mb", ids.MD_MB, "value")], born_id=ids.MD_BORN)
 
     field_outputs = [Output(cid, "className") for cid, _ in FIELDS.values()]
 

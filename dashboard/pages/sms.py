@@ -19,7 +19,7 @@ from profiler.analysis import sm_split_series
 from .. import ids
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
-from ..deeplink import born, sync
+from ..deeplink import born, register_sync
 from ..figures import empty_figure, sm_area_figure, sm_seconds_figure
 from ..layout import error_card, fmt_num, fmt_pct, graph, kpi, panel
 from ..overview_model import cpu_run
@@ -194,14 +194,7 @@ def _compared_share(svc: DataService, run: str | None) -> float:
 
 
 def register(app: Dash, svc: DataService) -> None:
-    @app.callback(
-        Output(ids.URL, "search", allow_duplicate=True),
-        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
-        Input(ids.SM_GPU, "value"), State(ids.URL, "pathname"), State(ids.URL, "search"),
-        State(ids.VIEW_BORN, "data"), prevent_initial_call=True)
-    def _to_url(value: Any, pathname: str | None, search: str | None,
-                drawn: dict[str, Any] | None) -> tuple[str, str]:
-        return sync(pathname, search, PATH, {"gpu": value}, drawn)
+    register_sync(app, PATH, [("gpu", ids.SM_GPU, "value")])
 
     @app.callback(Output(ids.SM_KPIS, "children"), Output(ids.SM_AREA, "figure"),
                   Output(ids.SM_SECONDS, "figure"), Output(ids.SM_KEY, "data"),

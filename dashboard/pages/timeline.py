@@ -22,7 +22,7 @@ from .. import ids
 from ..aggregate import ROW_KINDS, query
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService, RunData
-from ..deeplink import born, fmt_window, parse_window, step_param, step_value, sync
+from ..deeplink import born, fmt_window, parse_window, register_sync, step_param, step_value
 from ..figures import empty_figure, timeline_figure
 from ..snapshot import Snapshot
 from . import NoRun, describe_error, open_page, open_run, render_key
@@ -275,16 +275,8 @@ def url_params(ranks: str | None, step: str | None,
 
 
 def register(app: Dash, svc: DataService) -> None:
-    @app.callback(
-        Output(ids.URL, "search", allow_duplicate=True),
-        Output(ids.VIEW_SHOWN, "data", allow_duplicate=True),
-        Input(ids.TL_RANKS, "value"), Input(ids.TL_STEP, "value"), Input(ids.TL_VIEW, "data"),
-        State(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.VIEW_BORN, "data"),
-        prevent_initial_call=True)
-    def _to_url(ranks: str | None, step: str | None, view: list[float] | None,
-                pathname: str | None, search: str | None,
-                drawn: dict[str, Any] | None) -> tuple[str, str]:
-        return sync(pathname, search, PATH, url_params(ranks, step, view), drawn)
+    register_sync(app, PATH, [("ranks", ids.TL_RANKS, "value"), ("step", ids.TL_STEP, "value"),
+                              ("t", ids.TL_VIEW, "data")], params=url_params)
 
     @app.callback(
         Output(ids.TL_GRAPH, "figure"), Output(ids.TL_STATUS, "children"),

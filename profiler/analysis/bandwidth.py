@@ -31,7 +31,7 @@ from .intervals import group_codes, union
 from .params import COMM_LANES, AnalysisParams, rank_node_map
 
 __all__ = ["PHASES", "EP_PHASES", "span_phases", "phase_intervals", "link_bandwidth",
-           "bandwidth_by_phase", "comm_bandwidth", "phase_summary", "label_samples"]
+           "bandwidth_by_phase", "comm_bandwidth", "phase_summary", "label_samples", "codes_in"]
 
 PHASES = ("dispatch", "combine", "pp", "other_comm")
 #: the expert-parallel phases, during which :func:`comm_bandwidth` reads the links by default
@@ -72,23 +72,26 @@ def phase_intervals(spans: pd.DataFrame, rank_nodes: Mapping[int, str]) -> pd.Da
     return out.assign(start_ns=s, end_ns=e)
 
 
+def codes_in(values: pd.Series, names: pd.Index) -> np.ndarray:
+    """Position of each value in ``names`` (-1: not there), through the categories when the
+    column is categorical (a counter table repeats a few node names millions of times)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = names.get_indexer(values.cat.categories.astype(str))
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, cats[np.maximum(codes, 0)], -1)
+    return names.get_indexer(values.astype(str).to_numpy())
+
+
 def label_samples(counters: pd.DataFrame, intervals: pd.DataFrame) -> pd.Series:
     """Phase label of each counter sample: active phases joined by ``+`` or ``none``."""
     n = len(counters)
     if n == 0:
         return pd.Series([], dtype="str", index=counters.index)
     col = counters["node"]
-    if isinstance(col.dtype, pd.CategoricalDtype):  # codes, not millions of strings
-        cats = col.cat.categories.astype(str).to_numpy(dtype=object)
-        nodes = pd.Index(pd.unique(np.concatenate([cats, intervals["node"].to_numpy(
-            dtype=object)])))
-        codes = col.cat.codes.to_numpy()
-        cnode = np.where(codes >= 0, nodes.get_indexer(cats)[np.maximum(codes, 0)], -1)
-    else:
-        values = col.to_numpy(dtype=object)
-        nodes = pd.Index(pd.unique(np.concatenate([values, intervals["node"].to_numpy(
-            dtype=object)])))
-        cnode = nodes.get_indexer(values)
+    names = (col.cat.categories.astype(str) if isinstance(col.dtype, pd.CategoricalDtype)
+             else col).to_numpy(dtype=object)
+    nodes = pd.Index(pd.unique(np.concatenate([names, intervals["node"].to_numpy(dtype=object)])))
+    cnode = codes_in(col, nodes)
     ts = counters["ts_ns"].to_numpy(dtype=np.int64)
     base = min(ts.min(), intervals["start_ns"].min()) if len(intervals) else ts.min()
     hi = max(ts.max(), intervals["end_ns"].max()) if len(intervals) else ts.max()

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..analysis.bandwidth import bandwidth_by_phase
+from ..analysis.bandwidth import bandwidth_by_phase, codes_in
 from ..analysis.bubbles import bubble_parts, busy_intervals, combine_bubbles
 from ..analysis.overlap import overlap
 from ..analysis.params import COMM_LANES, AnalysisParams
@@ -243,7 +243,7 @@ def node_bandwidth(counters: pd.DataFrame, spans: pd.DataFrame, steps: np.ndarra
     # each sample against the windows of its node (a few per node), one merge for all
     win = windows[["node", "step", "start_ns", "end_ns"]].reset_index(drop=True)
     names = pd.Index(win["node"].astype(str).unique())
-    rows, w = samples_in_windows(_codes_of(counters["node"], names),
+    rows, w = samples_in_windows(codes_in(counters["node"], names),
                                  counters["ts_ns"].to_numpy(dtype=np.int64),
                                  names.get_indexer(win["node"].astype(str).to_numpy()),
                                  win["start_ns"].to_numpy(dtype=np.int64),
@@ -271,16 +271,6 @@ def node_bandwidth(counters: pd.DataFrame, spans: pd.DataFrame, steps: np.ndarra
     return _with_end(out, ends, ["node", "step"]).sort_values(
         ["node", "step", "gpu", "device", "metric", "phase"], kind="stable").reset_index(
         drop=True)
-
-
-def _codes_of(values: pd.Series, names: pd.Index) -> np.ndarray:
-    """Position of each value in ``names`` (-1: not there), through the categories when the
-    column is categorical (a counter table repeats a few node names millions of times)."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        cats = names.get_indexer(values.cat.categories.astype(str))
-        codes = values.cat.codes.to_numpy()
-        return np.where(codes >= 0, cats[np.maximum(codes, 0)], -1)
-    return names.get_indexer(values.astype(str).to_numpy())
 
 
 def samples_in_windows(snode: np.ndarray, ts: np.ndarray, wnode: np.ndarray,

@@ -1,7 +1,14 @@
 """A small client of the Prometheus HTTP API (``/api/v1/query``, ``/api/v1/query_range``):
 urllib, a timeout on every request, and errors as one line (:class:`PromError`, whose
 ``kind`` says what happened: ``unreachable``, ``timeout``, ``error`` or ``empty``). No Dash,
-no pandas: :mod:`dashboard.promsource` turns the answers into counter frames."""
+no pandas: :mod:`dashboard.promsource` turns the answers into counter frames.
+
+A range query's matrix is decoded straight into :class:`Series` structs whose samples are
+``(time, value)`` float pairs (msgspec, typed: 0.04 s for a 4 MB answer of 2,048 series x 61
+points, where orjson's generic objects took 0.13-0.26 s and their string values another
+0.07 s to parse). Prometheus writes values as strings; ``"NaN"`` and numbers are read as
+floats by the typed decoder, ``"+Inf"`` / ``"-Inf"`` are not, so an answer holding one is
+decoded a second time with string values (the rare path, same result)."""
 
 from __future__ import annotations
 
@@ -12,9 +19,60 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import msgspec
 import orjson
 
-__all__ = ["PromClient", "PromError", "label_value"]
+__all__ = ["PromClient", "PromError", "Series", "label_value"]
+
+
+class Series(msgspec.Struct):
+    """One series of a range query's matrix: its labels and its (Unix s, value) samples."""
+
+    metric: dict[str, str] = {}
+    values: list[tuple[float, float]] = []
+
+
+class _Matrix(msgspec.Struct):
+    result: list[Series] = []
+
+
+class _MatrixDoc(msgspec.Struct):
+    status: str
+    data: _Matrix = msgspec.field(default_factory=_Matrix)
+
+
+class _TextSeries(msgspec.Struct):
+    metric: dict[str, str] = {}
+    values: list[tuple[float, str]] = []
+
+
+class _TextMatrix(msgspec.Struct):
+    result: list[_TextSeries] = []
+
+
+class _TextMatrixDoc(msgspec.Struct):
+    status: str
+    data: _TextMatrix = msgspec.field(default_factory=_TextMatrix)
+
+
+_MATRIX = msgspec.json.Decoder(_MatrixDoc, strict=False)  # lax: "1.5e9" and "NaN" -> float
+_TEXT_MATRIX = msgspec.json.Decoder(_TextMatrixDoc)
+
+
+def _matrix(raw: bytes) -> list[Series] | None:
+    """The series of a successful matrix answer; None when ``raw`` is not one."""
+    try:
+        doc = _MATRIX.decode(raw)
+        return doc.data.result if doc.status == "success" else None
+    except msgspec.DecodeError:
+        pass
+    try:  # "+Inf" / "-Inf" values (or not a matrix at all)
+        text = _TEXT_MATRIX.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if text.status != "success":
+        return None
+    return [Series(s.metric, [(t, float(v)) for t, v in s.values]) for s in text.data.result]
 
 
 class PromError(Exception):
@@ -49,7 +107,8 @@ class PromClient:
                                             "", ""))
         self.timeout_s = float(timeout_s)
 
-    def _call(self, path: str, params: dict[str, str]) -> Any:
+    def _fetch(self, path: str, params: dict[str, str]) -> bytes:
+        """The (decompressed) body of a POST to ``path``; :class:`PromError` on failure."""
         body = urllib.parse.urlencode(params).encode()
         req = urllib.request.Request(
             self.url + path, data=body, method="POST",
@@ -76,12 +135,24 @@ class PromClient:
             raise PromError("unreachable", f"{self.url}: {type(e).__name__}: "
                                            f"{_one_line(e) or 'no detail'}") from None
         try:
-            if encoding == "gzip":
-                raw = gzip.decompress(raw)
-            doc = orjson.loads(raw)  # a 256-node answer is megabytes: 2-3x json's speed
+            return gzip.decompress(raw) if encoding == "gzip" else raw
         except (OSError, ValueError):
-            raise PromError("error", f"{self.url}{path} did not answer with Prometheus API "
-                                     "JSON (is this Prometheus' base URL?)") from None
+            raise self._not_api(path) from None
+
+    def _not_api(self, path: str) -> PromError:
+        return PromError("error", f"{self.url}{path} did not answer with Prometheus API JSON "
+                                  "(is this Prometheus' base URL?)")
+
+    def _call(self, path: str, params: dict[str, str]) -> Any:
+        return self._parse(path, self._fetch(path, params))
+
+    def _parse(self, path: str, raw: bytes) -> Any:
+        """The ``data`` of a successful answer; :class:`PromError` for an API error or a
+        body that is not Prometheus' JSON."""
+        try:
+            doc = orjson.loads(raw)
+        except ValueError:
+            raise self._not_api(path) from None
         if not isinstance(doc, dict) or doc.get("status") != "success":
             err = doc.get("error", "no detail") if isinstance(doc, dict) else "no detail"
             raise PromError("error", f"{self.url}: {_one_line(err)}")
@@ -95,11 +166,17 @@ class PromClient:
         return list(self._call("/api/v1/query", params).get("result") or [])
 
     def query_range(self, expr: str, start_s: float, end_s: float,
-                    step_s: float) -> list[dict[str, Any]]:
-        """A range query: the ``result`` list (``metric``, ``values``) of a matrix."""
+                    step_s: float) -> list[Series]:
+        """A range query: the series of its matrix."""
+        path = "/api/v1/query_range"
         params = {"query": expr, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}",
                   "step": f"{step_s:.3f}", "timeout": f"{self.timeout_s:g}s"}
-        return list(self._call("/api/v1/query_range", params).get("result") or [])
+        raw = self._fetch(path, params)
+        result = _matrix(raw)
+        if result is None:  # an API error in a 200, or not Prometheus: say which
+            self._parse(path, raw)
+            raise self._not_api(path)
+        return result
 
 
 def _api_error(e: urllib.error.HTTPError) -> str:

@@ -19,7 +19,10 @@ time mean the run-file heatmap takes per column. The NVLink heatmap reads each G
 all-links total; single links (``nvlink:L``) are read for the one node the page shows.
 
 Freshness per agent: the newest row its ``/metrics`` served
-(``dualscope_probe_snapshot_timestamp_seconds``) against the window's end.
+(``dualscope_probe_snapshot_timestamp_seconds``, the agent's wall clock) against the window's
+end (the Links page's notice) or against now (:meth:`PromSource.agents`: the header's node
+sources, :mod:`dashboard.status`). Ages against now assume the agents' clocks are
+synchronised with the dashboard's (NTP), as Prometheus' own timestamps do.
 
 Failures are :class:`~dashboard.promql.PromError` (one line); after one, Prometheus is not
 asked again for ``retry_after_s`` (a page that ticks every second must not wait for a
@@ -38,7 +41,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,7 +48,7 @@ import pandas as pd
 
 from profiler.counters import IB, NVLINK, NVLINK_LINK, RX_BYTES_PER_S, SM, TX_BYTES_PER_S
 
-from .promql import PromClient, PromError, label_value
+from .promql import PromClient, PromError, Series, label_value
 from .series import MAX_BINS
 
 __all__ = ["ENV_URL", "ENV_STEP", "ENV_TIMEOUT", "FAMILIES", "PIXELS", "PromSource",
@@ -130,34 +132,31 @@ def _device(kind: str, labels: Mapping[str, str]) -> str:
     return kind
 
 
-def counter_rows(result: list[dict[str, Any]], family: str) -> pd.DataFrame:
+def counter_rows(result: list[Series], family: str) -> pd.DataFrame:
     """A range query's matrix of ``family`` as counter rows (:data:`COLUMNS`); the node is
     the ``Hostname`` label (``instance`` when an exporter has none)."""
     kind, metric = FAMILIES[family]
-    result = [s for s in result if s.get("values")]
+    result = [s for s in result if s.values]
     if not result:
         return _empty()
-    counts = np.fromiter((len(s["values"]) for s in result), dtype=np.int64, count=len(result))
+    counts = np.fromiter((len(s.values) for s in result), dtype=np.int64, count=len(result))
     n = int(counts.sum())
-    # C-level iteration over the [time, "value"] pairs ("NaN", "+Inf" parse too)
-    ts = np.fromiter(map(itemgetter(0), chain.from_iterable(s["values"] for s in result)),
-                     np.float64, n)
-    value = np.fromiter(map(float, map(itemgetter(1),
-                                       chain.from_iterable(s["values"] for s in result))),
-                        np.float64, n)
-    nodes = np.array([s["metric"].get("Hostname") or s["metric"].get("instance", "?")
-                      for s in result], dtype=object)
-    gpu_text = [s["metric"].get("gpu", "") for s in result]
+    # one C-level pass over the (time, value) float pairs of every series
+    pairs = np.fromiter(chain.from_iterable(chain.from_iterable(s.values for s in result)),
+                        np.float64, 2 * n).reshape(n, 2)
+    labels = [s.metric for s in result]
+    nodes = np.array([m.get("Hostname") or m.get("instance", "?") for m in labels], dtype=object)
+    gpu_text = [m.get("gpu", "") for m in labels]
     gpus = np.array([int(g) if g.isdigit() else 0 for g in gpu_text], dtype=np.int32)
     no_gpu = np.array([not g.isdigit() for g in gpu_text], dtype=bool)
-    devices = np.array([_device(kind, s["metric"]) for s in result], dtype=object)
+    devices = np.array([_device(kind, m) for m in labels], dtype=object)
     return pd.DataFrame({
-        "ts_ns": np.round(ts * 1e3).astype(np.int64) * 1_000_000,
+        "ts_ns": np.round(pairs[:, 0] * 1e3).astype(np.int64) * 1_000_000,
         "node": np.repeat(nodes, counts),
         "gpu": pd.arrays.IntegerArray(np.repeat(gpus, counts), np.repeat(no_gpu, counts)),
         "device": np.repeat(devices, counts),
         "metric": metric,
-        "value": value,
+        "value": pairs[:, 1].copy(),
     })
 
 
@@ -309,21 +308,28 @@ class PromSource:
         return self._guarded(("links", run, metric, node, w),
                              lambda: self._range(_BY_KEY[(NVLINK_LINK, metric)], sel, w))
 
+    def _agent_rows(self, run: Run, at_s: float, look_s: float) -> pd.DataFrame:
+        expr = (f"max by (Hostname) (last_over_time({SNAPSHOT_FAMILY}"
+                f"{{{run_matcher(run)}}}[{int(look_s * 1000)}ms]))")
+        rows = [(s["metric"].get("Hostname", "?"), float(s["value"][1]))
+                for s in self.client.query(expr, at_s)]
+        newest = np.array([r[1] for r in rows], dtype=float)
+        return pd.DataFrame({"node": [r[0] for r in rows], "newest_ns": np.round(newest * 1e9),
+                             "age_s": np.maximum(at_s - newest, 0.0)})
+
     def freshness(self, run: Run, w: Window) -> pd.DataFrame:
         """node, newest_ns, age_s: the newest row each agent of the run served, and its age
         at the window's end (negative ages are 0)."""
-        def fetch() -> pd.DataFrame:
-            look = max(60.0, w.end_s - w.start_s + w.step_s)
-            expr = (f"max by (Hostname) (last_over_time({SNAPSHOT_FAMILY}"
-                    f"{{{run_matcher(run)}}}[{int(look * 1000)}ms]))")
-            rows = [(s["metric"].get("Hostname", "?"), float(s["value"][1]))
-                    for s in self.client.query(expr, w.end_s)]
-            newest = np.array([r[1] for r in rows], dtype=float)
-            return pd.DataFrame({"node": [r[0] for r in rows],
-                                 "newest_ns": np.round(newest * 1e9),
-                                 "age_s": np.maximum(w.end_s - newest, 0.0)})
+        look = max(60.0, w.end_s - w.start_s + w.step_s)
+        return self._guarded(("fresh", run, w), lambda: self._agent_rows(run, w.end_s, look))
 
-        return self._guarded(("fresh", run, w), fetch)
+    def agents(self, run: Run, now_s: float, look_s: float = 3600.0) -> pd.DataFrame:
+        """node, newest_ns, age_s of every agent of the run that served a sample in the
+        ``look_s`` before ``now_s`` (the header's node freshness); one query per
+        ``cache_s`` however many browsers tick."""
+        bucket = math.floor(now_s / self.cache_s) if self.cache_s > 0 else now_s
+        return self._guarded(("agents", run, bucket, look_s),
+                             lambda: self._agent_rows(run, now_s, look_s))
 
     def links(self, run: Run, metric: str, node: str | None, w: Window) -> LinkData:
         """The Links page's data: the cluster rows, the shown node's rows (its links added)
@@ -375,11 +381,9 @@ class PromSource:
             for fam in ("dualscope_comm_sms", "dualscope_compute_sms"):
                 res = self.client.query_range(f"avg({self._select(fam, sel, w.step_s)})",
                                               w.start_s, w.end_s, w.step_s)
-                vals = res[0]["values"] if res else []
-                ts = np.round(np.array([v[0] for v in vals], dtype=float) * 1e3).astype(np.int64)
-                cols[FAMILIES[fam][1]] = pd.Series(
-                    np.array([v[1] for v in vals], dtype=str).astype(float), index=ts * 1_000_000,
-                    dtype=float)
+                vals = np.array(res[0].values if res else [], dtype=float).reshape(-1, 2)
+                ts = np.round(vals[:, 0] * 1e3).astype(np.int64)
+                cols[FAMILIES[fam][1]] = pd.Series(vals[:, 1], index=ts * 1_000_000, dtype=float)
             if not any(len(s) for s in cols.values()):
                 raise PromError("empty", "no dualscope_comm_sms / dualscope_compute_sms series "
                                          f"with {run_matcher(run)} in {self._span_text(w)}")

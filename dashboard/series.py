@@ -36,10 +36,11 @@ def bin_mean(row: np.ndarray, start: np.ndarray, end: np.ndarray, value: np.ndar
     return bin_time_mean(start, end, value, row, n_rows, x0, (x1 - x0) / bins, bins)
 
 
-def _label(df: pd.DataFrame, kind: str) -> np.ndarray:
-    """``node3 mlx5_2:1`` for IB ports, ``node3 gpu2`` / ``node3 gpu2 link5`` for NVLink."""
+def _label_codes(df: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, names): ``node3 mlx5_2:1`` for IB ports, ``node3 gpu2`` /
+    ``node3 gpu2 link5`` for NVLink."""
     if len(df) == 0:
-        return np.empty(0, dtype=object)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
     g = df.groupby(["node", "gpu", "device"], dropna=False, sort=False, observed=True)
     codes = g.ngroup().to_numpy()
     names = []
@@ -51,7 +52,13 @@ def _label(df: pd.DataFrame, kind: str) -> np.ndarray:
             link = dev.partition(":")[2]
             gtxt = "?" if pd.isna(gpu) else str(int(gpu))
             names.append(f"{node} gpu{gtxt}" + (f" link{link}" if link else ""))
-    return np.array(names, dtype=object)[codes]
+    return codes, np.array(names, dtype=object)
+
+
+def _label(df: pd.DataFrame, kind: str) -> np.ndarray:
+    """The name of each row's link (:func:`_label_codes`)."""
+    codes, names = _label_codes(df, kind)
+    return names[codes]
 
 
 def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None, t0_ns: int,
@@ -63,21 +70,36 @@ def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None
                      & (counters["metric"].astype("str") == metric)]
     if len(c) == 0:
         return pd.DataFrame()
-    labels = _label(c, kind)
+    codes, names = _label_codes(c, kind)
+    # two links of one name (a node label repeated across devices) are one row, as before
+    names, merged = np.unique(names, return_inverse=True)
+    codes = merged[codes]
     ts = c["ts_ns"].to_numpy(dtype=np.int64)
-    uniq = np.unique(ts)
+    uniq, at = np.unique(ts, return_inverse=True)
     if len(uniq) > max_bins:
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
         edges = lo + (np.arange(max_bins + 1) * (hi - lo)) // max_bins
         b = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, max_bins - 1)
-        x = (edges[:-1] + edges[1:]) / 2
-        col = x[b]
+        centre = (edges[:-1] + edges[1:]) / 2
+        used, at = np.unique(b, return_inverse=True)
+        cols = centre[used]
     else:
-        col = ts
-    df = pd.DataFrame({"label": labels, "col": col, "v": c["value"].to_numpy(dtype=float)})
-    wide = df.pivot_table(index="label", columns="col", values="v", aggfunc="mean", sort=True)
-    order = sorted(wide.index, key=natural_key)
-    wide = wide.loc[order]
+        cols = uniq.astype(np.float64)
+    # the mean per (link, column) of the samples that are not NaN (pivot_table's rule)
+    v = c["value"].to_numpy(dtype=float)
+    ok = ~np.isnan(v)
+    cell = codes * len(cols) + at
+    size = len(names) * len(cols)
+    total = np.bincount(cell[ok], weights=v[ok], minlength=size)
+    count = np.bincount(cell[ok], minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (total / count).reshape(len(names), len(cols))
+    keep = (count.reshape(len(names), len(cols)) > 0)
+    rows, colmask = keep.any(axis=1), keep.any(axis=0)  # pivot_table drops all-NaN rows/cols
+    mean, names, cols = mean[rows][:, colmask], names[rows], cols[colmask]
+    order = sorted(range(len(names)), key=lambda i: natural_key(str(names[i])))
+    wide = pd.DataFrame(mean[order], index=pd.Index(names[order], name="label"),
+                        columns=pd.Index(cols, name="col"))
     scale = peak if peak else np.nanmax(wide.to_numpy()) or 1.0
     wide = wide / scale
     wide.columns = (wide.columns.to_numpy(dtype=np.float64) - t0_ns) / 1e9

@@ -5,7 +5,11 @@ the view of the source that stopped.
 
 The verdicts are :mod:`profiler.freshness`'s: one :class:`~profiler.freshness.Observer` per
 run, shared by every browser (its ages run on this server's monotonic clock), asked at most
-every ``min_interval_s``. The run's median step time (for "STALE after max(10 s, 3 step
+every ``min_interval_s``. With a Prometheus (``dualscope dashboard --prometheus``) the nodes'
+sources are its agents' newest samples (:meth:`~dashboard.promsource.PromSource.agents`,
+judged by the same :func:`~profiler.freshness.assess`), so a 256-node job's header does not
+stat 256 counter streams; a node Prometheus does not know keeps its files' verdict, and when
+Prometheus fails the header says so and shows the files' verdicts. The run's median step time (for "STALE after max(10 s, 3 step
 times)") and its newest step come from the data read so far, cached per data version.
 """
 
@@ -22,12 +26,22 @@ import numpy as np
 import pandas as pd
 from dash import dcc, html
 
-from profiler.freshness import FreshnessPolicy, Observer, SourceFreshness, process_alive
+from profiler.freshness import (
+    FreshnessPolicy,
+    Observer,
+    SourceFreshness,
+    StreamObs,
+    assess,
+    process_alive,
+)
 
 from . import ids
 from .clock import ClockLike, as_clock
 from .data import DataService, RunData
 from .layout import href
+from .promql import PromError
+from .promview import run_ids
+from .snapshot import Snapshot
 
 __all__ = ["RunFreshness", "FreshnessTracker", "step_stats", "fmt_age", "status_outputs",
            "BADGES"]
@@ -51,6 +65,8 @@ class RunFreshness:
     step_time_s: float | None
     stale_after_s: float
     sources: list[SourceFreshness] = field(default_factory=list)
+    #: why the nodes' verdicts come from the run's files although a Prometheus is configured
+    note: str = ""
 
     @property
     def worst(self) -> SourceFreshness | None:
@@ -89,8 +105,10 @@ class FreshnessTracker:
 
     def __init__(self, svc: DataService, policy: FreshnessPolicy | None = None, *,
                  check_process: bool = True, min_interval_s: float = 0.25,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.svc = svc
+        self._wall = wall
         self.policy = policy or FreshnessPolicy()
         self.check_process = check_process
         self.min_interval_s = min_interval_s
@@ -121,13 +139,42 @@ class FreshnessTracker:
             if hit is not None and now - hit[0] < self.min_interval_s:
                 return hit[1]
             sources = self._observer(rd).assess(step_time_s=step_time, policy=self.policy)
-            out = _summarise(sources, status, newest, step_time, stale_s)
+        sources, note = self._with_agents(snap, sources, status, step_time)
+        out = _summarise(sources, status, newest, step_time, stale_s, note)
+        with self._lock:
             self._last[rd.run_id] = (now, out)
-            return out
+        return out
+
+    def _with_agents(self, snap: Snapshot, sources: list[SourceFreshness], status: str,
+                     step_time: float | None) -> tuple[list[SourceFreshness], str]:
+        """``sources`` with each node Prometheus' agents report judged from their newest
+        sample instead of its files; the note says why not when Prometheus failed."""
+        src = self.svc.prometheus
+        if src is None:
+            return sources, ""
+        try:
+            agents = src.agents(run_ids(snap), self._wall())
+        except PromError as e:
+            return sources, f"node freshness from the run's files: Prometheus {e}"
+        except Exception as e:  # an answer this code cannot use: the files still tell
+            return sources, f"node freshness from the run's files: {type(e).__name__}: {e}"
+        streams = [StreamObs(f"counters/{r.node}", float(r.age_s), newest_ts_ns=int(r.newest_ns))
+                   for r in agents.itertuples()]
+        prom = assess(streams, [], run_status=status, step_time_s=step_time, policy=self.policy)
+        known = {s.source for s in prom}
+        return sorted([*(s for s in sources if s.source not in known), *prom],
+                      key=lambda s: s.source), ""
 
 
 def _summarise(sources: list[SourceFreshness], status: str, newest: int | None,
-               step_time: float | None, stale_s: float) -> RunFreshness:
+               step_time: float | None, stale_s: float, note: str = "") -> RunFreshness:
+    f = _verdict(sources, status, newest, step_time, stale_s)
+    return RunFreshness(f.state, f.reason, f.step, f.step_time_s, f.stale_after_s, f.sources,
+                        note) if note else f
+
+
+def _verdict(sources: list[SourceFreshness], status: str, newest: int | None,
+             step_time: float | None, stale_s: float) -> RunFreshness:
     steps = [s.step for s in sources if s.step is not None]
     step = max([*steps, *([newest] if newest is not None else [])], default=None)
     if not sources:
@@ -206,6 +253,8 @@ def _strip(run: str, f: RunFreshness) -> list[Any]:
                                  children=[html.Span(f"{len(nodes)} nodes", className="fresh-name"),
                                            " ≤ ", html.Span(fmt_age(worst.age_s),
                                                             className="fresh-age")]))
+    if f.note:
+        out.append(html.Span("⚠ Prometheus", className="fresh-src fresh-stale", title=f.note))
     if f.state in ("STALE", "DEAD"):
         level = "warn" if f.state == "STALE" else "crit"
         w = f.worst

@@ -221,7 +221,7 @@ def test_links_sms_model_experts_on_samples(svc: DataService) -> None:
     kpis, nvl_heat, ib_heat, nvl_lines, nvl_ext, ib_lines, ib_ext, phase, cursor = out
     assert "Weakest InfiniBand" in _text(kpis) and "node5 ib:mlx5_3:1" in _text(kpis)
     assert len(nvl_heat.data[0].y) == 64 and len(ib_heat.data[0].y) == 64
-    assert len(nvl_lines.data) == 8 and nvl_ext is no_update
+    assert len(nvl_lines["data"]) == 8 and nvl_ext is no_update
     assert {"dispatch", "combine"} <= set(phase.data[0].x)
     assert cursor["node"] == "node5" and len(cursor["ib"]) == 8
     kpis, area, seconds = sms.render(svc, clock, "all")

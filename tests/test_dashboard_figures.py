@@ -107,7 +107,8 @@ def test_link_and_sm_figures() -> None:
     long = pd.DataFrame({"t_s": [0, 1, 0, 1], "series": ["a", "a", "b", "b"],
                          "value": [1e9, 2e9, 3e9, 4e9]})
     ll = link_lines_figure(long, title="x", peak=5e9)
-    assert [t.name for t in ll.data] == ["a", "b"] and ll.data[0].y[1] == 2.0
+    assert [t["name"] for t in ll["data"]] == ["a", "b"] and ll["data"][0]["y"][1] == 2.0
+    go.Figure(ll)  # a valid figure: plotly's validation accepts every property
     ph = phase_bars_figure(pd.DataFrame({"device_kind": ["ib", "nvlink"], "phase": ["dispatch"] * 2,
                                          "mean_bytes_per_s": [4e10, 1.5e11],
                                          "mean_share_of_peak": [0.8, 0.75]}))

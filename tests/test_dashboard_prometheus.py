@@ -25,7 +25,7 @@ from prometheus_deploy import require_prometheus
 from dashboard.clock import next_clock
 from dashboard.data import DataService
 from dashboard.pages import links, sms
-from dashboard.promql import PromClient, PromError
+from dashboard.promql import PromClient, PromError, _matrix
 from dashboard.promsource import FAMILIES, PromSource, counter_rows, run_matcher
 from dashboard.series import link_long, link_wide
 from profiler.manifest import Manifest, Parallel, Topology
@@ -224,7 +224,7 @@ def test_links_page_from_prometheus(prom: tuple[str, Path]) -> None:
     for y, z in zip(nvl_heat.data[0].y, np.asarray(nvl_heat.data[0].z).tolist(), strict=True):
         assert z == rows[y]
     assert np.array_equal(np.asarray(out[2].data[0].z), np.asarray(ref[2].data[0].z))
-    assert [t.name for t in out[3].data] == [t.name for t in ref[3].data]  # the node's lines
+    assert [t["name"] for t in out[3]["data"]] == [t["name"] for t in ref[3]["data"]]  # the node's lines
     assert out[-1]["src"] == url and out[-1]["step"] == STEP
     page = links.layout(svc, {"run": RUN})
     assert '"n2"' in _text(page)
@@ -324,12 +324,75 @@ def test_not_prometheus_answer(prom: tuple[str, Path]) -> None:
 
 
 def test_counter_rows_of_an_exporter_without_hostname() -> None:
-    rows = counter_rows([{"metric": {"instance": "h:9401", "hca": "mlx5_0", "port": "1"},
-                          "values": [[1.5, "NaN"], [2.5, "1e9"]]}],
-                        "dualscope_ib_transmit_bytes_per_second")
+    raw = (b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":'
+           b'{"instance":"h:9401","hca":"mlx5_0","port":"1"},"values":[[1.5,"NaN"],[2.5,"1e9"]]}]}}')
+    rows = counter_rows(_matrix(raw) or [], "dualscope_ib_transmit_bytes_per_second")
     assert rows["node"].tolist() == ["h:9401"] * 2 and rows["device"].iloc[0] == "ib:mlx5_0:1"
     assert rows["ts_ns"].tolist() == [1_500_000_000, 2_500_000_000]
     assert np.isnan(rows["value"].iloc[0]) and rows["gpu"].isna().all()
+
+
+def test_header_node_freshness_comes_from_prometheus(prom: tuple[str, Path],
+                                                    tmp_path: Path) -> None:
+    """A live run whose counters only Prometheus has (its agents serve /metrics, no counter
+    files): the header's node sources are the agents' newest samples, judged by the one
+    freshness rule; a silent agent turns its node STALE then DEAD; with Prometheus down the
+    header says so and keeps the files' verdicts."""
+    from dashboard.status import FreshnessTracker, status_outputs
+    from profiler.freshness import FreshnessPolicy
+
+    url, _runs = prom
+    runs = tmp_path / "runs"
+    m = Manifest(source="probe", run_id=RUN, status="live",  # the series' run label
+                 topology=Topology(nodes=len(NODES), gpus_per_node=len(GPUS), sms_per_gpu=132),
+                 parallel=Parallel(world_size=len(NODES) * len(GPUS)))
+    w = RunWriter(runs / "job-7", m, rotate_s=3600, flush_s=0)
+    w.write_spans({"rank": [0], "lane": ["compute"], "kind": ["kernel"], "name": ["gemm"],
+                   "start_ns": [T0 * 10**9], "end_ns": [T0 * 10**9 + 1], "sms": [100],
+                   "step": [0]})
+    w.flush()
+    end = float(T0 + (N - 1) * STEP)
+    policy = FreshnessPolicy(stale_min_s=10.0, dead_after_s=300.0)
+
+    def verdicts(now: float, src: PromSource) -> tuple[dict[str, str], Any]:
+        svc = _svc(runs, src)
+        f = FreshnessTracker(svc, policy, check_process=False, wall=lambda: now).of("job-7")
+        return {s.source: s.state for s in f.sources if s.source != "spans"}, f
+
+    nodes, f = verdicts(end, PromSource(url, min_step_s=STEP))
+    assert nodes == {"counters:n0": "LIVE", "counters:n1": "LIVE", "counters:n2": "STALE"}
+    assert f.note == "" and f.state == "STALE" and "n2" in f.reason  # the job's spans are fresh
+    ages = {s.source: s.age_s for s in f.sources}
+    assert ages["counters:n0"] == 0.0 and ages["counters:n2"] == pytest.approx(60.0)
+    nodes, _ = verdicts(end + 400, PromSource(url, min_step_s=STEP))
+    assert set(nodes.values()) == {"DEAD"} and len(nodes) == len(NODES)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    nodes, f = verdicts(end, PromSource(down, min_step_s=STEP, timeout_s=1.0))
+    assert nodes == {} and f.note.startswith("node freshness from the run's files: Prometheus")
+    tracker = FreshnessTracker(_svc(runs, PromSource(down, min_step_s=STEP, timeout_s=1.0)),
+                               policy, check_process=False)
+    clock = {"run": "job-7", "mode": "live"}
+    _badge, _cls, strip = status_outputs(tracker, clock)
+    warn = [c for c in strip if getattr(c, "children", None) == "⚠ Prometheus"]
+    assert len(warn) == 1 and "Connection refused" in warn[0].title
+    w.close()
+
+
+def test_matrix_decoding_reads_every_value_prometheus_writes() -> None:
+    """The typed decoder reads numbers and NaN as floats; an answer with +Inf / -Inf takes the
+    string path and gives the same floats; an API error or another document is None."""
+    head = b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"a":"1"},'
+    plain = _matrix(head + b'"values":[[1,"2.5"],[2,"NaN"],[3,"-0"],[4,"1e-300"]]}]}}')
+    assert plain is not None and plain[0].metric == {"a": "1"}
+    got = np.array(plain[0].values)
+    assert got[0].tolist() == [1.0, 2.5] and np.isnan(got[1, 1]) and got[3, 1] == 1e-300
+    inf = _matrix(head + b'"values":[[1,"+Inf"],[2,"-Inf"],[3,"7"]]}]}}')
+    assert inf is not None and [v for _, v in inf[0].values] == [np.inf, -np.inf, 7.0]
+    assert _matrix(b'{"status":"error","errorType":"bad_data","error":"x"}') is None
+    assert _matrix(b"<html>not the API</html>") is None
+    assert _matrix(b'{"status":"success","data":{"resultType":"matrix","result":[]}}') == []
 
 
 def test_env_and_cli(monkeypatch: pytest.MonkeyPatch) -> None:

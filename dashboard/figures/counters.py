@@ -41,10 +41,15 @@ def link_heatmap_figure(wide: pd.DataFrame, *, title: str, uirevision: str = "li
 
 
 def link_lines_figure(long: pd.DataFrame, *, title: str, peak: float | None,
-                      uirevision: str = "lines", cols: int = 2) -> go.Figure:
+                      uirevision: str = "lines", cols: int = 2) -> go.Figure | dict[str, Any]:
     """One node's links as small multiples: one panel per ``series`` (GB/s over time, all on
     one y scale up to the peak), in trace order of the sorted series (the live path extends
-    trace i with series i). ``long``: t_s, series, value (bytes/s)."""
+    trace i with series i). ``long``: t_s, series, value (bytes/s).
+
+    A figure with data is a plain ``{"data", "layout"}`` dict (Dash draws it as it draws a
+    ``go.Figure``): plotly's figure objects cost 0.2 s to build and 0.1 s to copy again for
+    JSON at 160 panels (8 GPUs x 18 links + the totals), a third of a 256-node Links refresh
+    (issue 13); the dicts are built here from known-good values."""
     if len(long) == 0:
         return empty_figure("no samples of this node's links", title=title)
     groups = list(long.groupby("series", sort=True))
@@ -101,9 +106,7 @@ def link_lines_figure(long: pd.DataFrame, *, title: str, peak: float | None,
                           showarrow=False, font=dict(size=10, color=DIM)))
     layout = f.layout.to_plotly_json()
     layout.update(axes, shapes=shapes, annotations=notes)
-    # built here from known-good dicts: plotly's per-property validation of 160 panels cost
-    # ~0.6 s of a 256-node refresh (issue 13), unvalidated ~0.05 s
-    return go.Figure(data=traces, layout=layout, _validate=False)
+    return {"data": traces, "layout": layout}
 
 
 def phase_bars_figure(summary: pd.DataFrame, *, empty: str = "no phase information") -> go.Figure:

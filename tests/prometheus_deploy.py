@@ -16,6 +16,8 @@ from conftest import ROOT, require
 
 from probes.exporter import served_names
 from probes.metrics import METRICS
+from profiler.steps.exporter import SERIES as STEP_FAMILIES
+from profiler.steps.exporter import step_series_names
 
 DEPLOY = ROOT / "deploy"
 PROM_DIR = DEPLOY / "prometheus"
@@ -23,9 +25,9 @@ RULES_DIR = PROM_DIR / "rules"
 RULE_FILES = ("dualscope-thresholds.yml", "dualscope-recording.yml", "dualscope-alerts.yml")
 UNIT_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))
 BOARD = DEPLOY / "grafana" / "dualscope.json"
-#: series the step-level rules read that nothing serves yet (docs/ops.md, "What waits for
-#: which series")
-PENDING = frozenset({"dualscope_step_time_seconds", "dualscope_bubble_ratio"})
+#: the per-rank step series the step-level rules read: served by the run's step engine
+#: (``dualscope steps RUN --follow --metrics-port``), not by the node agents
+STEP_SERIES = frozenset(STEP_FAMILIES)
 #: series Prometheus itself makes
 BUILTIN = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 _KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on",
@@ -82,15 +84,15 @@ def recorded() -> dict[str, set[str]]:
     return out
 
 
-def waiting_on_pending() -> set[str]:
-    """Recorded series that depend, directly or through other rules, on :data:`PENDING`."""
+def from_step_series() -> set[str]:
+    """Recorded series that depend, directly or through other rules, on :data:`STEP_SERIES`."""
     deps = recorded()
     waiting: set[str] = set()
     changed = True
     while changed:
         changed = False
         for name, reads in deps.items():
-            if name not in waiting and reads & (PENDING | waiting):
+            if name not in waiting and reads & (STEP_SERIES | waiting):
                 waiting.add(name)
                 changed = True
     return waiting
@@ -103,6 +105,11 @@ def dcgm_names() -> set[str]:
 
 def agent_names() -> frozenset[str]:
     return served_names()
+
+
+def step_names() -> frozenset[str]:
+    """What the step exporter serves (``dualscope steps --follow --metrics-port``)."""
+    return step_series_names()
 
 
 def board() -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """A real Prometheus on 127.0.0.1 scraping two real probe agents (subprocesses on the NVML
 double and fake InfiniBand sysfs trees that this test keeps counting), with the shipped rule
 files (``for:`` durations shortened, nothing else changed) and a file_sd target file in the
-shipped example's format. One port of one node is slow: its alert must fire in Prometheus'
+shipped example's format, and the run's step engine (``dualscope steps --follow
+--metrics-port``, a subprocess following a live copy of the bundled reference run) as the
+``dualscope-steps`` job. One port of one node is slow: its alert must fire in Prometheus'
 ``/api/v1/alerts`` and nothing else may. Then every Grafana panel's query runs against this
 Prometheus (it must parse, and return data unless it reads a series this setup has no source
 for), and an agent that stops raises the agent-down alert."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
@@ -56,6 +60,8 @@ class Cluster:
     targets: dict[str, str]
     tmp: Path
     logs: list[Path] = field(default_factory=list)
+    steps_url: str = ""
+    steps_run: Path | None = None
 
     def api(self, path: str, **params: str) -> Any:
         query = urllib.parse.urlencode(params)
@@ -145,17 +151,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                  "--ib-sysfs", str(tree.root), "--gpus", "2", "--links", "4",
                  "--link-share", str(FAST_SHARE), "--interval", "0.1", "--flush", "0.25"],
                 cwd=ROOT, env=agent_env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        # the run's step engine, following a live copy of the reference run
+        steps_run = tmp / "steps-run"
+        shutil.copytree(ROOT / "sample_traces" / "reference-cpu-pp2-ep2-dualpipev", steps_run,
+                        ignore=shutil.ignore_patterns("derived"))
+        doc = json.loads((steps_run / "manifest.json").read_text())
+        (steps_run / "manifest.json").write_text(json.dumps({**doc, "status": "live"}))
+        slog = tmp / "steps.log"
+        logs.append(slog)
+        agents["steps"] = subprocess.Popen(
+            [sys.executable, "-m", "dualscope", "steps", str(steps_run), "--follow",
+             "--metrics-port", "0", "--ideal-every", "0", "--interval", "0.5"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slog.open("w"), text=True)
         counter = threading.Thread(target=_count, args=(trees, stop), daemon=True)
         counter.start()
         targets = {}
         for node, proc in agents.items():
             assert proc.stdout is not None
-            url = proc.stdout.readline().strip()  # the agent prints its /metrics URL first
+            url = proc.stdout.readline().strip()  # each prints its /metrics URL first
             assert url.startswith("http://127.0.0.1:"), (url, (tmp / f"agent-{node}.log"))
             targets[node] = urllib.parse.urlsplit(url).netloc
+        steps_target = targets.pop("steps")
         # file_sd targets in the shipped example's format
         example = json.loads((PROM_DIR / "targets" / "dualscope-probe.json.example").read_text())
-        group = {**example[0], "targets": sorted(targets.values()),
+        group = {**example[0], "targets": sorted(targets[n] for n in NODES),
                  "labels": {**example[0]["labels"], "run": RUN}}
         (tmp / "targets").mkdir()
         (tmp / "targets" / "it.json").write_text(json.dumps([group]))
@@ -163,8 +182,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms",
                        "evaluation_interval": "1s"},
             "rule_files": _rules_with_short_for(tmp),
-            "scrape_configs": [{"job_name": "dualscope-probe", "file_sd_configs": [
-                {"files": [str(tmp / "targets" / "*.json")], "refresh_interval": "1s"}]}],
+            "scrape_configs": [
+                {"job_name": "dualscope-probe", "file_sd_configs": [
+                    {"files": [str(tmp / "targets" / "*.json")], "refresh_interval": "1s"}]},
+                {"job_name": "dualscope-steps", "static_configs": [
+                    {"targets": [steps_target], "labels": {"run": RUN}}]}],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = _free_port()
@@ -175,7 +197,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
              f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
              "--log.level=warn"],
             cwd=tmp, stdout=subprocess.DEVNULL, stderr=plog.open("w"), text=True)
-        c = Cluster(f"http://127.0.0.1:{port}", agents, targets, tmp, logs)
+        c = Cluster(f"http://127.0.0.1:{port}", agents, targets, tmp, logs,
+                    f"http://{steps_target}/metrics", steps_run)
 
         def ready() -> bool:
             try:
@@ -185,6 +208,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 return False
 
         _wait(ready, 30, "both agents' series in Prometheus", c)
+        _wait(lambda: len(c.query("rank:dualscope_straggler_score:ratio")) == 4, 30,
+              "the step engine's series of the 4 ranks in Prometheus", c)
         yield c
     finally:
         stop.set()
@@ -246,6 +271,35 @@ def test_agent_freshness_and_declared_cap_series(cluster: Cluster) -> None:
     cap = cluster.query("node:dualscope_threshold:comm_sms_max")
     assert {r["metric"]["Hostname"]: float(r["value"][1]) for r in cap} == {
         "node-a": 16.0, "node-b": 32.0}  # declared NCCL_MAX_CTAS=16; node-b the default
+
+
+def test_step_series_from_the_run_engine_feed_the_step_rules(cluster: Cluster) -> None:
+    """The step exporter's per-rank series equal the run's persisted step results (each
+    rank's newest step), and the step recording rules evaluate over them in Prometheus."""
+    from profiler.steps import StepResults
+
+    assert cluster.steps_run is not None
+    results = StepResults(cluster.steps_run)  # the data stopped: the engine's results are final
+    results.update()
+    bub = results.table("bubbles")
+    newest = bub.sort_values("step").groupby("rank").tail(1).set_index("rank")
+    got = {int(r["metric"]["rank"]): r for r in cluster.query("dualscope_step_time_seconds")}
+    assert sorted(got) == [0, 1, 2, 3]
+    for rank, r in got.items():
+        assert r["metric"]["run"] == RUN and r["metric"]["job"] == "dualscope-steps"
+        assert r["metric"]["pipeline"] == str(int(newest.loc[rank, "pipeline"]))
+        assert r["metric"]["stage"] == str(int(newest.loc[rank, "pp_rank"]))
+        assert float(r["value"][1]) == pytest.approx(newest.loc[rank, "window_ns"] / 1e9)
+    ratio = {int(r["metric"]["rank"]): float(r["value"][1])
+             for r in cluster.query("dualscope_bubble_ratio")}
+    assert ratio == pytest.approx(newest["bubble_ratio"].to_dict())
+    score = {int(r["metric"]["rank"]): float(r["value"][1])
+             for r in cluster.query("rank:dualscope_straggler_score:ratio")}
+    med = float(np.median(newest["window_ns"] / 1e9))
+    assert score == pytest.approx((newest["window_ns"] / 1e9 / med).to_dict(), rel=1e-6)
+    assert len(cluster.query("run:dualscope_bubble_ratio:avg5m")) == 1
+    newest_step = cluster.query("dualscope_steps_newest_step")
+    assert [float(r["value"][1]) for r in newest_step] == [float(newest["step"].max())]
 
 
 def test_agent_answers_prometheus_in_gzip(cluster: Cluster) -> None:

@@ -19,21 +19,22 @@ from conftest import ROOT
 from prometheus_deploy import (
     BOARD,
     BUILTIN,
-    PENDING,
     PROM_DIR,
     RULE_FILES,
     RULES_DIR,
+    STEP_SERIES,
     UNIT_TESTS,
     agent_names,
     board,
     board_links,
     board_targets,
     dcgm_names,
+    from_step_series,
     load_rules,
     recorded,
     require_prometheus,
     series_names,
-    waiting_on_pending,
+    step_names,
 )
 
 
@@ -99,15 +100,15 @@ def test_alerts_have_for_severity_and_summary() -> None:
 
 
 # -- the series the rules and the board read -----------------------------------------------------
-def test_rules_read_only_agent_series_or_the_listed_waiting_ones() -> None:
-    known = agent_names() | set(recorded()) | BUILTIN | PENDING
+def test_rules_read_only_served_series() -> None:
+    known = agent_names() | step_names() | set(recorded()) | BUILTIN
     for rule in load_rules():
         unknown = series_names(rule["expr"]) - known
         assert not unknown, f"{rule.get('record') or rule.get('alert')} reads {unknown}"
-    # the waiting ones really are not served, and only the step rules wait for them
-    assert not PENDING & agent_names()
-    waiting = waiting_on_pending()
-    assert {r["group"] for r in load_rules() if r.get("record") in waiting} == {"dualscope-steps"}
+    # the step series come from the step exporter only, and only the step rules read them
+    assert step_names() >= STEP_SERIES and not step_names() & agent_names()
+    steps = from_step_series()
+    assert {r["group"] for r in load_rules() if r.get("record") in steps} == {"dualscope-steps"}
 
 
 def test_declared_comm_sm_cap_the_agent_serves() -> None:
@@ -128,8 +129,8 @@ def test_series_names_reads_promql() -> None:
     assert series_names(expr) == {"dualscope_ib_transmit_bytes_total", "run:x:y", "up"}
 
 
-def test_board_reads_only_series_the_agent_serves_today() -> None:
-    usable = (agent_names() | set(recorded())) - waiting_on_pending()
+def test_board_reads_only_served_series() -> None:
+    usable = agent_names() | step_names() | set(recorded())
     dcgm = dcgm_names()
     assert {"DCGM_FI_PROF_SM_ACTIVE", "DCGM_FI_PROF_NVLINK_TX_BYTES"} <= dcgm
     for title, expr in board_targets():
@@ -183,7 +184,7 @@ def test_every_threshold_is_documented_with_its_default() -> None:
             f"docs/ops.md does not give threshold {name} = {value}"
     for alert in (r["alert"] for r in load_rules() if "alert" in r):
         assert alert in ops, f"docs/ops.md does not describe {alert}"
-    for series in PENDING:
+    for series in step_names():
         assert series in ops
     assert str(BOARD.relative_to(ROOT)) in ops and str(RULES_DIR.relative_to(ROOT)) in ops
 

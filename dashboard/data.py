@@ -8,6 +8,11 @@ One :class:`DataService` per app holds a :class:`~dashboard.catalog.RunCatalog` 
 :mod:`profiler.analysis`, the ideal timeline, the timeline index, the links table) are cached by
 the data's version, so a finished run is analysed once and a live run once per change.
 
+A run's per-step results (``RUN/derived/steps``, written by its one step engine: ``dualscope
+steps``, ``--follow`` beside a live job, or ``import --trace-every``) are followed by
+:meth:`RunData.step_tables`: read incrementally (a cursor per table, only when the derived
+files changed), so whole-run views that use them cost O(steps x ranks), not O(spans).
+
 Modes share one code path: every view asks for data *up to a cutoff*. Live and offline use no
 cutoff (everything read so far); replay uses the virtual clock's time, so replay is live mode
 played over a finished run (:mod:`dashboard.snapshot`).
@@ -30,7 +35,9 @@ from pyarrow import ArrowException
 from profiler.analysis import AnalysisParams, Frames, pipeline_layout, run_analyses
 from profiler.errors import DualscopeError, RunFormatError
 from profiler.manifest import Manifest
+from profiler.steps import DERIVED, StepResults
 from profiler.store import RunReader
+from profiler.store.tail import RunTail
 
 from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
@@ -61,6 +68,10 @@ class RunData:
         #: the files signature and error of the last failed read: the same files fail the
         #: same way, so they are not read again (a damaged run costs one stat per file)
         self._failed: tuple[tuple[Any, ...], DualscopeError] | None = None
+        self._tail: RunTail | None = None
+        self._steps: StepResults | None = None
+        self._steps_sig: tuple[Any, ...] = ()
+        self._steps_error: str | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -132,8 +143,11 @@ class RunData:
                 self._sig = self.files_signature()
             if stale:
                 manifest = self.reader.refresh_manifest()
-                spans = self.reader.spans()
-                counters = self.reader.counters()
+                # what is new since the last read only (a long live run is not read again)
+                if self._tail is None or not self._tail.compatible():
+                    self._tail = RunTail(self.reader)
+                self._tail.update()
+                spans, counters = self._tail.spans, self._tail.counters
                 version = hash((len(spans), len(counters), manifest.status,
                                 int(spans["end_ns"].max()) if len(spans) else 0))
                 if self._snap is None or version != self._snap.version:
@@ -216,6 +230,46 @@ class RunData:
                                bubbles)
 
         return self.derived("timeline_index", snap, run)
+
+    def _derived_signature(self) -> tuple[Any, ...]:
+        """Names, sizes and mtimes of the step results' segments (empty: none)."""
+        sig: list[Any] = []
+        try:
+            tables = sorted(os.scandir(self.entry.path / DERIVED), key=lambda e: e.name)
+        except OSError:
+            return ()
+        for t in tables:
+            if not t.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                for f in os.scandir(t.path):
+                    st = f.stat()
+                    sig.append((t.name, f.name, st.st_size, st.st_mtime_ns))
+        return tuple(sorted(sig))
+
+    def step_tables(self, cutoff_ns: int | None = None) -> dict[str, pd.DataFrame]:
+        """The run's committed step results (:data:`profiler.steps.TABLES`; tables without
+        rows left out), with ``cutoff_ns`` only the steps that ended by then (replay). Read
+        incrementally: new rows only, and only when the derived files changed. ``{}`` when the
+        run has none (or they cannot be read: :attr:`steps_error` says why)."""
+        with self._lock:
+            sig = self._derived_signature()
+            if sig and sig != self._steps_sig:
+                try:
+                    if self._steps is None:
+                        self._steps = StepResults(self.entry.path)
+                    self._steps.update()
+                    self._steps_error = None
+                except (DualscopeError, OSError, ArrowException, ValueError) as e:
+                    self._steps, self._steps_error = None, f"step results: {e}"
+                self._steps_sig = sig
+            if self._steps is None:
+                return {}
+            return {k: v for k, v in self._steps.tables(cutoff_ns).items() if len(v)}
+
+    @property
+    def steps_error(self) -> str | None:
+        return self._steps_error
 
     def counters_since(self, ts_ns: int) -> pd.DataFrame:
         """Counter samples taken after ``ts_ns`` (reads only what is needed: the live path)."""

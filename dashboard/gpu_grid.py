@@ -6,7 +6,15 @@ Metrics (per rank, the mean over the steps shown):
 
 - ``bubble``: the bubble ratio of the rank's step windows (the bubble analysis);
 - ``busy``: the rank's busy time over the median busy time of its stage in the same step
-  (1.0 = like its peers; a straggler is above 1, a rank starved by one is below).
+  (1.0 = like its peers; a straggler is above 1, a rank starved by one is below);
+- ``exposed``: communication not hidden under compute, as a share of the rank's step window
+  (the overlap analysis' ``exposed_comm_ns`` over the bubble table's ``window_ns``);
+- ``comm_sms``: SMs held by communication kernels, the time mean over the step window (the SM
+  split's ``comm_sms_mean``).
+
+``bubble`` and ``busy`` need the per-step bubble table only (from the run's step results, or
+from the analyses of its spans); ``exposed`` and ``comm_sms`` need the step results'
+``overlap`` and ``sm`` tables (:data:`NEEDS`), which a run has once its step engine ran.
 """
 
 from __future__ import annotations
@@ -19,11 +27,16 @@ import pandas as pd
 
 from profiler.analysis.params import natural_key
 
-__all__ = ["METRICS", "GROUPS", "GpuGrid", "per_rank", "grid", "worst"]
+__all__ = ["METRICS", "NEEDS", "GROUPS", "GpuGrid", "per_rank", "grid", "worst"]
 
 #: metric -> (label, how the value is written, higher is worse)
 METRICS = {"bubble": ("bubble ratio", "pct", True),
-           "busy": ("busy time vs its stage's median", "x", True)}
+           "busy": ("busy time vs its stage's median", "x", True),
+           "exposed": ("exposed communication, share of the step", "pct", True),
+           "comm_sms": ("SMs held by communication", "sms", True)}
+#: metric -> the step-result table it reads besides ``bubbles`` (None: bubbles only)
+NEEDS: dict[str, str | None] = {"bubble": None, "busy": None, "exposed": "overlap",
+                                "comm_sms": "sm"}
 #: grouping -> (row label, column label)
 GROUPS = {"pipeline": ("pipeline", "stage"), "node": ("node", "GPU")}
 
@@ -43,10 +56,13 @@ class GpuGrid:
 
 
 def per_rank(bubbles: pd.DataFrame | None, metric: str, *, last_steps: int = 10,
-             live: bool = False) -> tuple[pd.DataFrame, tuple[int, int] | None]:
+             live: bool = False, other: pd.DataFrame | None = None
+             ) -> tuple[pd.DataFrame, tuple[int, int] | None]:
     """(rank, pipeline, pp_rank, value, worst_step) of every rank over its run's last
     ``last_steps`` complete steps (a live run's newest step is still running: left out), and
-    the (first, last) step used. ``worst_step``: where the rank's own value was worst."""
+    the (first, last) step used. ``worst_step``: where the rank's own value was worst.
+    ``other``: the step-result table :data:`NEEDS` names for ``metric`` (rank, step and its
+    columns); a rank-step missing from it has no value."""
     cols = ["rank", "pipeline", "pp_rank", "value", "worst_step"]
     if bubbles is None or len(bubbles) == 0:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols}), None
@@ -57,11 +73,25 @@ def per_rank(bubbles: pd.DataFrame | None, metric: str, *, last_steps: int = 10,
     steps = steps[-last_steps:]
     if len(steps) == 0:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols}), None
-    b = b.loc[b["step"].isin(steps), ["rank", "pipeline", "pp_rank", "step", "busy_ns",
-                                      "bubble_ratio"]]
+    keep = ["rank", "pipeline", "pp_rank", "step", "busy_ns", "bubble_ratio"]
+    if "window_ns" in b:
+        keep.append("window_ns")
+    b = b.loc[b["step"].isin(steps), keep]
     if metric == "busy":
         med = b.groupby(["step", "pp_rank"])["busy_ns"].transform("median")
         b = b.assign(v=(b["busy_ns"] / med.where(med > 0)).astype("float64"))
+    elif metric in ("exposed", "comm_sms"):
+        col = "exposed_comm_ns" if metric == "exposed" else "comm_sms_mean"
+        o = (other if other is not None and col in other else
+             pd.DataFrame({"rank": [], "step": [], col: []}))
+        o = o.loc[:, ["rank", "step", col]].astype({"rank": "int64", "step": "int64"})
+        b = b.astype({"rank": "int64", "step": "int64"}).merge(o, on=["rank", "step"],
+                                                                how="left")
+        v = b[col].astype("float64")
+        if metric == "exposed":
+            win = b["window_ns"].astype("float64") if "window_ns" in b else np.nan
+            v = v / win.where(win > 0) if isinstance(win, pd.Series) else v * np.nan
+        b = b.assign(v=v)
     else:
         b = b.assign(v=b["bubble_ratio"].astype("float64"))
     g = b.groupby("rank", sort=True)

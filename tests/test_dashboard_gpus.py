@@ -67,3 +67,65 @@ def test_cell_opens_its_pipeline_at_its_worst_step() -> None:
     assert clicked_cell(click) == [14, 2, 6]
     assert clicked_cell({"points": [{"customdata": [1, 0, 3]}]}) == [1, 0, 3]
     assert clicked_cell({"points": [{}]}) is None and clicked_cell(None) is None
+
+
+def test_exposed_comm_and_comm_sms_from_step_tables() -> None:
+    """The two metrics that need the step results' overlap and sm tables: exposed
+    communication over the rank's step window, and the time-mean comm SMs; a rank-step the
+    table lacks has no value (never 0)."""
+    b = _bubbles().assign(window_ns=1000.0)
+    ov = b[["rank", "step"]].assign(exposed_comm_ns=100.0)
+    ov.loc[(ov["rank"] == 7), "exposed_comm_ns"] = 400.0  # rank 7: 40 % exposed
+    ranks, steps = per_rank(b, "exposed", last_steps=4, other=ov)
+    assert steps == (8, 11)
+    got = ranks.set_index("rank")["value"]
+    assert got[7] == pytest.approx(0.4) and got[8] == pytest.approx(0.1)
+    assert int(worst(ranks, "exposed", 1)["rank"].iloc[0]) == 7
+    sm = b[["rank", "step"]].assign(comm_sms_mean=20.0)
+    sm = sm.loc[sm["rank"] != 3]  # rank 3 has no SM row: no value
+    r2, _ = per_rank(b, "comm_sms", other=sm)
+    vals = r2.set_index("rank")["value"]
+    assert np.isnan(vals[3]) and vals[4] == pytest.approx(20.0)
+    assert len(worst(r2, "comm_sms", 5000)) == 2047  # NaN ranks are not "worst"
+
+
+def test_gpus_page_reads_step_results_with_the_analyses_numbers(tmp_path) -> None:
+    """The page from the run's step results equals the page from the analyses of its spans
+    (one bubble definition), and says which it read; the metrics that need step results
+    say so on a run without them."""
+    import shutil
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    from dashboard.clock import next_clock
+    from dashboard.data import DataService
+    from dashboard.pages import gpus
+    from profiler.steps import StepEngine
+
+    sample = Path(ROOT) / "sample_traces" / "reference-cpu-pp2-ep2-dualpipev"
+    runs = tmp_path / "runs"
+    shutil.copytree(sample, runs / "plain", ignore=shutil.ignore_patterns("derived"))
+    shutil.copytree(sample, runs / "stepped", ignore=shutil.ignore_patterns("derived"))
+    with StepEngine(runs / "stepped", ideal_every=0) as eng:
+        eng.update(final=True)
+    svc = DataService(str(runs))
+
+    def clock(run: str) -> dict[str, object]:
+        _rd, snap = svc.snapshot(run)
+        return next_clock(None, "open", run_info={
+            "run": run, "live": False, "t0_ns": snap.t0_ns,
+            "duration_s": (snap.t1_ns - snap.t0_ns) / 1e9}).to_store()
+
+    for metric in ("bubble", "busy"):
+        a = gpus.render(svc, clock("plain"), "pipeline", metric)
+        b = gpus.render(svc, clock("stepped"), "pipeline", metric)
+        assert "from spans" in a[2] and "from step results" in b[2]
+        np.testing.assert_allclose(np.asarray(a[0].data[0].z, dtype=float),
+                                   np.asarray(b[0].data[0].z, dtype=float), rtol=1e-9)
+    fig, table, status = gpus.render(svc, clock("stepped"), "pipeline", "exposed")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (2, 2) and np.isfinite(z).all() and (z > 0).all() and (z < 1).all()
+    fig, _, _ = gpus.render(svc, clock("plain"), "pipeline", "exposed")
+    assert "needs the run's step results (none yet)" in \
+        fig.layout.annotations[0].text.replace("<br>", " ")

@@ -1,7 +1,12 @@
 """GPUs: every rank of the run as one cell (issue 10, item 5), pipelines x stages or nodes x
-GPUs, coloured by its bubble ratio or its busy time against its stage's median over the last
-complete steps, beside the worst ranks. Clicking a cell (or a row of the table) opens that
-rank's pipeline on the Timeline at the step where the rank was worst."""
+GPUs, coloured by its bubble ratio, its busy time against its stage's median, its exposed
+communication or the SMs its communication holds, over the last complete steps, beside the
+worst ranks. Clicking a cell (or a row of the table) opens that rank's pipeline on the
+Timeline at the step where the rank was worst.
+
+The numbers come from the run's step results (``RUN/derived/steps``: O(ranks x steps), what a
+2,048-GPU job's page reads) when it has them, else from the analyses of its spans (bubble and
+busy only). Replay reads the steps that ended by the virtual time, either way."""
 
 from __future__ import annotations
 
@@ -15,12 +20,12 @@ from dash.exceptions import PreventUpdate
 from profiler.analysis import rank_node_map
 
 from .. import ids, palette
-from ..clock import ClockLike, as_clock
+from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService
 from ..deeplink import born, register_sync, view_href
 from ..figures import empty_figure
 from ..figures.base import fig
-from ..gpu_grid import GROUPS, METRICS, GpuGrid, grid, per_rank, worst
+from ..gpu_grid import GROUPS, METRICS, NEEDS, GpuGrid, grid, per_rank, worst
 from ..layout import panel
 from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
@@ -49,7 +54,9 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
                                     {"label": " nodes × GPUs", "value": "node"}]),
             dcc.RadioItems(id=ids.GP_METRIC, inline=True, className="checks", value=metric,
                            options=[{"label": " bubble ratio", "value": "bubble"},
-                                    {"label": " busy vs stage median", "value": "busy"}]),
+                                    {"label": " busy vs stage median", "value": "busy"},
+                                    {"label": " exposed comm", "value": "exposed"},
+                                    {"label": " comm SMs", "value": "comm_sms"}]),
             html.Span(id=ids.GP_STATUS, className="status dim"),
         ]),
         html.Div(className="grid-gpus", children=[
@@ -62,7 +69,8 @@ def layout(svc: DataService, q: dict[str, str]) -> html.Div:
 def _fmt(metric: str, v: float) -> str:
     if v != v:
         return "n/a"
-    return f"{v:.1%}" if METRICS[metric][1] == "pct" else f"{v:.2f}x"
+    kind = METRICS[metric][1]
+    return f"{v:.1%}" if kind == "pct" else f"{v:.1f}" if kind == "sms" else f"{v:.2f}x"
 
 
 def heat_figure(g: GpuGrid, metric: str, group: str) -> go.Figure:
@@ -82,7 +90,7 @@ def heat_figure(g: GpuGrid, metric: str, group: str) -> go.Figure:
         z=g.z, x=g.cols, y=g.rows, customdata=custom, text=text, xgap=1, ygap=1,
         colorbar={"title": {"text": label, "side": "right", "font": {"size": 11}},
                   "thickness": 10, "outlinewidth": 0, "tickfont": {"size": 10},
-                  **({"tickformat": ".0%"} if metric == "bubble" else {})},
+                  **({"tickformat": ".0%"} if METRICS[metric][1] == "pct" else {})},
         hovertemplate=(f"rank %{{customdata[0]}} · pipeline %{{customdata[1]}}<br>"
                        f"{row_name} %{{y}} · {col_name} %{{x}}<br>{label} %{{text}}<br>"
                        "worst in step %{customdata[2]}<extra></extra>"), **kw))
@@ -123,8 +131,20 @@ def render(svc: DataService, clock: ClockLike, group: str | None,
     try:
         rd, snap = open_run(svc, c)
         assert c is not None and c.run is not None
-        bubbles = rd.analyses(snap).get("bubbles")
-        ranks, steps = per_rank(bubbles, metric, last_steps=LAST_STEPS, live=snap.live)
+        cut = cutoff_ns(c)
+        tables = rd.step_tables(cut)
+        from_steps = "bubbles" in tables
+        need = NEEDS[metric]
+        if need is not None and need not in tables:
+            why = (f"{METRICS[metric][0]}: this view needs the run's step results"
+                   + ("" if from_steps else " (none yet)") + "; run 'dualscope steps RUN' (or "
+                   "'--follow' beside a live job)")
+            return empty_figure(why), "", ""
+        # step results hold complete steps only; the spans' newest live step is still running
+        bubbles = tables["bubbles"] if from_steps else rd.analyses(snap, cut).get("bubbles")
+        ranks, steps = per_rank(bubbles, metric, last_steps=LAST_STEPS,
+                                live=snap.live and not from_steps,
+                                other=tables.get(need) if need else None)
         nodes = sorted(snap.counters["node"].unique()) if len(snap.counters) else []
         rank_node = rank_node_map([int(r) for r in ranks["rank"]], nodes, rd.params(snap))
     except NoRun:
@@ -135,8 +155,9 @@ def render(svc: DataService, clock: ClockLike, group: str | None,
     if len(ranks) == 0:
         return empty_figure("no pipeline steps yet"), _table(c.run, ranks, metric), ""
     g = grid(ranks, group, rank_node, steps)
+    source = "from step results" if from_steps else "from spans"
     status = (f"{len(ranks):,} GPUs · {len(g.rows)} {GROUPS[group][0]}s · "
-              f"mean over steps {steps[0]}–{steps[1]}" if steps else "")
+              f"mean over steps {steps[0]}–{steps[1]} · {source}" if steps else "")
     return (heat_figure(g, metric, group), _table(c.run, worst(ranks, metric, 12, rank_node),
                                                   metric), status)
 

@@ -1,0 +1,110 @@
+"""A run as read so far, extended by what is new: :class:`RunTail` keeps the spans and counters
+it has read and, on :meth:`RunTail.update`, reads only the rows written since (the reader's
+cursors: :meth:`~.reader.RunReader.read_since`), so a live view of a long run pays for its new
+rows, not for the whole run again (issue 10, item 1).
+
+The frames equal a full read (:meth:`~.reader.RunReader.spans` / ``counters``) row for row
+and in the same order: streams in the reader's order (spans by rank, counters by stream name),
+each stream's rows in write order. New rows are appended and the result re-ordered by a stable
+sort on the stream's key (rank, or the stream's position), which keeps each stream's own order.
+
+What differs from reading again: rows that were read stay, even if their segments are
+deleted afterwards (a capture schedule's pruning, issue 10 item 3); a change of the manifest's
+clock offsets (an alignment applied) is not incremental: :meth:`RunTail.update` then says so
+and the caller starts a new tail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..schema import COUNTER_SCHEMA, SPAN_SCHEMA
+from .cursor import Cursor
+from .reader import RunReader
+from .segments import concat, to_pandas
+
+__all__ = ["RunTail"]
+
+
+def _offsets_key(reader: RunReader) -> tuple[Any, ...]:
+    m = reader.manifest
+    return (bool(m.clock_offsets_applied), tuple(sorted((m.clock_offsets_ns or {}).items())))
+
+
+class _Kind:
+    """One kind (spans or counters): the frame so far, the stream key of each row, the
+    cursor."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.cursor = Cursor()
+        self.frame: pd.DataFrame | None = None
+        self.keys = np.zeros(0, dtype=np.int64)  # per row: the stream's sort key
+        self.streams: list[str] = []  # counters: known streams in name order (key = index)
+
+    def _key(self, stream: str, n: int) -> np.ndarray:
+        if self.kind == "spans":  # spans/rank-00003: the rank, as the full read orders them
+            return np.full(n, int(stream.rsplit("-", 1)[1]), dtype=np.int64)
+        return np.full(n, self.streams.index(stream), dtype=np.int64)
+
+    def update(self, reader: RunReader) -> bool:
+        reads, self.cursor = reader.read_since(self.cursor, kind=self.kind)
+        reads = [r for r in reads if r.table is not None and r.table.num_rows]
+        if not reads:
+            return False
+        if self.kind == "counters":
+            names = sorted(set(self.streams) | {r.stream for r in reads})
+            if names != self.streams:  # a new stream between known ones: renumber
+                remap = np.array([names.index(s) for s in self.streams], dtype=np.int64)
+                self.keys = remap[self.keys] if len(self.keys) else self.keys
+                self.streams = names
+        schema = SPAN_SCHEMA if self.kind == "spans" else COUNTER_SCHEMA
+        tables = [r.table for r in reads]
+        new = to_pandas(concat(tables, schema))
+        new_keys = np.concatenate([self._key(r.stream, r.table.num_rows)  # type: ignore[union-attr]
+                                   for r in reads])
+        if self.frame is None or len(self.frame) == 0:
+            frame, keys = new, new_keys
+        else:
+            frame = pd.concat([self.frame, new], ignore_index=True)
+            keys = np.concatenate([self.keys, new_keys])
+        if len(keys) > 1 and (np.diff(keys) < 0).any():
+            order = np.argsort(keys, kind="stable")
+            frame = frame.take(order).reset_index(drop=True)
+            keys = keys[order]
+        self.frame, self.keys = frame, keys
+        return True
+
+
+class RunTail:
+    """The spans and counters of a run read so far (module doc). ``update()`` reads what is
+    new and says whether anything was; ``spans`` / ``counters`` are the frames."""
+
+    def __init__(self, reader: RunReader) -> None:
+        self.reader = reader
+        self.offsets = _offsets_key(reader)
+        self._spans = _Kind("spans")
+        self._counters = _Kind("counters")
+
+    def compatible(self) -> bool:
+        """Whether the manifest's clock offsets are still those this tail read with (else
+        start a new tail: every row moves)."""
+        return _offsets_key(self.reader) == self.offsets
+
+    def update(self) -> bool:
+        a = self._spans.update(self.reader)
+        b = self._counters.update(self.reader)
+        return a or b
+
+    @property
+    def spans(self) -> pd.DataFrame:
+        f = self._spans.frame
+        return f if f is not None else to_pandas(SPAN_SCHEMA.empty_table())
+
+    @property
+    def counters(self) -> pd.DataFrame:
+        f = self._counters.frame
+        return f if f is not None else to_pandas(COUNTER_SCHEMA.empty_table())

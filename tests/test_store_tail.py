@@ -1,0 +1,86 @@
+"""``RunTail`` (profiler/store/tail.py): a run read so far plus what is new equals a full read,
+row for row and in order, after every flush of writers that append, rotate, gain new ranks and
+nodes between the known ones, and get compacted; a live tick with nothing new reads nothing;
+the dashboard's snapshot of a live run is the tail's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dashboard.data import DataService
+from profiler.manifest import Manifest, Parallel
+from profiler.store import RunReader, RunWriter, compact
+from profiler.store.tail import RunTail
+
+
+def _spans(rng: np.random.Generator, ranks: list[int], step: int, n: int) -> dict[str, list]:
+    rank = rng.choice(ranks, n).tolist()
+    start = (10**12 + step * 10**9 + rng.integers(0, 10**9, n)).tolist()
+    return {"rank": rank, "lane": ["compute"] * n, "kind": ["kernel"] * n,
+            "name": [f"k{int(x) % 7}" for x in rng.integers(0, 100, n)],
+            "start_ns": start, "end_ns": [s + 1000 for s in start],
+            "sms": rng.integers(1, 132, n).tolist(), "step": [step] * n}
+
+
+def _counters(rng: np.random.Generator, node: str, step: int, n: int) -> dict[str, list]:
+    return {"ts_ns": (10**12 + step * 10**9 + np.arange(n) * 1000).tolist(), "node": [node] * n,
+            "gpu": [0] * n, "device": ["nvlink"] * n, "metric": ["tx_bytes_per_s"] * n,
+            "value": rng.uniform(0, 1e9, n).tolist()}
+
+
+def _same(tail: RunTail, run: Path) -> None:
+    full = RunReader(run)
+    pd.testing.assert_frame_equal(tail.spans, full.spans())
+    pd.testing.assert_frame_equal(tail.counters, full.counters())
+
+
+def test_tail_equals_a_full_read_through_appends_rotations_new_streams_and_compaction(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    run = tmp_path / "run"
+    w = RunWriter(run, Manifest(source="probe", parallel=Parallel(world_size=12)),
+                  rotate_s=3600, flush_s=3600)
+    tail = RunTail(RunReader(run))
+    ranks = [0, 5, 10]
+    nodes = ["node2", "node10"]
+    for step in range(8):
+        if step == 3:
+            ranks += [2, 11]  # new streams between the known ones
+            nodes += ["node1"]
+        w.write_spans(_spans(rng, ranks, step, 40))
+        for node in nodes:
+            w.counters(node).write(_counters(rng, node, step, 15))
+        w.flush()
+        if step % 3 == 2:  # rotate every stream: sealed segments, a new open one
+            for sw in [*w._spans.values(), *w._counters.values()]:  # noqa: SLF001
+                sw.rotate()
+        if step == 5:
+            compact(run)  # sealed segments merged into Parquet parts under the cursor
+        assert tail.update()
+        _same(tail, run)
+        assert not tail.update()  # nothing new: nothing read
+    w.close()
+    tail.update()
+    _same(tail, run)
+    assert len(tail.spans) == 8 * 40 and tail.compatible()
+
+
+def test_dashboard_snapshot_of_a_live_run_is_the_tail(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    runs = tmp_path / "runs"
+    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=4)),
+                  rotate_s=3600, flush_s=3600)
+    w.write_spans(_spans(rng, [0, 1, 2, 3], 0, 50))
+    w.flush()
+    svc = DataService(str(runs), live_reload_s=0.0)
+    rd, snap = svc.snapshot("live")
+    assert len(snap.spans) == 50
+    w.write_spans(_spans(rng, [0, 1, 2, 3], 1, 30))
+    w.flush()
+    rd, snap = svc.snapshot("live")
+    pd.testing.assert_frame_equal(snap.spans, RunReader(runs / "live").spans())
+    assert rd._tail is not None and len(rd._tail.spans) == 80  # noqa: SLF001
+    w.close()

@@ -9,8 +9,8 @@ Metrics (per rank, the mean over the steps shown):
   (1.0 = like its peers; a straggler is above 1, a rank starved by one is below);
 - ``exposed``: communication not hidden under compute, as a share of the rank's step window
   (the overlap analysis' ``exposed_comm_ns`` over the bubble table's ``window_ns``);
-- ``comm_sms``: SMs held by communication kernels, the time mean over the step window (the SM
-  split's ``comm_sms_mean``).
+- ``comm_sms``: SMs held by communication kernels, the mean over the time they run in the step
+  (the SM split's ``comm_sms_mean``).
 
 ``bubble`` and ``busy`` need the per-step bubble table only (from the run's step results, or
 from the analyses of its spans); ``exposed`` and ``comm_sms`` need the step results'

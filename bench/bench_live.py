@@ -24,7 +24,8 @@ during the measurement:
    step-time series kept up from them (:class:`~profiler.steps.RunningKpis`) and the
    freshness verdict of every source -- then the dashboard's tick through ``--hook``
    (``module:function``, called as ``function(run_dir, new_results)``; the dashboard adds its
-   server's callbacks there and reports ``first_draw_ms`` per page).
+   server's callbacks there and reports ``first_draw_ms`` per page;
+   ``--hook live_dashboard_hook:tick`` is the dashboard's, ``bench/live_dashboard_hook.py``).
 
 Prints JSON: ``ranks``, ``minutes``, ``tick_p50_ms`` / ``tick_p95_ms`` at the first and last
 minute, ``rss_mb`` first / last (this process), and the engine's figures::
@@ -303,11 +304,14 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _hook(spec: str | None) -> Callable[[Path, dict[str, Any]], None] | None:
+def _hook(spec: str | None) -> tuple[Callable[[Path, dict[str, Any]], None] | None, Any]:
+    """(the hook's tick function, its module: a ``report(minutes)`` there is added to the
+    JSON as ``dashboard``)."""
     if not spec:
-        return None
+        return None, None
     mod, _, fn = spec.partition(":")
-    return getattr(importlib.import_module(mod), fn)  # type: ignore[no-any-return]
+    module = importlib.import_module(mod)
+    return getattr(module, fn), module
 
 
 def _engine(run: Path, t0: float, stop_s: float, tick_s: float, budget_s: float,
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             a.ideal_every, a.step_s, report))
     feeder.start()
     eng.start()
-    hook = _hook(a.hook)
+    hook, hook_module = _hook(a.hook)
     # a live view keeps the newest steps' rows (heatmaps, the newest timeline) and whole-run
     # numbers from what each update brings
     results = StepResults(run, keep=("steps", "bubbles", "overlap", "ideal"), window_steps=4)
@@ -442,6 +446,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "first_draw_ms": None,  # the dashboard's hook reports it (issue 10, items 5-7)
     }
+    if hook_module is not None and hasattr(hook_module, "report"):
+        dash = hook_module.report(a.minutes)
+        out["dashboard"] = dash
+        out["first_draw_ms"] = dash.get("first_draw_ms")
     if a.json:
         print(json.dumps(out, indent=2))
     else:

@@ -54,8 +54,12 @@ T = TypeVar("T")
 class RunData:
     """One run: its reader, its data so far and the results derived from it."""
 
-    def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24):
+    def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24,
+                 live_counters_s: float | None = 600.0):
         self.entry = entry
+        #: while the run is live, only this many seconds of its newest counters are kept
+        #: (None: all); a finished run is read whole
+        self.live_counters_s = live_counters_s
         self.run_id = entry.run_id
         self.reader = RunReader(entry.path)
         self.live_reload_s = live_reload_s
@@ -144,8 +148,11 @@ class RunData:
             if stale:
                 manifest = self.reader.refresh_manifest()
                 # what is new since the last read only (a long live run is not read again)
-                if self._tail is None or not self._tail.compatible():
-                    self._tail = RunTail(self.reader)
+                window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
+                          and manifest.status == "live" else None)
+                if (self._tail is None or not self._tail.compatible()
+                        or self._tail.counters_window_ns != window):
+                    self._tail = RunTail(self.reader, counters_window_ns=window)
                 self._tail.update()
                 spans, counters = self._tail.spans, self._tail.counters
                 version = hash((len(spans), len(counters), manifest.status,
@@ -271,6 +278,11 @@ class RunData:
     def steps_error(self) -> str | None:
         return self._steps_error
 
+    def counter_nodes(self, snap: Snapshot) -> list[str]:
+        """The nodes of the counters read so far (cached per data version)."""
+        return self.derived("counter_nodes", snap, lambda: sorted(
+            pd.unique(snap.counters["node"]).tolist()) if len(snap.counters) else [])
+
     def counters_since(self, ts_ns: int) -> pd.DataFrame:
         """Counter samples taken after ``ts_ns`` (reads only what is needed: the live path)."""
         return self.reader.counters(start_ns=int(ts_ns) + 1)
@@ -286,6 +298,8 @@ class DataService:
     runs_dir: str
     live_reload_s: float = 0.5
     prometheus: PromSource | None = field(default_factory=PromSource.from_env)
+    #: seconds of a live run's newest counters kept in memory (None: all; see RunData)
+    live_counters_s: float | None = 600.0
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -302,7 +316,8 @@ class DataService:
             rd = self._runs.get(entry.run_id)
             if rd is None or rd.entry.path != entry.path:
                 try:
-                    rd = RunData(entry, live_reload_s=self.live_reload_s)
+                    rd = RunData(entry, live_reload_s=self.live_reload_s,
+                                 live_counters_s=self.live_counters_s)
                 except DualscopeError as e:
                     raise self._public(e) from e
                 self._runs[entry.run_id] = rd

@@ -84,3 +84,32 @@ def test_dashboard_snapshot_of_a_live_run_is_the_tail(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(snap.spans, RunReader(runs / "live").spans())
     assert rd._tail is not None and len(rd._tail.spans) == 80  # noqa: SLF001
     w.close()
+
+
+def test_counter_window_keeps_the_newest_stretch_and_a_finished_run_is_read_whole(
+        tmp_path: Path) -> None:
+    """A live view keeps only the newest ``counters_window_ns`` of counters (memory flat
+    while agents write); those rows equal the full read's in that window; once the run is
+    finished the dashboard reads it whole again."""
+    rng = np.random.default_rng(5)
+    runs = tmp_path / "runs"
+    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=2)),
+                  rotate_s=3600, flush_s=3600)
+    tail = RunTail(RunReader(runs / "live"), counters_window_ns=2 * 10**9)
+    for step in range(6):  # each step's samples 1 s apart on the counter clock
+        w.write_spans(_spans(rng, [0, 1], step, 5))
+        for node in ("node0", "node1"):
+            w.counters(node).write(_counters(rng, node, step, 10))
+        w.flush()
+        tail.update()
+        full = RunReader(runs / "live").counters()
+        newest = int(full["ts_ns"].max())
+        want = full.loc[full["ts_ns"] >= newest - 2 * 10**9].reset_index(drop=True)
+        pd.testing.assert_frame_equal(tail.counters, want)
+    assert tail.counters["ts_ns"].min() >= 10**12 + 3 * 10**9
+    svc = DataService(str(runs), live_reload_s=0.0, live_counters_s=2.0)
+    _rd, snap = svc.snapshot("live")
+    assert len(snap.counters) == len(tail.counters) < 6 * 20
+    w.close()
+    _rd, snap = svc.snapshot("live")  # finished: every counter row
+    assert len(snap.counters) == 6 * 20 and len(snap.spans) == 30

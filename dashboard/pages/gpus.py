@@ -145,7 +145,7 @@ def render(svc: DataService, clock: ClockLike, group: str | None,
         ranks, steps = per_rank(bubbles, metric, last_steps=LAST_STEPS,
                                 live=snap.live and not from_steps,
                                 other=tables.get(need) if need else None)
-        nodes = sorted(snap.counters["node"].unique()) if len(snap.counters) else []
+        nodes = rd.counter_nodes(snap)
         rank_node = rank_node_map([int(r) for r in ranks["rank"]], nodes, rd.params(snap))
     except NoRun:
         return empty_figure("no run open"), "", ""

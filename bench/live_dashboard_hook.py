@@ -1,0 +1,129 @@
+"""The dashboard's live tick for ``bench/bench_live.py --hook bench.live_dashboard_hook:tick``.
+
+Each tick does in this process what one browser on a live run makes the dashboard server do
+once a second: the clock ticks; the header's freshness (``dashboard.status.status_outputs``);
+then every page's callback body as its Dash callback runs it, with its own redraw key
+(``render_if_changed``: a page whose data did not change is not drawn again; the Timeline's
+key check; the Links page's incremental ``extendData`` path with its cursor), followed by
+Dash's JSON serialisation of the outputs. The run is read through the app's own
+``DataService`` (the live snapshot reads only what is new, ``profiler.store.tail``; step
+results are followed from ``RUN/derived/steps``). Not included: HTTP and the browser's own
+drawing. ``report()`` gives per page the first draw (ms) and the ticks' p50 / p95 in the first
+and last minute, which ``bench_live.py`` adds to its JSON as ``dashboard``.
+
+``$DUALSCOPE_BENCH_PAGES`` (comma-separated, default every page): the pages a tick draws --
+one browser shows one page, so ``gpus`` alone is one operator on the cluster view; the
+default is six browsers, one on each page.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from dash._utils import to_json
+from dash.exceptions import PreventUpdate
+
+from dashboard import ids
+from dashboard.clock import next_clock
+from dashboard.data import DataService
+from dashboard.pages import gpus, links, overview, render_if_changed, sms, timeline
+from dashboard.pages.timeline import render_key
+from dashboard.status import FreshnessTracker, status_outputs
+
+PAGES = ("snapshot", "header", "gpus", "links", "sms", "timeline", "overview")
+_S: dict[str, Any] = {"t0": time.time(), "totals": []}
+
+
+def _time(page: str, fn: Any) -> None:
+    t = time.perf_counter()
+    try:
+        out = fn()
+        to_json(list(out) if isinstance(out, tuple) else out)
+    except PreventUpdate:
+        pass
+    ms = (time.perf_counter() - t) * 1e3
+    now = time.time() - _S["t0"]
+    _S["first"].setdefault(page, ms)
+    _S["ticks"].append((now, page, ms))
+
+
+def tick(run: Path, new: dict[str, Any]) -> None:
+    t_all = time.perf_counter()
+    _tick(run)
+    _S["totals"].append((time.time() - _S["t0"], (time.perf_counter() - t_all) * 1e3))
+
+
+def _tick(run: Path) -> None:
+    if not _S or "svc" not in _S:
+        svc = DataService(str(run.parent), live_reload_s=0.0, prometheus=None)
+        _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
+                  first={}, ticks=[])
+    svc: DataService = _S["svc"]
+    t = time.perf_counter()
+    rd, snap = svc.snapshot(run.name)  # the tick's read: what is new since the last
+    ms = (time.perf_counter() - t) * 1e3
+    _S["first"].setdefault("snapshot", ms)
+    _S["ticks"].append((time.time() - _S["t0"], "snapshot", ms))
+    info = {"run": run.name, "live": snap.live, "t0_ns": snap.t0_ns,
+            "duration_s": (snap.t1_ns - snap.t0_ns) / 1e9}
+    c = next_clock(_S["clock"], "open" if _S["clock"] is None else "tick", run_info=info)
+    _S["clock"] = clock = c.to_store()
+    last = _S["last"]
+
+    def keyed(name: str, render: Any, *inputs: Any) -> Any:
+        out = render_if_changed(svc, clock, last.get(name), render, *inputs)
+        last[name] = out[-1]
+        return out
+
+    def tl() -> Any:
+        key = render_key(svc, clock, "all", ["comm", "ideal"], None)
+        if key is not None and key == last.get("timeline"):
+            raise PreventUpdate
+        last["timeline"] = key
+        return timeline.render(svc, clock, None, "all", ["comm", "ideal"], None, ids.CLOCK, None)
+
+    def lk() -> Any:
+        out = links.render(svc, clock, _S.get("node"), "tx_bytes_per_s", _S["cursor"], ids.CLOCK)
+        _S["cursor"] = out[-1]
+        return out
+
+    if "node" not in _S:
+        nodes = sorted(snap.counters["node"].unique()) if len(snap.counters) else []
+        _S["node"] = str(nodes[0]) if nodes else None
+    want = set((os.environ.get("DUALSCOPE_BENCH_PAGES") or ",".join(PAGES)).split(","))
+    pages = {"header": lambda: status_outputs(_S["tracker"], clock),
+             "gpus": lambda: keyed("gpus", gpus.render, "pipeline", "bubble"),
+             "links": lk, "sms": lambda: keyed("sms", sms.render, "all", None),
+             "timeline": tl,
+             "overview": lambda: keyed("overview", overview.render, None, None, None)}
+    for name, fn in pages.items():
+        if name in want or name == "header":  # every page has the header
+            _time(name, fn)
+
+
+def report(minutes: float) -> dict[str, Any]:
+    """Per page: the first draw and the p50 / p95 of the ticks in the first and last minute
+    (ms); ``tick_ms`` the same for a whole dashboard tick (every page)."""
+    if not _S.get("totals"):
+        return {}
+    end = minutes * 60
+    out: dict[str, Any] = {"first_draw_ms": {k: round(v, 1) for k, v in _S["first"].items()}}
+    per: dict[str, Any] = {}
+    for page in PAGES:
+        xs = [(t, ms) for t, p, ms in _S["ticks"] if p == page]
+        first = [ms for t, ms in xs if t < 60]
+        last = [ms for t, ms in xs if t >= end - 60]
+        per[page] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
+                         "p95": round(float(np.percentile(v, 95)), 1)} if v else None
+                     for w, v in (("first", first), ("last", last))}
+    out["pages_ms"] = per
+    tot = _S["totals"]
+    out["tick_ms"] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
+                          "p95": round(float(np.percentile(v, 95)), 1)} if v else None
+                      for w, v in (("first", [ms for t, ms in tot if t < 60]),
+                                   ("last", [ms for t, ms in tot if t >= end - 60]))}
+    return out

@@ -55,11 +55,13 @@ class RunData:
     """One run: its reader, its data so far and the results derived from it."""
 
     def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24,
-                 live_counters_s: float | None = 600.0):
+                 live_counters_s: float | None = 600.0,
+                 live_counter_rows: int | None = 2_000_000):
         self.entry = entry
-        #: while the run is live, only this many seconds of its newest counters are kept
-        #: (None: all); a finished run is read whole
+        #: while the run is live, only this many seconds of its newest counters are kept, and
+        #: at most this many rows (None: no limit); a finished run is read whole
         self.live_counters_s = live_counters_s
+        self.live_counter_rows = live_counter_rows
         self.run_id = entry.run_id
         self.reader = RunReader(entry.path)
         self.live_reload_s = live_reload_s
@@ -148,11 +150,15 @@ class RunData:
             if stale:
                 manifest = self.reader.refresh_manifest()
                 # what is new since the last read only (a long live run is not read again)
+                live = manifest.status == "live"
                 window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
-                          and manifest.status == "live" else None)
+                          and live else None)
+                rows = self.live_counter_rows if live else None
                 if (self._tail is None or not self._tail.compatible()
-                        or self._tail.counters_window_ns != window):
-                    self._tail = RunTail(self.reader, counters_window_ns=window)
+                        or (self._tail.counters_window_ns, self._tail.counters_max_rows)
+                        != (window, rows)):
+                    self._tail = RunTail(self.reader, counters_window_ns=window,
+                                         counters_max_rows=rows)
                 self._tail.update()
                 spans, counters = self._tail.spans, self._tail.counters
                 version = hash((len(spans), len(counters), manifest.status,
@@ -298,8 +304,9 @@ class DataService:
     runs_dir: str
     live_reload_s: float = 0.5
     prometheus: PromSource | None = field(default_factory=PromSource.from_env)
-    #: seconds of a live run's newest counters kept in memory (None: all; see RunData)
+    #: seconds and rows of a live run's newest counters kept in memory (None: all; RunData)
     live_counters_s: float | None = 600.0
+    live_counter_rows: int | None = 2_000_000
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -317,7 +324,8 @@ class DataService:
             if rd is None or rd.entry.path != entry.path:
                 try:
                     rd = RunData(entry, live_reload_s=self.live_reload_s,
-                                 live_counters_s=self.live_counters_s)
+                                 live_counters_s=self.live_counters_s,
+                                 live_counter_rows=self.live_counter_rows)
                 except DualscopeError as e:
                     raise self._public(e) from e
                 self._runs[entry.run_id] = rd

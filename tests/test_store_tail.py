@@ -107,6 +107,13 @@ def test_counter_window_keeps_the_newest_stretch_and_a_finished_run_is_read_whol
         want = full.loc[full["ts_ns"] >= newest - 2 * 10**9].reset_index(drop=True)
         pd.testing.assert_frame_equal(tail.counters, want)
     assert tail.counters["ts_ns"].min() >= 10**12 + 3 * 10**9
+    capped = RunTail(RunReader(runs / "live"), counters_max_rows=25)
+    capped.update()  # 20 rows per step: the newest 25 rows are the last step and 5 of the one
+    full = RunReader(runs / "live").counters()  # before, whose samples share times: that
+    edge = np.sort(full["ts_ns"].to_numpy())[-25]  # time is dropped whole, not split
+    want = full.loc[full["ts_ns"] > edge].reset_index(drop=True)
+    pd.testing.assert_frame_equal(capped.counters, want)
+    assert len(capped.counters) <= 25
     svc = DataService(str(runs), live_reload_s=0.0, live_counters_s=2.0)
     _rd, snap = svc.snapshot("live")
     assert len(snap.counters) == len(tail.counters) < 6 * 20

@@ -12,8 +12,9 @@ What differs from reading again: rows that were read stay, even if their segment
 deleted afterwards (a capture schedule's pruning, issue 10 item 3); a change of the manifest's
 clock offsets (an alignment applied) is not incremental: :meth:`RunTail.compatible` then says
 so and the caller starts a new tail. With ``counters_window_ns`` only the counter rows of that
-last stretch of the run's counter clock are kept (a live view's memory stays flat while agents
-write ~3,200 rows a second per node; the full read equals the tail's rows in that window).
+last stretch of the run's counter clock are kept, and with ``counters_max_rows`` at most that
+many (the newest): a live view's memory stays flat while agents write ~3,200 rows a second
+per node (the full read equals the tail's rows in that window).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ class _Kind:
     """One kind (spans or counters): the frame so far, the stream key of each row, the
     cursor."""
 
-    def __init__(self, kind: str, window_ns: int | None = None) -> None:
+    def __init__(self, kind: str, window_ns: int | None = None,
+                 max_rows: int | None = None) -> None:
         self.kind = kind
         self.window_ns = window_ns
+        self.max_rows = max_rows
         self.cursor = Cursor()
         self.frame: pd.DataFrame | None = None
         self.keys = np.zeros(0, dtype=np.int64)  # per row: the stream's sort key
@@ -74,10 +77,15 @@ class _Kind:
         else:
             frame = pd.concat([self.frame, new], ignore_index=True)
             keys = np.concatenate([self.keys, new_keys])
-        if self.window_ns is not None and len(frame):
+        if (self.window_ns is not None or self.max_rows is not None) and len(frame):
             ts = frame["ts_ns"].to_numpy()
-            keep = ts >= int(ts.max()) - self.window_ns
-            if not keep.all():
+            low = int(ts.max()) - self.window_ns if self.window_ns is not None else None
+            if self.max_rows is not None and len(ts) > self.max_rows:
+                # the newest max_rows samples (ties at the edge are dropped together)
+                edge = int(np.partition(ts, len(ts) - self.max_rows)[len(ts) - self.max_rows])
+                low = edge + 1 if low is None else max(low, edge + 1)
+            keep = ts >= low if low is not None else None
+            if keep is not None and not keep.all():
                 frame, keys = frame.loc[keep].reset_index(drop=True), keys[keep]
         if len(keys) > 1 and (np.diff(keys) < 0).any():
             order = np.argsort(keys, kind="stable")
@@ -90,14 +98,17 @@ class _Kind:
 class RunTail:
     """The spans and counters of a run read so far (module doc). ``update()`` reads what is
     new and says whether anything was; ``spans`` / ``counters`` are the frames.
-    ``counters_window_ns``: keep only the counters of the newest that many ns (None: all)."""
+    ``counters_window_ns``: keep only the counters of the newest that many ns;
+    ``counters_max_rows``: and at most that many, the newest (None: no limit)."""
 
-    def __init__(self, reader: RunReader, *, counters_window_ns: int | None = None) -> None:
+    def __init__(self, reader: RunReader, *, counters_window_ns: int | None = None,
+                 counters_max_rows: int | None = None) -> None:
         self.reader = reader
         self.offsets = _offsets_key(reader)
         self.counters_window_ns = counters_window_ns
+        self.counters_max_rows = counters_max_rows
         self._spans = _Kind("spans")
-        self._counters = _Kind("counters", counters_window_ns)
+        self._counters = _Kind("counters", counters_window_ns, counters_max_rows)
 
     def compatible(self) -> bool:
         """Whether the manifest's clock offsets are still those this tail read with (else

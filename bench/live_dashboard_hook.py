@@ -59,7 +59,7 @@ def tick(run: Path, new: dict[str, Any]) -> None:
 
 def _tick(run: Path) -> None:
     if not _S or "svc" not in _S:
-        svc = DataService(str(run.parent), live_reload_s=0.0, prometheus=None)
+        svc = DataService(str(run.parent), prometheus=None)  # the app's defaults
         _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
                   first={}, ticks=[])
     svc: DataService = _S["svc"]

@@ -67,7 +67,6 @@ class RunData:
         self.live_reload_s = live_reload_s
         self._lock = threading.RLock()
         self._snap: Snapshot | None = None
-        self._sig: tuple[Any, ...] = ()
         self._loaded_at = -1e18
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._cache_size = cache_size
@@ -75,6 +74,7 @@ class RunData:
         #: same way, so they are not read again (a damaged run costs one stat per file)
         self._failed: tuple[tuple[Any, ...], DualscopeError] | None = None
         self._tail: RunTail | None = None
+        self._generation = 0
         self._steps: StepResults | None = None
         self._steps_sig: tuple[Any, ...] = ()
         self._steps_error: str | None = None
@@ -134,44 +134,34 @@ class RunData:
                 raise err from e
 
     def _read(self) -> Snapshot:
+        """The snapshot: read whole the first time, then (a live run, at most every
+        ``live_reload_s``) only what is new: the tail's cursors find it, one small read per
+        stream, so nothing scales with the number of segment files a long run has written."""
         with self._lock:
             now = time.monotonic()
-            stale = self._snap is None or (
-                self._snap.live and now - self._loaded_at >= self.live_reload_s)
-            if stale and self._snap is not None:
-                sig = self.files_signature()
-                if sig == self._sig:
-                    self._loaded_at = now
-                    stale = False
-                else:
-                    self._sig = sig
-            elif stale:
-                self._sig = self.files_signature()
-            if stale:
-                manifest = self.reader.refresh_manifest()
-                # what is new since the last read only (a long live run is not read again)
-                live = manifest.status == "live"
-                window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
-                          and live else None)
-                rows = self.live_counter_rows if live else None
-                if (self._tail is None or not self._tail.compatible()
-                        or (self._tail.counters_window_ns, self._tail.counters_max_rows)
-                        != (window, rows)):
-                    self._tail = RunTail(self.reader, counters_window_ns=window,
-                                         counters_max_rows=rows)
-                self._tail.update()
-                spans, counters = self._tail.spans, self._tail.counters
-                version = hash((len(spans), len(counters), manifest.status,
-                                int(spans["end_ns"].max()) if len(spans) else 0))
-                if self._snap is None or version != self._snap.version:
-                    t0, t1 = time_bounds(spans, counters)
-                    self._snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1)
-                elif manifest.status != self._snap.manifest.status:
-                    self._snap = Snapshot(self.run_id, manifest, self._snap.spans,
-                                          self._snap.counters, version, self._snap.t0_ns,
-                                          self._snap.t1_ns)
-                self._loaded_at = now
-            assert self._snap is not None
+            if self._snap is not None and not (
+                    self._snap.live and now - self._loaded_at >= self.live_reload_s):
+                return self._snap
+            manifest = self.reader.refresh_manifest()
+            live = manifest.status == "live"
+            window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
+                      and live else None)
+            rows = self.live_counter_rows if live else None
+            if (self._tail is None or not self._tail.compatible()
+                    or (self._tail.counters_window_ns, self._tail.counters_max_rows)
+                    != (window, rows)):
+                self._tail = RunTail(self.reader, counters_window_ns=window,
+                                     counters_max_rows=rows)
+            if self._tail.update():
+                self._generation += 1
+            spans, counters = self._tail.spans, self._tail.counters
+            # the tail's generation: a capped frame can change at a constant length
+            version = hash((self._generation, id(self._tail), len(spans), len(counters),
+                            manifest.status))
+            if self._snap is None or version != self._snap.version:
+                t0, t1 = time_bounds(spans, counters)
+                self._snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1)
+            self._loaded_at = now
             return self._snap
 
     def derived(self, name: str, snap: Snapshot, fn: Callable[[], T],

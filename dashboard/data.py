@@ -70,6 +70,7 @@ class RunData:
         self._loaded_at = -1e18
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._cache_size = cache_size
+        self._inflight: dict[tuple[Any, ...], threading.Event] = {}
         #: the files signature and error of the last failed read: the same files fail the
         #: same way, so they are not read again (a damaged run costs one stat per file)
         self._failed: tuple[tuple[Any, ...], DualscopeError] | None = None
@@ -169,23 +170,39 @@ class RunData:
         """``fn()`` memoised per (name, key) and data version. While a run is live, a value
         computed less than ``3 x`` its own compute time ago is reused even though the data
         grew, so an expensive view of a big live run refreshes less often instead of falling
-        behind (a small run recomputes on every tick)."""
+        behind (a small run recomputes on every tick). One computation per key at a time:
+        while one thread computes it, the others take the value it replaces (a live run) or
+        wait for it, instead of computing the same thing again (several callbacks of one tick
+        ask for the same analyses; computing them three times at once made each take 3x)."""
         k = (name, *key)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(k)
-            if hit is not None:
-                version, at, cost, value = hit
-                if version == snap.version or (snap.live and now - at < 3 * cost):
-                    self._cache.move_to_end(k)
-                    return value
-        t = time.monotonic()
-        value = fn()
-        cost = time.monotonic() - t
-        with self._lock:
-            self._cache[k] = (snap.version, time.monotonic(), cost, value)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                hit = self._cache.get(k)
+                if hit is not None:
+                    version, at, cost, value = hit
+                    if version == snap.version or (snap.live and now - at < 3 * cost):
+                        self._cache.move_to_end(k)
+                        return value  # type: ignore[no-any-return]
+                running = self._inflight.get(k)
+                if running is None:
+                    mine = self._inflight[k] = threading.Event()
+                    break
+                if hit is not None and snap.live:
+                    return hit[3]  # type: ignore[no-any-return]  # being refreshed
+            running.wait()  # the same value for this data: take it when it is there
+        try:
+            t = time.monotonic()
+            value = fn()
+            cost = time.monotonic() - t
+            with self._lock:
+                self._cache[k] = (snap.version, time.monotonic(), cost, value)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._inflight.pop(k, None)
+            mine.set()
         return value
 
     # -- derived ------------------------------------------------------------------------

@@ -269,3 +269,27 @@ def test_sm_binned_averages_over_ranks() -> None:
     out = sm_binned(series, None, 0, 10_000, 0, bins=2)
     np.testing.assert_allclose(out["comm_sms"], [15, 15])
     np.testing.assert_allclose(sm_binned(series, [1], 0, 10_000, 0, bins=2)["compute_sms"], [50, 50])
+
+
+def test_derived_computes_one_value_at_a_time(svc: DataService) -> None:
+    """Callbacks of one tick asking for the same derived value at once: one computes it, the
+    others wait and take it (an offline run); nothing is computed twice."""
+    import threading
+    import time
+
+    rd, snap = svc.snapshot("small")
+    calls: list[int] = []
+
+    def slow() -> int:
+        calls.append(1)
+        time.sleep(0.3)
+        return 42
+
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(rd.derived("slow", snap, slow)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [42] * 4 and len(calls) == 1

@@ -8,7 +8,7 @@ A range query's matrix is decoded straight into :class:`Series` structs whose sa
 points, where orjson's generic objects took 0.13-0.26 s and their string values another
 0.07 s to parse). Prometheus writes values as strings; ``"NaN"`` and numbers are read as
 floats by the typed decoder, ``"+Inf"`` / ``"-Inf"`` are not, so an answer holding one is
-decoded a second time with string values (the rare path, same result)."""
+decoded a second time by orjson (the rare path, same result)."""
 
 from __future__ import annotations
 
@@ -41,22 +41,7 @@ class _MatrixDoc(msgspec.Struct):
     data: _Matrix = msgspec.field(default_factory=_Matrix)
 
 
-class _TextSeries(msgspec.Struct):
-    metric: dict[str, str] = {}
-    values: list[tuple[float, str]] = []
-
-
-class _TextMatrix(msgspec.Struct):
-    result: list[_TextSeries] = []
-
-
-class _TextMatrixDoc(msgspec.Struct):
-    status: str
-    data: _TextMatrix = msgspec.field(default_factory=_TextMatrix)
-
-
 _MATRIX = msgspec.json.Decoder(_MatrixDoc, strict=False)  # lax: "1.5e9" and "NaN" -> float
-_TEXT_MATRIX = msgspec.json.Decoder(_TextMatrixDoc)
 
 
 def _matrix(raw: bytes) -> list[Series] | None:
@@ -66,13 +51,15 @@ def _matrix(raw: bytes) -> list[Series] | None:
         return doc.data.result if doc.status == "success" else None
     except msgspec.DecodeError:
         pass
-    try:  # "+Inf" / "-Inf" values (or not a matrix at all)
-        text = _TEXT_MATRIX.decode(raw)
-    except msgspec.DecodeError:
+    try:  # "+Inf" / "-Inf" values (or not a matrix at all): the generic decode
+        generic = orjson.loads(raw)
+        if not isinstance(generic, dict) or generic.get("status") != "success":
+            return None
+        return [Series(dict(s.get("metric") or {}), [(float(t), float(v)) for t, v in
+                                                     s.get("values") or []])
+                for s in (generic.get("data") or {}).get("result") or []]
+    except (ValueError, TypeError, AttributeError):
         return None
-    if text.status != "success":
-        return None
-    return [Series(s.metric, [(t, float(v)) for t, v in s.values]) for s in text.data.result]
 
 
 class PromError(Exception):

@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import gzip
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,7 +47,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from profiler.counters import IB, NVLINK_LINK, device_kind, ib_port, link_index
-from profiler.errors import InputError
+from profiler.metrics_http import MetricsServer
 
 from .metrics import METRICS, lookup
 from .metrics import Metric as MetricSpec
@@ -110,15 +107,6 @@ def declared_comm_sms(caps: Mapping[str, int | str]) -> tuple[float, str] | None
     if not parts:
         return None
     return float(sum(v for v, _ in parts)), "+".join(k for _, k in parts)
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
-        pass
 
 
 class Exporter:
@@ -283,34 +271,18 @@ class Exporter:
         return [body]
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        try:
-            info = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
-                                      flags=socket.AI_PASSIVE)[0]
-            family, sockaddr = info[0], info[4]  # IPv6 addresses need an AF_INET6 server
-            server_class = type("_Server", (_Server,), {"address_family": family})
-            self._server = make_server(str(sockaddr[0]), port, self._app, server_class,
-                                       handler_class=_Quiet)
-        except OSError as e:
-            raise InputError(f"cannot serve /metrics on {addr}:{port} ({e.strerror or e}); "
-                             "pass another --metrics-port (0 picks a free one) or "
-                             "--metrics-addr") from None
-        threading.Thread(target=self._server.serve_forever, name="dualscope-metrics",
-                         daemon=True).start()
-        self.port = int(self._server.server_port)
+        self._server = MetricsServer(self._app, port, addr)
+        self.port = self._server.port
         self.addr = addr
         return self.port
 
     @property
     def url(self) -> str | None:
-        if self.port is None:
-            return None
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return f"http://{host}:{self.port}/metrics"
+        return None if self._server is None else self._server.url
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
 
     # -- labels --------------------------------------------------------------------------------

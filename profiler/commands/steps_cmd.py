@@ -3,9 +3,14 @@ the live step engine does while a run trains) and print the run's headline numbe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ..report import print_json, print_table
+
+if TYPE_CHECKING:
+    from ..steps import StepEngine
 
 __all__ = ["command"]
 
@@ -63,36 +68,21 @@ def command(run: str, final: bool, ideal_every: int, as_json: bool, follow: bool
     click.echo(f"straggler ranks (any step): {head['straggler_ranks'] or 'none'}")
 
 
-def _follow(engine: object, run: str, interval: float, port: int | None, addr: str,
+def _follow(engine: StepEngine, run: str, interval: float, port: int | None, addr: str,
             as_json: bool) -> None:
     """``--follow``: update until the run ends or a signal; serve /metrics when asked."""
     import signal
     import threading
 
-    from ..errors import InputError
-    from ..steps import StepEngine
+    from ..metrics_http import MetricsServer
     from ..steps.exporter import StepSeries
     from ..steps.follow import follow
 
-    assert isinstance(engine, StepEngine)
     series = StepSeries()
     server = None
     if port is not None:
-        from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-        class _Quiet(WSGIRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # no access log
-                pass
-
-        try:
-            server = make_server(addr, port, series.wsgi_app(), handler_class=_Quiet)
-        except OSError as e:
-            raise InputError(f"cannot serve /metrics on {addr}:{port} ({e.strerror or e}); "
-                             "pass another --metrics-port (0 picks a free one)") from None
-        threading.Thread(target=server.serve_forever, name="dualscope-steps-metrics",
-                         daemon=True).start()
-        host = f"[{addr}]" if ":" in addr else addr
-        click.echo(f"http://{host}:{server.server_port}/metrics", nl=True)
+        server = MetricsServer(series.wsgi_app(), port, addr, name="dualscope-steps-metrics")
+        click.echo(server.url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -112,6 +102,5 @@ def _follow(engine: object, run: str, interval: float, port: int | None, addr: s
         why = follow(engine, interval_s=interval, stop=stop, on_update=on_update)
     finally:
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.close()
     click.echo(f"{run}: stopped following ({why})")

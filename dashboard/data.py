@@ -10,8 +10,8 @@ the data's version, so a finished run is analysed once and a live run once per c
 
 A run's per-step results (``RUN/derived/steps``, written by its one step engine: ``dualscope
 steps``, ``--follow`` beside a live job, or ``import --trace-every``) are followed by
-:meth:`RunData.step_tables`: read incrementally (a cursor per table, only when the derived
-files changed), so whole-run views that use them cost O(steps x ranks), not O(spans).
+:meth:`RunData.step_tables`: read incrementally (a cursor per table, asked at most every
+``live_reload_s``), so whole-run views that use them cost O(steps x ranks), not O(spans).
 
 Modes share one code path: every view asks for data *up to a cutoff*. Live and offline use no
 cutoff (everything read so far); replay uses the virtual clock's time, so replay is live mode
@@ -77,7 +77,7 @@ class RunData:
         self._tail: RunTail | None = None
         self._generation = 0
         self._steps: StepResults | None = None
-        self._steps_sig: tuple[Any, ...] = ()
+        self._steps_at = -1e18
         self._steps_error: str | None = None
 
     @property
@@ -251,38 +251,24 @@ class RunData:
 
         return self.derived("timeline_index", snap, run)
 
-    def _derived_signature(self) -> tuple[Any, ...]:
-        """Names, sizes and mtimes of the step results' segments (empty: none)."""
-        sig: list[Any] = []
-        try:
-            tables = sorted(os.scandir(self.entry.path / DERIVED), key=lambda e: e.name)
-        except OSError:
-            return ()
-        for t in tables:
-            if not t.is_dir():
-                continue
-            with contextlib.suppress(OSError):
-                for f in os.scandir(t.path):
-                    st = f.stat()
-                    sig.append((t.name, f.name, st.st_size, st.st_mtime_ns))
-        return tuple(sorted(sig))
-
     def step_tables(self, cutoff_ns: int | None = None) -> dict[str, pd.DataFrame]:
         """The run's committed step results (:data:`profiler.steps.TABLES`; tables without
         rows left out), with ``cutoff_ns`` only the steps that ended by then (replay). Read
-        incrementally: new rows only, and only when the derived files changed. ``{}`` when the
-        run has none (or they cannot be read: :attr:`steps_error` says why)."""
+        incrementally: new rows only, the results' cursors asked at most every
+        ``live_reload_s`` (O(tables), whatever the run's length). ``{}`` when the run has none
+        (or they cannot be read: :attr:`steps_error` says why)."""
         with self._lock:
-            sig = self._derived_signature()
-            if sig and sig != self._steps_sig:
+            now = time.monotonic()
+            if now - self._steps_at >= self.live_reload_s:
+                self._steps_at = now
                 try:
-                    if self._steps is None:
+                    if self._steps is None and (self.entry.path / DERIVED).is_dir():
                         self._steps = StepResults(self.entry.path)
-                    self._steps.update()
-                    self._steps_error = None
+                    if self._steps is not None:
+                        self._steps.update()
+                        self._steps_error = None
                 except (DualscopeError, OSError, ArrowException, ValueError) as e:
                     self._steps, self._steps_error = None, f"step results: {e}"
-                self._steps_sig = sig
             if self._steps is None:
                 return {}
             return {k: v for k, v in self._steps.tables(cutoff_ns).items() if len(v)}

@@ -9,8 +9,10 @@ every ``min_interval_s``. With a Prometheus (``dualscope dashboard --prometheus`
 sources are its agents' newest samples (:meth:`~dashboard.promsource.PromSource.agents`,
 judged by the same :func:`~profiler.freshness.assess`), so a 256-node job's header does not
 stat 256 counter streams; a node Prometheus does not know keeps its files' verdict, and when
-Prometheus fails the header says so and shows the files' verdicts. The run's median step time (for "STALE after max(10 s, 3 step
-times)") and its newest step come from the data read so far, cached per data version.
+Prometheus fails the header says so and shows the files' verdicts. The run's median step
+time (for "STALE after max(10 s, 3 step times)") is its step results' (``step_times``, the
+whole-run KPIs' definition) when it has them, else from the spans read so far (cached per data
+version); the newest step is the spans'.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from profiler.freshness import (
     assess,
     process_alive,
 )
+from profiler.steps import step_times
 
 from . import ids
 from .clock import ClockLike, as_clock
@@ -97,23 +100,6 @@ def step_stats(spans: pd.DataFrame) -> tuple[float | None, int | None]:
     return (float(np.median(dur)) if len(dur) else None), newest
 
 
-def step_time_from_results(steps: pd.DataFrame) -> float | None:
-    """The median step time (s) of the run's step results (``steps`` table: per pipeline and
-    step its window): the cadence of the step windows (the earliest window start of a step to
-    the next step's), O(steps). :func:`step_stats` takes the spans' first starts instead; the
-    two differ by the windows' rule (a window starts where its pipeline's previous one ended),
-    a few % on the bundled reference run, which the STALE limit (3 step times) does not
-    notice."""
-    if len(steps) == 0:
-        return None
-    first = steps.groupby("step", sort=True)["window_start_ns"].min()
-    idx = first.index.to_numpy()
-    nxt = np.diff(idx) == 1
-    dur = np.diff(first.to_numpy(dtype=np.float64))[nxt] / 1e9
-    dur = dur[dur > 0]
-    return float(np.median(dur)) if len(dur) else None
-
-
 class FreshnessTracker:
     """The freshness of the runs the app shows: one observer per run, an assessment at most
     every ``min_interval_s`` per run (every browser's tick shares it). ``check_process``:
@@ -146,8 +132,9 @@ class FreshnessTracker:
         """The freshness of ``run_id`` now (errors as :meth:`DataService.snapshot`)."""
         rd, snap = self.svc.snapshot(run_id)
         results = rd.step_tables()
-        if "steps" in results:  # O(steps): the run's step results, when it has them
-            step_time = step_time_from_results(results["steps"])
+        if "bubbles" in results:  # O(ranks x steps): the run's step results' step time
+            times = step_times(results["bubbles"])["step_time_s"]
+            step_time = float(times.median()) if len(times) else None
             steps = snap.spans["step"].to_numpy() if len(snap.spans) else np.zeros(0)
             newest = int(steps.max()) if len(steps) and steps.max() >= 0 else None
         else:

@@ -82,16 +82,15 @@ def per_rank(bubbles: pd.DataFrame | None, metric: str, *, last_steps: int = 10,
         b = b.assign(v=(b["busy_ns"] / med.where(med > 0)).astype("float64"))
     elif metric in ("exposed", "comm_sms"):
         col = "exposed_comm_ns" if metric == "exposed" else "comm_sms_mean"
-        o = (other if other is not None and col in other else
-             pd.DataFrame({"rank": [], "step": [], col: []}))
-        o = o.loc[:, ["rank", "step", col]].astype({"rank": "int64", "step": "int64"})
-        b = b.astype({"rank": "int64", "step": "int64"}).merge(o, on=["rank", "step"],
-                                                                how="left")
-        v = b[col].astype("float64")
-        if metric == "exposed":
-            win = b["window_ns"].astype("float64") if "window_ns" in b else np.nan
-            v = v / win.where(win > 0) if isinstance(win, pd.Series) else v * np.nan
-        b = b.assign(v=v)
+        if other is None or col not in other or (metric == "exposed" and "window_ns" not in b):
+            b = b.assign(v=np.nan)
+        else:
+            b = b.merge(other[["rank", "step", col]], on=["rank", "step"], how="left")
+            v = b[col].astype("float64")
+            if metric == "exposed":
+                win = b["window_ns"].astype("float64")
+                v = v / win.where(win > 0)
+            b = b.assign(v=v)
     else:
         b = b.assign(v=b["bubble_ratio"].astype("float64"))
     g = b.groupby("rank", sort=True)

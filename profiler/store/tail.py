@@ -49,12 +49,12 @@ class _Kind:
         self.cursor = Cursor()
         self.frame: pd.DataFrame | None = None
         self.keys = np.zeros(0, dtype=np.int64)  # per row: the stream's sort key
-        self.streams: list[str] = []  # counters: known streams in name order (key = index)
+        self.streams: dict[str, int] = {}  # counters: stream -> its position in name order
 
     def _key(self, stream: str, n: int) -> np.ndarray:
         if self.kind == "spans":  # spans/rank-00003: the rank, as the full read orders them
             return np.full(n, int(stream.rsplit("-", 1)[1]), dtype=np.int64)
-        return np.full(n, self.streams.index(stream), dtype=np.int64)
+        return np.full(n, self.streams[stream], dtype=np.int64)
 
     def update(self, reader: RunReader) -> bool:
         reads, self.cursor = reader.read_since(self.cursor, kind=self.kind)
@@ -62,11 +62,13 @@ class _Kind:
         if not reads:
             return False
         if self.kind == "counters":
-            names = sorted(set(self.streams) | {r.stream for r in reads})
-            if names != self.streams:  # a new stream between known ones: renumber
-                remap = np.array([names.index(s) for s in self.streams], dtype=np.int64)
+            new_names = {r.stream for r in reads} - self.streams.keys()
+            if new_names:  # a new stream, maybe between known ones: renumber
+                pos = {s: i for i, s in enumerate(sorted([*self.streams, *new_names]))}
+                by_old = sorted(self.streams.items(), key=lambda kv: kv[1])
+                remap = np.array([pos[s] for s, _ in by_old], dtype=np.int64)
                 self.keys = remap[self.keys] if len(self.keys) else self.keys
-                self.streams = names
+                self.streams = pos
         schema = SPAN_SCHEMA if self.kind == "spans" else COUNTER_SCHEMA
         tables = [r.table for r in reads]
         new = to_pandas(concat(tables, schema))

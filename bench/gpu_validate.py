@@ -77,9 +77,12 @@ def step_env(ctx: Ctx) -> None:
                            "clocks.max.sm,power.limit", "--format=csv,noheader"],
             timeout=30, ok_rc=False).strip()
     missing = [k for k, v in info["packages"].items() if v is None]
-    ctx.check("deps_importable", not missing,
-              f"missing: {missing} (carry wheels, docs/gpu-validation.md)" if missing else
-              "torch, orjson, pyarrow, pandas, numpy, click, prometheus_client, pynvml")
+    broken = {cmd: err for cmd, err in info.get("commands", {}).items() if err}
+    ctx.check("deps_importable", not missing and not broken,
+              f"missing: {missing}; commands that do not import: {broken} "
+              "(carry wheels, docs/gpu-validation.md)" if missing or broken else
+              f"{', '.join(info['packages'])}; the modules of "
+              f"{', '.join(info.get('commands', {}))} import")
     ctx.check("torch_pipelining", info["dualpipev"],
               f"torch {info['packages'].get('torch')}: ScheduleDualPipeV "
               f"{'importable' if info['dualpipev'] else 'missing (reference run needs torch >= 2.9)'}")

@@ -45,7 +45,8 @@ def worker_env() -> dict[str, Any]:
         except Exception:
             pkgs[mod] = None
     out: dict[str, Any] = {"python": platform.python_version(), "host": socket.gethostname(),
-                           "packages": pkgs, "cuda": None, "dualpipev": False}
+                           "packages": pkgs, "cuda": None, "dualpipev": False,
+                           "commands": _command_modules()}
     try:
         from torch.distributed.pipelining import ScheduleDualPipeV  # noqa: F401
         out["dualpipev"] = True
@@ -62,6 +63,31 @@ def worker_env() -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 out["cuda"]["nccl"] = str(torch.cuda.nccl.version())
     return out
+
+
+#: the CLI commands the kit drives (bench/gpu_validate.py)
+KIT_COMMANDS = ("probe", "run-reference", "import", "info", "analyze")
+
+
+def _command_modules() -> dict[str, str | None]:
+    """Import the module behind each command the kit drives, as ``python -m dualscope CMD``
+    would: command -> None, or the error (a missing module is named). The package list above
+    cannot know every third-party module the project imports (msgspec was missing on the
+    first H200 run, 2026-12-04, and passed that list)."""
+    import importlib
+
+    res: dict[str, str | None] = {}
+    try:
+        from dualscope.cli import COMMANDS
+    except Exception as e:  # noqa: BLE001 - recorded, the check names it
+        return {"dualscope.cli": f"{type(e).__name__}: {e}"}
+    for cmd in KIT_COMMANDS:
+        try:
+            importlib.import_module(COMMANDS[cmd].split(":")[0])
+            res[cmd] = None
+        except Exception as e:  # noqa: BLE001 - recorded, the check names it
+            res[cmd] = f"{type(e).__name__}: {e}"
+    return res
 
 
 def worker_nvml_cost(repeat: int) -> dict[str, Any]:

@@ -88,7 +88,8 @@ def test_demo_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     samples = demo_cmd.samples_dir()
     assert (samples / "README.md").exists()
     names = demo_cmd.prepare_runs_dir(tmp_path / "r", samples)
-    assert set(names) == {"synthetic-dsv3-pp16-ep64", "reference-cpu-pp2-ep2-dualpipev"}
+    assert set(names) == {"synthetic-dsv3-pp16-ep64", "reference-cpu-pp2-ep2-dualpipev",
+                          "reference-h200-pp1-ep1-dualpipev"}
     assert demo_cmd.prepare_runs_dir(tmp_path / "r", samples) == names  # idempotent
     argv, name = demo_cmd.live_command(tmp_path, 5)
     import importlib.util

@@ -6,6 +6,7 @@ The real GPU run is docs/gpu-validation.md's; CI has no GPU."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -106,3 +107,20 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path) -> None:
     (tmp_path / "old.txt").write_text("x")
     r = _run(tmp_path, timeout=30)
     assert r.returncode == 2 and "not empty" in r.stderr
+
+
+def test_env_names_a_module_the_commands_cannot_import(tmp_path) -> None:
+    """The first H200 run (2026-12-04) passed ``deps_importable`` with msgspec absent, then
+    every CLI step failed on it: the check must import what the commands import."""
+    shadow = tmp_path / "no-msgspec" / "msgspec"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'msgspec'\", name='msgspec')\n")
+    out = tmp_path / "val"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--dry-run", "--only", "env"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(shadow.parent)})
+    s = json.loads((out / "summary.json").read_text())
+    check = {c["name"]: c for c in s["checks"]}["deps_importable"]
+    assert r.returncode == 1 and check["status"] == "fail", (check, r.stdout[-2000:])
+    assert "msgspec" in check["detail"] and "import" in check["detail"]

@@ -326,11 +326,14 @@ class NvmlCollector(CollectorBase):
             if back.any():
                 for g in self._gpus:
                     if back[g.sl].any():
-                        part = "nvml" if g.devices[int(np.flatnonzero(back[g.sl])[0])] == \
-                            PCIE else "nvlink"
-                        self._board.note(part, f"reset{g.index}", f"gpu {g.index}: a "
-                                         "cumulative counter went backwards (reset); that "
-                                         "interval is NaN, never traffic")
+                        k = int(np.flatnonzero(back[g.sl])[0])
+                        j = g.sl.start + k
+                        part = "nvml" if g.devices[k] == PCIE else "nvlink"
+                        self._board.note(part, f"reset{g.index}", f"gpu {g.index}: cumulative "
+                                         f"counter {g.total_names[k]} (NVML field "
+                                         f"{g.fields[k][0]}, scope {g.fields[k][1]}) went "
+                                         f"backwards from {self._prev_v[j]:.0f} to {v[j]:.0f} (as NVML counts) "
+                                         "(reset); that interval is NaN, never traffic")
                 good &= ~back
         self._prev_v, self._prev_t = v, ts
         self._prev_all_ok = ok is None

@@ -160,7 +160,10 @@ def test_counter_reset_is_never_traffic() -> None:
     got = step(c, nv)
     assert math.isnan(got[(0, "nvlink:0", "tx_bytes_per_s")])
     assert step(c, nv)[(0, "nvlink:0", "tx_bytes_per_s")] == KIB * 100
-    assert "went backwards" in c.statuses()["nvlink"].reason
+    reason = c.statuses()["nvlink"].reason
+    assert "went backwards" in reason
+    # it names the counter, so a reset seen on hardware says which field (the H200 run)
+    assert "counter tx_bytes (NVML field 138, scope 0) went backwards from 20 to 10 (as NVML counts)" in reason
 
 
 # -- GPM -------------------------------------------------------------------------------------

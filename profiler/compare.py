@@ -63,8 +63,8 @@ from .replay import ReplayInput, ReplayResult, comm_events, link_latency, prepar
 from .schedules import BUILDERS, Op, Schedule, build
 from .simulate import Costs, simulate
 
-__all__ = ["Comparison", "compare", "measured_actions", "fit_costs", "infer_schedule",
-           "attribute"]
+__all__ = ["Comparison", "WORK_COLUMNS", "compare", "measured_actions", "fit_costs", "cost_object",
+           "ideal_ratios", "infer_schedule", "attribute"]
 
 _FB_RE = re.compile(r"\((\d+)F(\d+);(\d+)[BI](\d+)\)")
 _PART_RE = r"^\d+[FBIW]\d+$"  # the name of a part recorded inside an OVERLAP_F_B
@@ -76,6 +76,10 @@ _ALIASES = {
     "zb1p": "zb1p", "zb": "zb1p", "zerobubble": "zb1p",
     "measured": "measured",
 }
+
+
+#: columns of :attr:`Comparison.work`
+WORK_COLUMNS = ["step", "pipeline", "stage", "op", "dur_ns"]
 
 
 @dataclass
@@ -95,6 +99,10 @@ class Comparison:
     counts ``n_f``, ``n_b``, ``n_i``, ``n_w``, ``n_fb``.
     ``ideal_spans``: the ideal timeline per (step, pipeline) in the run schema, shifted to the
     measured window start and mapped to the real ranks (kind ``model``).
+    ``work``: the cost fit's samples, one row per action: ``step``, ``pipeline``, ``stage``,
+    ``op``, ``dur_ns`` (its work, module doc): :func:`fit_costs` of these rows is ``costs``,
+    so results of separate steps pool into the whole run's fit
+    (:func:`profiler.steps.summary.run_ideal`).
     ``notes``: how the ideal was built (schedule inferred, replay impossible);
     ``warnings``: what the cost fit could not honour as measured (I + W > B).
     """
@@ -110,6 +118,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     #: what the cost fit could not honour as measured (I + W > B), one line each
     warnings: list[str] = field(default_factory=list)
+    work: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WORK_COLUMNS))
 
     def summary(self) -> dict[str, Any]:
         pr, ps = self.per_rank, self.per_step
@@ -236,6 +245,21 @@ def fit_costs(actions: pd.DataFrame, num_stages: int,
     }).reset_index()
 
 
+def cost_object(costs: pd.DataFrame) -> Costs:
+    """:func:`fit_costs`' table as the simulator's :class:`~profiler.simulate.Costs` (ns)."""
+    return Costs(f=costs["f_ns"].to_numpy(), b=costs["b_ns"].to_numpy(),
+                 w=costs["w_ns"].to_numpy(), fb=costs["fb_ns"].to_numpy())
+
+
+def ideal_ratios(schedule: str, pp: int, microbatches: int, costs: pd.DataFrame) -> np.ndarray:
+    """Per pipeline position: the ideal bubble / ideal makespan of the named ``schedule``
+    (not ``measured``) simulated with ``costs`` (:func:`fit_costs`) and zero P2P latency: the
+    ``ideal_bubble_ratio`` that :func:`compare` gives every rank at that position."""
+    res = simulate(build(schedule, pp, microbatches), cost_object(costs), unit_ns=1.0)
+    bubble = np.asarray(res.bubble, dtype=float)
+    return bubble / res.makespan if res.makespan else np.zeros_like(bubble)
+
+
 def _measured_schedule(acts: pd.DataFrame, layout: pd.DataFrame, pp: int, m: int,
                        num_stages: int) -> tuple[Schedule, list[int]]:
     """The run's own op order of one (step, pipeline) as a Schedule, and the real rank of each
@@ -314,8 +338,7 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     work = pd.concat([inp.acts.assign(dur_ns=inp.work_ns()) for inp in groups.values()])
     warnings: list[str] = []
     costs = fit_costs(work, num_stages, warnings)
-    cost_obj = Costs(f=costs["f_ns"].to_numpy(), b=costs["b_ns"].to_numpy(),
-                     w=costs["w_ns"].to_numpy(), fb=costs["fb_ns"].to_numpy())
+    cost_obj = cost_object(costs)
     ideal_cache: dict[str, Any] = {}
     # the DESIGN.md window and bubble, as the bubble analysis measures them, per this layout
     if bubble_table is None:
@@ -377,6 +400,11 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
         schedule=name, pp=pp, microbatches=m, num_stages=num_stages,
         per_rank=pd.DataFrame(rank_rows), per_step=pd.DataFrame(step_rows), costs=costs,
         ideal_spans=pd.concat(ideal_parts, ignore_index=True), notes=notes, warnings=warnings,
+        work=pd.DataFrame({"step": work["step"].to_numpy(dtype=np.int64),
+                           "pipeline": work["pipeline"].to_numpy(dtype=np.int64),
+                           "stage": work["stage"].to_numpy(dtype=np.int64),
+                           "op": work["op"].astype(str).to_numpy(),
+                           "dur_ns": work["dur_ns"].to_numpy(dtype=np.float64)}),
     )
 
 

@@ -14,10 +14,11 @@ import pandas as pd
 import pyarrow.compute as pc
 import pytest
 
+from profiler.compare import compare
 from profiler.engine import analyze_run
 from profiler.manifest import Manifest
 from profiler.schema import COUNTER_SCHEMA, SPAN_SCHEMA
-from profiler.steps import RunningKpis, kpis, step_times
+from profiler.steps import RunningKpis, kpis, run_stragglers, step_times
 from profiler.steps.engine import EngineLocked, StepEngine
 from profiler.steps.store import StepResults
 from profiler.store import RunReader, StreamWriter
@@ -28,6 +29,7 @@ SYNTHETIC = ROOT / "sample_traces" / "synthetic-dsv3-pp16-ep64"
 _KEYS = {"steps": ["pipeline", "step"], "bubbles": ["rank", "step"],
          "overlap": ["rank", "step"], "sm": ["rank", "step"], "ideal": ["rank", "step"],
          "ops": ["rank", "step", "kind", "op"], "costs": ["pipeline", "step", "stage"],
+         "work": ["pipeline", "step", "stage", "op", "dur_ns"],
          "ideal_spans": ["rank", "step", "start_ns", "name"],
          "bandwidth": ["node", "step", "gpu", "device", "metric", "phase"],
          "scores": ["step", "rank", "kind", "op"]}
@@ -77,6 +79,11 @@ def test_step_results_equal_whole_run_analyze(sample: str, reference_offline: di
     ov = whole["overlap"].set_index("rank")[["comm_ns", "compute_ns", "overlapped_ns"]]
     pd.testing.assert_frame_equal(per_rank, ov, check_dtype=False, check_names=False,
                                   check_index_type=False)
+    # one definition: the whole-run stragglers from step results are analyze's, row for row
+    scores, strag = run_stragglers(res["ops"])
+    assert strag["rank"].tolist() == whole["stragglers"]["rank"].tolist()
+    np.testing.assert_allclose(strag["z_max"], whole["stragglers"]["z_max"])
+    assert kpis(res)["straggler_ranks"] == sorted(whole["stragglers"]["rank"])
     if sample == "synthetic":
         sm = res["sm"].groupby("rank")[["comm_sm_s", "compute_sm_s"]].sum()
         pd.testing.assert_frame_equal(sm, whole["sm_seconds"].set_index("rank")[
@@ -99,6 +106,16 @@ def test_step_results_equal_whole_run_analyze(sample: str, reference_offline: di
         m = res["ideal"].merge(res["bubbles"], on=["rank", "step"])
         np.testing.assert_allclose(m["measured_bubble_ns"], m["bubble_ns"])
         assert res["steps"]["ideal_ns"].notna().all() and (res["steps"]["ideal_note"] == "").all()
+        # one definition: the whole run's ideal bubble from step results is compare's (one
+        # fit over every step's actions), not the mean of the per-step fits
+        r = RunReader(src)
+        want = compare(r.spans(), r.manifest).summary()["ideal_bubble_ratio_mean"]
+        k = kpis(res)
+        assert k["ideal_how"] == "one fit over every step, as compare"
+        assert k["ideal_bubble_ratio_mean"] == pytest.approx(want, rel=1e-12)
+        assert k["ideal_bubble_ratio_step_mean"] == pytest.approx(
+            res["ideal"]["ideal_bubble_ratio"].mean())
+        assert abs(k["ideal_bubble_ratio_step_mean"] - want) > 0.01  # so the test can tell
 
 
 def _feed(src: Path, dst: Path, pieces: int):

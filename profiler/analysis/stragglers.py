@@ -1,8 +1,14 @@
 """Straggler ranks: compute ops that run slower than on their peers.
 
-Map (:func:`op_duration_parts`, per rank): the median duration of each compute-lane op kind
-on the rank, keyed by ``kind`` and ``op`` (the pipeline op F/B/I/W/FB, or the span name when
-the op is unknown), plus any ``peer keys`` (e.g. ``stage``).
+Map (:func:`op_duration_parts`, per rank and step): the median duration of each compute-lane
+op kind on the rank in each step, keyed by ``kind`` and ``op`` (the pipeline op F/B/I/W/FB, or
+the span name when the op is unknown), plus any ``peer keys`` (e.g. ``stage``). Then
+(:func:`pool_steps`) the rank's duration of the op over the run is the **median of its
+per-step medians** (a rank slow in most steps is slow; spans in no step do not count, except
+on a rank with no step at all, where they are one group). The
+per-step form is what the step engine persists, so ``dualscope analyze`` and a whole-run
+view built from step results (:func:`profiler.steps.run_stragglers`) flag the same ranks by
+construction.
 
 Reduce (:func:`stragglers`): for each key, the peers are all ranks with that key. Robust
 z-score of rank r = (median_r − median over peers) / scale, with
@@ -22,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["op_duration_parts", "stragglers", "MIN_PEERS"]
+__all__ = ["op_duration_parts", "pool_steps", "stragglers", "MIN_PEERS"]
 
 MIN_PEERS = 3
 _MAD_TO_SIGMA = 1.4826
@@ -45,6 +51,21 @@ def op_duration_parts(spans: pd.DataFrame, *, peer_keys: tuple[str, ...] = ()) -
     keys = ["rank", "kind", "op", *peer_keys]
     g = df.groupby(keys, sort=True, dropna=False)["dur_ns"]
     return g.agg(count="size", median_ns="median", mean_ns="mean").reset_index()
+
+
+def pool_steps(parts: pd.DataFrame, peer_keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per-step op parts (:func:`op_duration_parts` with ``step`` among its peer keys) pooled
+    over steps, per (rank, kind, op, *peer_keys): ``count`` (sum), ``median_ns`` (median of
+    the per-step medians), ``mean_ns`` (count-weighted mean: the mean of all spans)."""
+    keys = ["rank", "kind", "op", *peer_keys]
+    if len(parts) == 0:
+        return pd.DataFrame({k: [] for k in [*keys, "count", "median_ns", "mean_ns"]})
+    w = parts.assign(_sum=parts["mean_ns"] * parts["count"])
+    g = w.groupby(keys, sort=True, dropna=False)
+    out = g.agg(count=("count", "sum"), median_ns=("median_ns", "median"),
+                _sum=("_sum", "sum")).reset_index()
+    out["mean_ns"] = out["_sum"] / out["count"]
+    return out.drop(columns="_sum")
 
 
 def stragglers(

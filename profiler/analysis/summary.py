@@ -14,15 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .alignment import alignment_events, apply_offsets, clock_offsets
 from .bandwidth import bandwidth_by_phase, link_bandwidth, phase_summary
 from .bubbles import bubble_parts, bubbles_by_stage, busy_intervals, combine_bubbles
 from .overlap import overlap
-from .params import AnalysisParams, pipeline_layout, rank_node_map
+from .params import AnalysisParams, assign_steps, pipeline_layout, rank_node_map
 from .sm_split import sm_seconds, sm_split_series
-from .stragglers import op_duration_parts, stragglers
+from .stragglers import op_duration_parts, pool_steps, stragglers
 
 __all__ = ["Frames", "SPAN_COLUMNS_USED", "analyze_unit", "reduce_units", "run_analyses",
            "solve_offsets"]
@@ -53,11 +54,18 @@ class Frames:
 def analyze_unit(spans: pd.DataFrame, counters: pd.DataFrame | None, *,
                  params: AnalysisParams, rank_nodes: Mapping[int, str]) -> dict[str, pd.DataFrame]:
     """The map step over whole ranks (and the counters of the nodes they run on)."""
+    steps = assign_steps(spans)
+    # straggler medians are per step (analysis.stragglers), spans in no step left out; a rank
+    # with no step at all (a trace without step annotations) is one group
+    in_step = steps >= 0
+    rank = spans["rank"].to_numpy()
+    in_step |= ~np.isin(rank, np.unique(rank[in_step]))
     out = {
-        "bubble_parts": bubble_parts(spans),
+        "bubble_parts": bubble_parts(spans, steps),
         "busy": busy_intervals(spans),
         "overlap": overlap(spans),
-        "op_parts": op_duration_parts(spans, peer_keys=params.straggler_peer_keys),
+        "op_parts": op_duration_parts(spans.loc[in_step].assign(step=steps[in_step]),
+                                      peer_keys=("step", *params.straggler_peer_keys)),
     }
     if params.sms_per_gpu:
         out["sm_seconds"] = sm_seconds(spans, sms_per_gpu=params.sms_per_gpu)
@@ -121,7 +129,7 @@ def reduce_units(parts: Sequence[Mapping[str, pd.DataFrame]], *, params: Analysi
         phase_reason)
     ops = _concat(parts, "op_parts")
     assert ops is not None
-    ops = ops.sort_values(["rank", "kind", "op"], kind="stable").reset_index(drop=True)
+    ops = pool_steps(ops, params.straggler_peer_keys)
     scores, strag = stragglers(ops, threshold=params.straggler_threshold,
                                peer_keys=params.straggler_peer_keys, bubble_table=table,
                                layout=layout)

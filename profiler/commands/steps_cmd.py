@@ -64,8 +64,11 @@ def command(run: str, final: bool, ideal_every: int, as_json: bool, follow: bool
     bub = tables.get("bubbles")
     if bub is not None:
         print_table("steps", step_times(bub).to_dict(orient="records"))
-    print_table("run", [{k: v for k, v in head.items() if k != "straggler_ranks"}])
-    click.echo(f"straggler ranks (any step): {head['straggler_ranks'] or 'none'}")
+    print_table("run", [{k: v for k, v in head.items()
+                         if k not in ("straggler_ranks", "straggler_ranks_any_step", "ideal_how")}])
+    click.echo(f"straggler ranks (whole run, as analyze): {head['straggler_ranks'] or 'none'}; "
+               f"flagged in some step: {head['straggler_ranks_any_step'] or 'none'}")
+    click.echo(f"ideal bubble: {head['ideal_how']}")
 
 
 def _follow(engine: StepEngine, run: str, interval: float, port: int | None, addr: str,

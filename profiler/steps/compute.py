@@ -31,7 +31,7 @@ from ..analysis.overlap import overlap
 from ..analysis.params import COMM_LANES, AnalysisParams
 from ..analysis.sm_split import sm_seconds
 from ..analysis.stragglers import op_duration_parts, stragglers
-from ..compare import compare
+from ..compare import WORK_COLUMNS, compare
 from ..errors import InputError
 from ..manifest import Manifest
 from ..store.segments import to_pandas
@@ -40,7 +40,8 @@ __all__ = ["UNIT_TABLES", "per_step", "unit_results", "node_windows", "node_band
            "step_scores", "batch_frames", "window_ends", "samples_in_windows"]
 
 #: the tables :func:`unit_results` returns (each also a derived stream, docs/trace-format.md)
-UNIT_TABLES = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "costs", "ideal_spans")
+UNIT_TABLES = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "costs", "work",
+               "ideal_spans")
 _SEP = "\x1f"  # joins a node name and a step into one key; never in a node name
 
 
@@ -110,15 +111,17 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
       ``window_ns`` (ns, the bubble analysis' step window), ``ranks``, ``spans`` (rows),
       ``bubble_ratio_mean``, ``bubble_ratio_max`` (0..1), ``ideal_ns``, ``replay_ns`` (ns),
       ``replay_error``, ``ideal_bubble_ratio_mean`` (from :func:`~profiler.compare.compare`;
-      NaN without an ideal), ``schedule`` and ``ideal_note`` (why there is no ideal);
+      NaN without an ideal), ``schedule``, ``pp``, ``microbatches``, ``stages`` (the ideal's
+      shape, 0 without one) and ``ideal_note`` (why there is no ideal);
     - ``bubbles``: :func:`~profiler.analysis.combine_bubbles` (per rank and step, with phases);
     - ``overlap``: :func:`~profiler.analysis.overlap` per (rank, step);
     - ``sm``: :func:`~profiler.analysis.sm_seconds` per (rank, step) (no rows without
       ``params.sms_per_gpu``);
     - ``ops``: :func:`~profiler.analysis.op_duration_parts` per (rank, step, kind, op);
-    - ``ideal``, ``costs``, ``ideal_spans``: :class:`~profiler.compare.Comparison`'s
-      ``per_rank``, ``costs`` (with ``pipeline``, ``step``) and ``ideal_spans`` of each unit,
-      the ideal timeline of the unit's own fitted costs.
+    - ``ideal``, ``costs``, ``work``, ``ideal_spans``: :class:`~profiler.compare.Comparison`'s
+      ``per_rank``, ``costs`` (with ``pipeline``, ``step``), ``work`` (the cost fit's samples:
+      the whole run's fit pools them, :func:`~.summary.run_ideal`) and ``ideal_spans`` of each
+      unit, the ideal timeline of the unit's own fitted costs.
     """
     spans = spans.assign(step=pd.array(steps, dtype="Int32"))
     lay = layout.set_index("rank")
@@ -148,14 +151,14 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
     peer = tuple(k for k in params.straggler_peer_keys if k != "step")
     ops = op_duration_parts(spans, peer_keys=("step", *peer))
     out["ops"] = by_rank(ops.astype({"step": np.int64}))
-    ideal_rows, cost_rows, span_rows, step_rows = [], [], [], []
+    ideal_rows, cost_rows, work_rows, span_rows, step_rows = [], [], [], [], []
     counts = pd.Series(1, index=pd.MultiIndex.from_arrays([pipe, steps])).groupby(
         level=[0, 1]).size()
     for (p, s), idx in pd.Series(np.arange(len(spans))).groupby([pipe, steps]).groups.items():
         row: dict[str, Any] = {"pipeline": int(p), "step": int(s), "ideal_ns": np.nan,
                                "replay_ns": np.nan, "replay_error": np.nan,
                                "ideal_bubble_ratio_mean": np.nan, "schedule": "",
-                               "ideal_note": ""}
+                               "pp": 0, "microbatches": 0, "stages": 0, "ideal_note": ""}
         if not (ideal is True or (ideal and int(s) in ideal)):
             row["ideal_note"] = "ideal not computed"
         else:
@@ -171,15 +174,23 @@ def unit_results(spans: pd.DataFrame, steps: np.ndarray, *, layout: pd.DataFrame
                     row.update(ideal_ns=float(ps["ideal_ns"]), replay_ns=float(ps["replay_ns"]),
                                replay_error=float(ps["replay_error"]))
                 row["ideal_bubble_ratio_mean"] = float(cmp.per_rank["ideal_bubble_ratio"].mean())
-                row["schedule"] = cmp.schedule
+                row.update(schedule=cmp.schedule, pp=cmp.pp, microbatches=cmp.microbatches,
+                           stages=cmp.num_stages)
                 row["ideal_note"] = "; ".join(cmp.notes)
                 ideal_rows.append(cmp.per_rank)
                 cost_rows.append(cmp.costs.assign(pipeline=int(p), step=int(s)))
+                work_rows.append(cmp.work)
                 span_rows.append(cmp.ideal_spans)
         step_rows.append(row)
     out["ideal"] = by_rank(_concat(ideal_rows, ["step", "pipeline", "rank"]))
     costs = _concat(cost_rows, ["pipeline", "step", "stage"])
     out["costs"] = _with_end(costs, unit_end, ["pipeline", "step"])
+    work = _concat(work_rows, ["pipeline", "step", "stage"])
+    if not len(work):
+        work = pd.DataFrame({c: np.empty(0, np.float64 if c == "dur_ns" else
+                                         object if c == "op" else np.int64)
+                             for c in WORK_COLUMNS})
+    out["work"] = _with_end(work, unit_end, ["pipeline", "step"])
     ideal_spans = _concat(span_rows, ["rank", "step", "start_ns"])
     out["ideal_spans"] = by_rank(ideal_spans) if len(ideal_spans) else ideal_spans.assign(
         step_end_ns=np.empty(0, np.int64))
@@ -212,7 +223,8 @@ def _steps_table(rows: pd.DataFrame, bub: pd.DataFrame, counts: pd.Series,
         out[c] = out[c].astype("Int64")
     cols = ["pipeline", "step", "window_start_ns", "window_end_ns", "window_ns", "ranks",
             "spans", "bubble_ratio_mean", "bubble_ratio_max", "ideal_ns", "replay_ns",
-            "replay_error", "ideal_bubble_ratio_mean", "schedule", "ideal_note", "step_end_ns"]
+            "replay_error", "ideal_bubble_ratio_mean", "schedule", "pp", "microbatches",
+            "stages", "ideal_note", "step_end_ns"]
     return out[cols].sort_values(["pipeline", "step"], kind="stable").reset_index(drop=True)
 
 

@@ -43,6 +43,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "ops": ("rank", "step", "kind", "op"),
     "ideal": ("rank", "step"),
     "costs": ("pipeline", "step", "stage"),
+    "work": ("pipeline", "step", "stage", "op"),
     "ideal_spans": ("rank", "step", "start_ns"),
     "bandwidth": ("node", "step", "gpu", "device", "metric", "phase"),
     "scores": ("step", "rank", "kind", "op"),

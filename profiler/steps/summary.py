@@ -16,9 +16,11 @@ import pandas as pd
 from ..analysis.overlap import overlap_total
 from ..analysis.params import AnalysisParams
 from ..analysis.steps import steps_table
-from ..analysis.stragglers import stragglers
+from ..analysis.stragglers import pool_steps, stragglers
+from ..compare import fit_costs, ideal_ratios
+from ..errors import InputError
 
-__all__ = ["step_times", "run_stragglers", "kpis", "RunningKpis"]
+__all__ = ["step_times", "run_stragglers", "run_ideal", "kpis", "RunningKpis"]
 
 
 def step_times(bubbles: pd.DataFrame) -> pd.DataFrame:
@@ -36,50 +38,79 @@ def run_stragglers(ops: pd.DataFrame, *, params: AnalysisParams | None = None,
                    layout: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Straggler scores over the whole run from the per-step op medians (``ops``): per
     (rank, kind, op) ``count`` (sum over steps), ``median_ns`` (median of the per-step
-    medians: a rank slow in most steps is slow), ``mean_ns`` (count-weighted); then
-    :func:`~profiler.analysis.stragglers` as ``dualscope analyze`` runs it. Returns its
-    ``(op_scores, straggler_ranks)``. (``analyze`` takes the median over all spans; for runs of
-    like steps both flag the same ranks.)"""
+    medians: a rank slow in most steps is slow), ``mean_ns`` (count-weighted)
+    (:func:`~profiler.analysis.stragglers.pool_steps`); then
+    :func:`~profiler.analysis.stragglers` on the pooled rows, exactly as ``dualscope analyze``
+    runs it. Returns its ``(op_scores, straggler_ranks)``."""
     p = params or AnalysisParams()
     peer = tuple(k for k in p.straggler_peer_keys if k != "step")
-    keys = ["rank", "kind", "op", *peer]
-    if len(ops) == 0:
-        empty = pd.DataFrame({k: [] for k in [*keys, "count", "median_ns", "mean_ns"]})
-        return stragglers(empty, threshold=p.straggler_threshold, peer_keys=peer)
-    w = ops.assign(_sum=ops["mean_ns"] * ops["count"])
-    g = w.groupby(keys, sort=True, dropna=False)
-    parts = g.agg(count=("count", "sum"), median_ns=("median_ns", "median"),
-                  _sum=("_sum", "sum")).reset_index()
-    parts["mean_ns"] = parts["_sum"] / parts["count"]
-    parts = parts.drop(columns="_sum")
+    parts = pool_steps(ops, peer)
     bub = None if bubbles is None else bubbles.drop(columns=[c for c in ("batch",
                                                     "step_end_ns") if c in bubbles])
     return stragglers(parts, threshold=p.straggler_threshold, peer_keys=peer,
                       bubble_table=bub, layout=layout)
 
 
+def run_ideal(steps: pd.DataFrame, work: pd.DataFrame,
+              ideal: pd.DataFrame) -> tuple[float | None, str]:
+    """The whole run's ideal bubble ratio from step results, as ``dualscope compare`` defines
+    it over the run: one cost fit over every step's actions (:func:`~profiler.compare.fit_costs`
+    of the pooled ``work`` samples), the schedule simulated once with it, each rank-step row
+    (``ideal``) taking its position's ratio, then the mean. Returns ``(ratio, how)``; ``how``
+    says when it is instead the mean of the per-step ideals (each step fitted on its own):
+    results written before the ``work`` table existed, units of different shapes, or the
+    ``measured`` schedule (its op order is a step's own). None: no ideal at all."""
+    if len(ideal) == 0 or "ideal_bubble_ratio" not in ideal:
+        return None, "no ideal"
+    per_step = float(ideal["ideal_bubble_ratio"].mean())
+    shape_cols = ["schedule", "pp", "microbatches", "stages"]
+    if len(work) == 0 or not set(shape_cols) <= set(steps.columns):
+        return per_step, "mean of per-step ideals (no cost samples in these results)"
+    shapes = steps.loc[steps["schedule"].astype(str) != "", shape_cols].drop_duplicates()
+    if len(shapes) != 1 or str(shapes["schedule"].iloc[0]) == "measured":
+        return per_step, ("mean of per-step ideals (the run's own op order)" if len(shapes) == 1
+                          else "mean of per-step ideals (steps of different shapes)")
+    name, pp, m, stages = shapes.iloc[0]
+    try:
+        ratios = ideal_ratios(str(name), int(pp), int(m), fit_costs(work, int(stages)))
+    except InputError as e:  # ScheduleDeadlock too
+        return per_step, f"mean of per-step ideals (pooled fit failed: {e})"
+    pos = ideal["pp_rank"].to_numpy(dtype=np.int64)
+    if pos.size == 0 or pos.max() >= len(ratios):
+        return per_step, "mean of per-step ideals (positions outside the schedule)"
+    return float(ratios[pos].mean()), "one fit over every step, as compare"
+
+
 def kpis(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """Headline numbers of a run from its step results (None where a table is missing):
     ``steps`` (run steps with results), ``newest_step``, ``step_time_s_median`` (s),
-    ``bubble_ratio_mean`` (0..1, over ranks and steps), ``ideal_bubble_ratio_mean`` (0..1),
+    ``bubble_ratio_mean`` (0..1, over ranks and steps), ``ideal_bubble_ratio_mean`` (0..1,
+    :func:`run_ideal`: ``dualscope compare``'s whole-run number; ``ideal_how`` says how it
+    was found), ``ideal_bubble_ratio_step_mean`` (0..1, the mean of each step's own ideal),
     ``overlap_ratio`` (overlapped / communication time, 0..1), ``exposed_comm_s`` (s, summed
     over ranks), ``comm_sm_share`` (SM-seconds of communication / of the GPUs' windows,
-    0..1), ``straggler_ranks`` (ranks any step flags)."""
+    0..1), ``straggler_ranks`` (:func:`run_stragglers`: the ranks ``dualscope analyze``
+    flags over the run), ``straggler_ranks_any_step`` (ranks some step's own scores flag)."""
     def get(name: str) -> pd.DataFrame:
         return tables.get(name, pd.DataFrame())
 
     bub, ov, sm, ideal, sc = (get(n) for n in ("bubbles", "overlap", "sm", "ideal", "scores"))
     times = step_times(bub)
+    ideal_run, how = run_ideal(get("steps"), get("work"), ideal)
+    ops = get("ops")
+    strag = run_stragglers(ops)[1] if len(ops) else pd.DataFrame({"rank": []})
     out: dict[str, Any] = {
         "steps": int(times["step"].nunique()) if len(times) else 0,
         "newest_step": int(times["step"].max()) if len(times) else None,
         "step_time_s_median": float(times["step_time_s"].median()) if len(times) else None,
         "bubble_ratio_mean": float(bub["bubble_ratio"].mean()) if len(bub) else None,
-        "ideal_bubble_ratio_mean": (float(ideal["ideal_bubble_ratio"].mean())
-                                    if len(ideal) else None),
+        "ideal_bubble_ratio_mean": ideal_run, "ideal_how": how,
+        "ideal_bubble_ratio_step_mean": (float(ideal["ideal_bubble_ratio"].mean())
+                                         if len(ideal) else None),
         "overlap_ratio": None, "exposed_comm_s": None, "comm_sm_share": None,
-        "straggler_ranks": sorted(int(r) for r in sc.loc[sc["straggler"].astype(bool),
-                                                         "rank"].unique()) if len(sc) else [],
+        "straggler_ranks": sorted(int(r) for r in strag["rank"].unique()),
+        "straggler_ranks_any_step": sorted(int(r) for r in sc.loc[
+            sc["straggler"].astype(bool), "rank"].unique()) if len(sc) else [],
     }
     if len(ov):
         share, _ = overlap_total(ov)
@@ -99,13 +130,29 @@ class RunningKpis:
     :func:`kpis` and :func:`step_times` over every row so far."""
 
     def __init__(self) -> None:
+        # the pooled whole-run numbers (run_ideal, run_stragglers) need their rows: medians
+        # do not add up. Kept as the few columns they read; pooled again only after new rows.
+        self._keep: dict[str, list[pd.DataFrame]] = {"work": [], "ops": [], "steps": [],
+                                                     "ideal": []}
+        self._pooled: tuple[float | None, str, list[int]] | None = None
         self._steps: dict[int, list[float]] = {}  # step -> [start, end, window, sum, n, max]
         self._sum = {k: 0.0 for k in ("bubble", "ideal", "comm", "comm_all", "overlapped", "exposed",
                                       "comm_sm", "all_sm")}
         self._n = {"bubble": 0, "ideal": 0, "sm": 0}
         self._stragglers: set[int] = set()
 
+    _KEEP_COLUMNS = {"work": ["stage", "op", "dur_ns"],
+                     "ops": ["rank", "kind", "op", "count", "median_ns", "mean_ns"],
+                     "steps": ["schedule", "pp", "microbatches", "stages"],
+                     "ideal": ["pp_rank", "ideal_bubble_ratio"]}
+
     def update(self, new: dict[str, pd.DataFrame]) -> None:
+        for name, cols in self._KEEP_COLUMNS.items():
+            df = new.get(name)
+            if df is not None and len(df):
+                self._keep[name].append(df[[c for c in cols if c in df]]
+                                        if name != "ops" else df)
+                self._pooled = None
         bub = new.get("bubbles")
         if bub is not None and len(bub):
             g = bub.groupby("step").agg(start=("window_start_ns", "min"),
@@ -146,6 +193,20 @@ class RunningKpis:
             self._stragglers.update(int(r) for r in sc.loc[sc["straggler"].astype(bool),
                                                           "rank"].unique())
 
+    def _pool(self) -> tuple[float | None, str, list[int]]:
+        if self._pooled is None:
+            def rows(name: str) -> pd.DataFrame:
+                parts = self._keep[name]
+                if len(parts) > 1:
+                    self._keep[name] = parts = [pd.concat(parts, ignore_index=True)]
+                return parts[0] if parts else pd.DataFrame()
+
+            ideal, how = run_ideal(rows("steps"), rows("work"), rows("ideal"))
+            ops = rows("ops")
+            strag = run_stragglers(ops)[1] if len(ops) else pd.DataFrame({"rank": []})
+            self._pooled = (ideal, how, sorted(int(r) for r in strag["rank"].unique()))
+        return self._pooled
+
     def step_times(self) -> pd.DataFrame:
         """As :func:`step_times` (means over every rank-step of the step)."""
         rows = [{"step": s, "start_ns": int(v[0]), "end_ns": int(v[1]),
@@ -155,18 +216,23 @@ class RunningKpis:
                                            "bubble_ratio_mean", "bubble_ratio_max"])
 
     def kpis(self) -> dict[str, Any]:
-        """As :func:`kpis` (the step-time median over the steps so far)."""
+        """As :func:`kpis` (the step-time median over the steps so far). The pooled numbers
+        (``ideal_bubble_ratio_mean``, ``straggler_ranks``) are recomputed from the kept rows
+        after an update brought new ones: O(rows kept), which grows with the run."""
         s, n = self._sum, self._n
         times = [v[2] / 1e9 for v in self._steps.values()]
+        ideal, how, strag = self._pool()
         out: dict[str, Any] = {
             "steps": len(self._steps),
             "newest_step": max(self._steps) if self._steps else None,
             "step_time_s_median": float(np.median(times)) if times else None,
             "bubble_ratio_mean": s["bubble"] / n["bubble"] if n["bubble"] else None,
-            "ideal_bubble_ratio_mean": s["ideal"] / n["ideal"] if n["ideal"] else None,
+            "ideal_bubble_ratio_mean": ideal, "ideal_how": how,
+            "ideal_bubble_ratio_step_mean": s["ideal"] / n["ideal"] if n["ideal"] else None,
             "overlap_ratio": s["overlapped"] / s["comm"] if s["comm"] else None,
             "exposed_comm_s": s["exposed"] / 1e9 if s["comm_all"] else None,
             "comm_sm_share": s["comm_sm"] / s["all_sm"] if s["all_sm"] else None,
-            "straggler_ranks": sorted(self._stragglers),
+            "straggler_ranks": strag,
+            "straggler_ranks_any_step": sorted(self._stragglers),
         }
         return out

@@ -166,7 +166,12 @@ def fmt_rate(v: Any) -> str:
 
 
 def fmt_pct(v: Any, digits: int = 1) -> str:
-    return "n/a" if _bad(v) else f"{float(v) * 100:.{digits}f}%"
+    if _bad(v):
+        return "n/a"
+    text = f"{float(v) * 100:.{digits}f}"
+    if text.startswith("-") and float(text) == 0:  # no "-0.0%" (0 x a negative cost)
+        text = text[1:]
+    return f"{text}%"
 
 
 def fmt_s(v: Any) -> str:

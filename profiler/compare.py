@@ -34,7 +34,8 @@
    - ``host_gap_ns`` from (3) - (2): host time between actions (launches, bookkeeping, send
      posting) and the ranks' release;
    - ``p2p_wait_ns`` from measured - (3): waiting on transfers beyond their link's typical
-     latency (and whatever the replay misses, at most its error).
+     latency (and whatever the replay misses, at most its error); in a unit with no transfer
+     between ranks (one rank holds the whole pipeline) it is counted in ``host_gap_ns``.
 
    An increment may be negative (a faster-than-median action, an internal wait that a
    shorter latency turned into busy time). The parts reported are the positive increments
@@ -366,15 +367,22 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
         levels = np.array([ideal.bubble.astype(float)] + [
             _bubbles(rep, real) if ok else np.full(pp, np.nan)
             for rep in reps[:3]])
+        # a unit with no transfer between ranks (one rank holds the pipeline) waits on no P2P:
+        # what the replay leaves unexplained there is host time / other
+        cross = any(a != b for a, b in inp.samples)
         for p, r in enumerate(real):
             if r < 0:
                 continue
+            split = attribute(levels[:, p], float(bubble[p]))
+            if not cross:
+                split["host_gap_ns"] += split["p2p_wait_ns"]
+                split["p2p_wait_ns"] = 0.0
             rank_rows.append({
                 "step": step, "pipeline": pipe, "rank": r, "pp_rank": p,
                 "window_ns": window, "measured_bubble_ns": float(bubble[p]),
                 "ideal_bubble_ns": float(ideal.bubble[p]),
                 "excess_ns": float(bubble[p] - ideal.bubble[p]),
-                **attribute(levels[:, p], float(bubble[p])),
+                **split,
                 "measured_bubble_ratio": bubble[p] / window if window else 0.0,
                 "ideal_bubble_ratio": (float(ideal.bubble[p]) / ideal.makespan
                                        if ideal.makespan else 0.0),

@@ -13,7 +13,8 @@ and last minute, which ``bench_live.py`` adds to its JSON as ``dashboard``.
 
 ``$DUALSCOPE_BENCH_PAGES`` (comma-separated, default every page): the pages a tick draws --
 one browser shows one page, so ``gpus`` alone is one operator on the cluster view; the
-default is six browsers, one on each page.
+default is six browsers, one on each page. ``$DUALSCOPE_BENCH_SPAN_STEPS``: the live window of
+held spans, in steps (``--live-span-steps``; 0: hold every span; default: the dashboard's).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def tick(run: Path, new: dict[str, Any]) -> None:
 
 def _tick(run: Path) -> None:
     if not _S or "svc" not in _S:
-        svc = DataService(str(run.parent), prometheus=None)  # the app's defaults
+        steps = os.environ.get("DUALSCOPE_BENCH_SPAN_STEPS")  # the live window; 0: none
+        svc = DataService(str(run.parent), prometheus=None,  # the app's defaults
+                          **({} if steps is None else {"live_span_steps": int(steps) or None}))
         _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
                   first={}, ticks=[])
     svc: DataService = _S["svc"]

@@ -41,12 +41,13 @@ from profiler.store.tail import RunTail
 
 from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
+from .defaults import LIVE_SPAN_STEPS
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, link_ports
 from .promsource import PromSource
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
-__all__ = ["DataService", "RunData"]
+__all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS"]
 
 T = TypeVar("T")
 
@@ -56,12 +57,16 @@ class RunData:
 
     def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24,
                  live_counters_s: float | None = 600.0,
-                 live_counter_rows: int | None = 2_000_000):
+                 live_counter_rows: int | None = 2_000_000,
+                 live_span_steps: int | None = LIVE_SPAN_STEPS):
         self.entry = entry
         #: while the run is live, only this many seconds of its newest counters are kept, and
         #: at most this many rows (None: no limit); a finished run is read whole
         self.live_counters_s = live_counters_s
         self.live_counter_rows = live_counter_rows
+        #: while the run is live, only the spans of its newest this many steps are kept; the
+        #: whole-run views read step results then (None: every span)
+        self.live_span_steps = live_span_steps
         self.run_id = entry.run_id
         self.reader = RunReader(entry.path)
         self.live_reload_s = live_reload_s
@@ -148,11 +153,12 @@ class RunData:
             window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
                       and live else None)
             rows = self.live_counter_rows if live else None
+            span_steps = self.live_span_steps if live else None
             if (self._tail is None or not self._tail.compatible()
-                    or (self._tail.counters_window_ns, self._tail.counters_max_rows)
-                    != (window, rows)):
+                    or (self._tail.counters_window_ns, self._tail.counters_max_rows,
+                        self._tail.span_steps) != (window, rows, span_steps)):
                 self._tail = RunTail(self.reader, counters_window_ns=window,
-                                     counters_max_rows=rows)
+                                     counters_max_rows=rows, span_steps=span_steps)
             if self._tail.update():
                 self._generation += 1
             spans, counters = self._tail.spans, self._tail.counters
@@ -161,7 +167,8 @@ class RunData:
                             manifest.status))
             if self._snap is None or version != self._snap.version:
                 t0, t1 = time_bounds(spans, counters)
-                self._snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1)
+                self._snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1,
+                                      self._tail.window_steps)
             self._loaded_at = now
             return self._snap
 
@@ -300,6 +307,8 @@ class DataService:
     #: seconds and rows of a live run's newest counters kept in memory (None: all; RunData)
     live_counters_s: float | None = 600.0
     live_counter_rows: int | None = 2_000_000
+    #: steps of a live run's newest spans kept in memory (None: all; RunData)
+    live_span_steps: int | None = LIVE_SPAN_STEPS
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -318,7 +327,8 @@ class DataService:
                 try:
                     rd = RunData(entry, live_reload_s=self.live_reload_s,
                                  live_counters_s=self.live_counters_s,
-                                 live_counter_rows=self.live_counter_rows)
+                                 live_counter_rows=self.live_counter_rows,
+                                 live_span_steps=self.live_span_steps)
                 except DualscopeError as e:
                     raise self._public(e) from e
                 self._runs[entry.run_id] = rd

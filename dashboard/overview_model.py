@@ -25,12 +25,13 @@ from profiler.analysis import (
 )
 from profiler.counters import IB, NVLINK, TX_BYTES_PER_S, device_kinds
 from profiler.manifest import Manifest
+from profiler.steps.summary import run_ideal, run_stragglers, step_times
 
 from .ideal import IdealTimeline
 from .snapshot import Snapshot
 
 __all__ = ["DEFAULT_THRESHOLDS", "PORT_COLUMNS", "Alert", "LinkSummary", "Overview", "overview",
-           "link_ports", "alerts", "Delta", "deltas", "cpu_run"]
+           "with_step_results", "link_ports", "alerts", "Delta", "deltas", "cpu_run"]
 
 #: alert thresholds; the Overview page lets the user change them
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -122,6 +123,9 @@ class Overview(_ByName):
     stragglers: pd.DataFrame
     probes: dict[str, tuple[bool, str]]
     alerts: list[Alert] = field(default_factory=list)
+    #: "" when every number covers the spans read; else what each part covers (a live run
+    #: whose spans are held for a window of steps: :func:`with_step_results`)
+    scope: str = ""
 
 
 def _nan(x: Any) -> float:
@@ -227,6 +231,70 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
         probes={k: (v.available, v.reason) for k, v in m.probes.items()},
     )
     return replace(o, alerts=alerts(o, th))
+
+
+def with_step_results(o: Overview, tables: Mapping[str, pd.DataFrame],
+                      window: tuple[int, int], thresholds: Mapping[str, float] | None = None
+                      ) -> Overview:
+    """``o`` (computed from a live run's window of spans, steps ``window``) with its whole-run
+    numbers taken from the run's step results (:mod:`profiler.steps`, O(steps)), each by the
+    definition the offline analyses use, so a finished run gives the same numbers either way
+    (tests/test_steps_engine.py): the steps and step time, the measured bubble, the ideal
+    bubble (:func:`~profiler.steps.run_ideal`: compare's one fit over every step), exposed
+    communication, the communication share of SM-time and its max, the stragglers
+    (:func:`~profiler.steps.run_stragglers`). What stays the window's: the attribution of the
+    excess and the published formula (compare over the held steps), comm SMs while
+    communicating, the links. ``scope`` says so."""
+    bub = tables.get("bubbles")
+    if bub is None or len(bub) == 0:
+        return o
+    steps = step_times(bub)
+    ideal_ratio, _how = run_ideal(tables.get("steps", pd.DataFrame()),
+                                  tables.get("work", pd.DataFrame()),
+                                  tables.get("ideal", pd.DataFrame()))
+    ov = tables.get("overlap")
+    exposed_share, exposed_per_step = o.exposed_comm_share, o.exposed_comm_s_per_step
+    if ov is not None and len(ov) and ov["comm_ns"].sum() > 0:
+        share, _ = overlap_total(ov)
+        exposed_share = 1.0 - share
+        per_rank = ov.groupby("rank")["exposed_comm_ns"].sum()
+        exposed_per_step = float(per_rank.mean() / 1e9 / max(1, len(steps)))
+    sm = tables.get("sm")
+    has_sm = sm is not None and len(sm) > 0 and "comm_sm_s" in sm
+    ops = tables.get("ops")
+    st = o.stragglers
+    if ops is not None and len(ops):
+        st = _worst_step_from_ops(run_stragglers(ops, bubbles=bub)[1], ops)
+    first, last = int(steps["step"].min()), int(steps["step"].max())
+    out = replace(
+        o, steps=steps,
+        step_time_s=float(steps["step_time_s"].median()),
+        bubble_measured=float(bub["bubble_ratio"].mean()),
+        bubble_ideal=_NAN if ideal_ratio is None else float(ideal_ratio),
+        exposed_comm_share=exposed_share, exposed_comm_s_per_step=exposed_per_step,
+        comm_sm_share=_sm_share(sm) if has_sm and sm is not None else o.comm_sm_share,
+        comm_sms_max=(_nan(sm["comm_sms_max"].max()) if has_sm and sm is not None
+                      and "comm_sms_max" in sm else o.comm_sms_max),
+        stragglers=st,
+        scope=(f"Live: whole-run numbers from step results (steps {first}–{last}); spans held "
+               f"for steps {window[0]}–{window[1]}, so the bubble attribution, the formula, "
+               "comm SMs while communicating and the links cover those steps"))
+    return replace(out, alerts=alerts(out, {**DEFAULT_THRESHOLDS, **(thresholds or {})}))
+
+
+def _worst_step_from_ops(st: pd.DataFrame, ops: pd.DataFrame) -> pd.DataFrame:
+    """:func:`with_worst_step` from per-step op rows: the step in which each straggler's worst
+    op took longest in all (count x mean), all its ops when it has none of that op."""
+    if len(st) == 0:
+        return st
+    total = ops.assign(_t=ops["mean_ns"] * ops["count"])
+    worst: list[Any] = []
+    for r, op in zip(st["rank"], st.get("worst_op", pd.Series([None] * len(st))), strict=True):
+        mine = total.loc[total["rank"] == r]
+        of_op = mine.loc[mine["op"] == op] if op is not None else mine.iloc[:0]
+        use = of_op if len(of_op) else mine
+        worst.append(int(use.groupby("step")["_t"].sum().idxmax()) if len(use) else pd.NA)
+    return st.assign(worst_step=pd.array(worst, dtype="Int64"))
 
 
 def with_worst_step(st: pd.DataFrame | None, spans: pd.DataFrame) -> pd.DataFrame | None:

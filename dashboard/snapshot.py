@@ -24,6 +24,9 @@ class Snapshot:
     version: int
     t0_ns: int
     t1_ns: int
+    #: a live run whose spans are held for a window of steps: (first, newest) step held; the
+    #: whole-run views read its step results (None: every span read so far is here)
+    window_steps: tuple[int, int] | None = None
 
     @property
     def live(self) -> bool:

@@ -120,3 +120,36 @@ def test_counter_window_keeps_the_newest_stretch_and_a_finished_run_is_read_whol
     w.close()
     _rd, snap = svc.snapshot("live")  # finished: every counter row
     assert len(snap.counters) == 6 * 20 and len(snap.spans) == 30
+
+
+def test_span_window_keeps_the_newest_steps_of_a_live_run(tmp_path: Path) -> None:
+    """``span_steps``: the tail holds the spans of the newest K steps only (memory flat over a
+    long run), equal to the full read's rows of those steps in the same order; spans in no
+    step drop out; a finished run in the dashboard is read whole again."""
+    rng = np.random.default_rng(8)
+    runs = tmp_path / "runs"
+    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=3)),
+                  rotate_s=3600, flush_s=3600)
+    tail = RunTail(RunReader(runs / "live"), span_steps=3)
+    setup = _spans(rng, [0, 1, 2], 0, 4)
+    w.write_spans({**setup, "step": [-1] * 4})  # before the first step
+    held = []
+    for step in range(8):
+        w.write_spans(_spans(rng, [0, 1, 2], step, 20))
+        if step >= 1:  # rank 2 lags a step behind: its step-1 spans arrive later
+            w.write_spans(_spans(rng, [2], step - 1, 3))
+        w.flush()
+        tail.update()
+        full = RunReader(runs / "live").spans()
+        first = max(0, step - 2)
+        want = full.loc[full["step"].to_numpy(dtype=float) >= first].reset_index(drop=True)
+        pd.testing.assert_frame_equal(tail.spans, want)
+        held.append(tail.window_steps)
+    assert held[0] == (0, 0) and held[-1] == (5, 7)  # step 0's spans: the setup rows dropped
+    assert tail.spans["step"].nunique() == 3
+    svc = DataService(str(runs), live_reload_s=0.0, live_span_steps=3)
+    _rd, snap = svc.snapshot("live")
+    assert snap.window_steps == (5, 7) and set(snap.spans["step"]) == {5, 6, 7}
+    w.close()
+    _rd, snap = svc.snapshot("live")  # finished: every span, no window
+    assert snap.window_steps is None and len(snap.spans) == 4 + 8 * 20 + 7 * 3

@@ -15,6 +15,8 @@ import click
 
 from profiler.freshness import FreshnessPolicy
 
+from ..defaults import LIVE_SPAN_STEPS
+
 __all__ = ["command", "serve"]
 
 
@@ -32,11 +34,14 @@ def use_prometheus(url: str | None, step_s: float = 10.0, timeout_s: float = 5.0
 
 
 def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
-          live_interval_ms: int = 1000, freshness: FreshnessPolicy | None = None) -> None:
-    """Build the app and serve it with Flask's threaded server until interrupted."""
+          live_interval_ms: int = 1000, freshness: FreshnessPolicy | None = None,
+          live_span_steps: int = LIVE_SPAN_STEPS) -> None:
+    """Build the app and serve it with Flask's threaded server until interrupted.
+    ``live_span_steps``: 0 holds every span of a live run."""
     from ..app import create_app
 
-    app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True, freshness=freshness)
+    app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True, freshness=freshness,
+                     live_span_steps=live_span_steps or None)
     app.run(host=host, port=port, debug=debug, use_reloader=False, threaded=True)
 
 
@@ -63,10 +68,15 @@ def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
               help="Shortest query step (s): the agents' scrape interval.")
 @click.option("--prometheus-timeout", default=5.0, show_default=True,
               type=click.FloatRange(0.1), help="Per-query timeout (s).")
+@click.option("--live-span-steps", default=LIVE_SPAN_STEPS, show_default=True,
+              type=click.IntRange(0),
+              help="A live run's spans are held for its newest this many steps (0: all); the "
+                   "whole-run numbers come from its step results.")
 @click.option("--debug", is_flag=True, help="Dash debug mode (never on a shared host).")
 def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: float,
             dead_after: float, heartbeat_timeout: float, prometheus: str | None,
-            prometheus_step: float, prometheus_timeout: float, debug: bool) -> None:
+            prometheus_step: float, prometheus_timeout: float, live_span_steps: int,
+            debug: bool) -> None:
     """Serve the dashboard over the run directories under RUNS_DIR (default ./runs)."""
     from ..promsource import ENV_URL, PromSource
 
@@ -82,4 +92,5 @@ def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: f
                + (f"; link and SM counters from Prometheus at {url}" if url else ""))
     policy = FreshnessPolicy(stale_min_s=stale_after, dead_after_s=dead_after,
                              heartbeat_timeout_s=heartbeat_timeout)
-    serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms, freshness=policy)
+    serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms, freshness=policy,
+          live_span_steps=live_span_steps)

@@ -41,6 +41,7 @@ from ..overview_model import (
     deltas,
     overview,
     straggler_view,
+    with_step_results,
 )
 from . import NoRun, describe_error, open_run, render_if_changed
 
@@ -97,7 +98,10 @@ def compute(svc: DataService, run: str, clock: ClockLike,
     results = rd.analyses(snap, cut, thresholds)
     ideal = rd.ideal(snap)
     ports = rd.ports(snap, cut)
-    return overview(snap, results, ideal, ports, thresholds, cut)
+    o = overview(snap, results, ideal, ports, thresholds, cut)
+    if snap.window_steps is not None and cut is None:  # a live run's window of spans
+        o = with_step_results(o, rd.step_tables(), snap.window_steps, thresholds)
+    return o
 
 
 def _level(value: float, warn: float, crit: float) -> str:
@@ -281,8 +285,14 @@ def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
         bubbles_fig = (bubble_attribution_figure(ideal.attribution)
                        if ideal is not None and ideal.ok and len(ideal.attribution)
                        else bubble_compare_figure(measured, None, o.bubble_formula))
-    return (kpi_tiles(o, th), alert_list(o.alerts, run), steps_fig, bubbles_fig,
-            exposed_comm_figure(ov, max(1, len(o.steps))),
+    held = analyses.get("bubbles")
+    n_steps = (int(held["step"].nunique()) if o.scope and held is not None and len(held)
+               else len(o.steps))  # the figure's overlap table covers the spans held
+    notes = alert_list(o.alerts, run)
+    if o.scope:
+        notes = html.Div([html.Div(o.scope, className="dim scope-note"), notes])
+    return (kpi_tiles(o, th), notes, steps_fig, bubbles_fig,
+            exposed_comm_figure(ov, max(1, n_steps)),
             _stragglers_table(o.stragglers, run), _probes_table(o.probes), compare)
 
 

@@ -14,7 +14,11 @@ clock offsets (an alignment applied) is not incremental: :meth:`RunTail.compatib
 so and the caller starts a new tail. With ``counters_window_ns`` only the counter rows of that
 last stretch of the run's counter clock are kept, and with ``counters_max_rows`` at most that
 many (the newest): a live view's memory stays flat while agents write ~3,200 rows a second
-per node (the full read equals the tail's rows in that window).
+per node (the full read equals the tail's rows in that window). With ``span_steps`` only the
+spans of the newest that many steps are kept (the newest step any rank has begun and the
+``span_steps - 1`` before it; spans in no step are dropped): a live view of a job that runs for
+days holds a bounded window of whole steps, and what covers the whole run comes from the step
+results (:mod:`profiler.steps`), which are O(steps). ``window_steps`` says which steps are held.
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ class _Kind:
     cursor."""
 
     def __init__(self, kind: str, window_ns: int | None = None,
-                 max_rows: int | None = None) -> None:
+                 max_rows: int | None = None, steps: int | None = None) -> None:
         self.kind = kind
         self.window_ns = window_ns
         self.max_rows = max_rows
+        self.steps = steps
+        #: spans with a step window: (first step kept, newest step), once anything was dropped
+        self.held: tuple[int, int] | None = None
         self.cursor = Cursor()
         self.frame: pd.DataFrame | None = None
         self.keys = np.zeros(0, dtype=np.int64)  # per row: the stream's sort key
@@ -89,6 +96,17 @@ class _Kind:
             keep = ts >= low if low is not None else None
             if keep is not None and not keep.all():
                 frame, keys = frame.loc[keep].reset_index(drop=True), keys[keep]
+        if self.steps is not None and len(frame):
+            step = frame["step"].to_numpy(dtype="float64", na_value=np.nan)
+            newest = np.nanmax(step) if np.isfinite(step).any() else np.nan
+            if np.isfinite(newest) and newest >= 0:
+                first = max(0, int(newest) - self.steps + 1)
+                keep = step >= first  # NaN and negative steps (in no step) drop out
+                if not keep.all():
+                    frame, keys = frame.loc[keep].reset_index(drop=True), keys[keep]
+                    self.held = (first, int(newest))
+                elif self.held is not None:
+                    self.held = (first, int(newest))
         if len(keys) > 1 and (np.diff(keys) < 0).any():
             order = np.argsort(keys, kind="stable")
             frame = frame.take(order).reset_index(drop=True)
@@ -101,15 +119,19 @@ class RunTail:
     """The spans and counters of a run read so far (module doc). ``update()`` reads what is
     new and says whether anything was; ``spans`` / ``counters`` are the frames.
     ``counters_window_ns``: keep only the counters of the newest that many ns;
-    ``counters_max_rows``: and at most that many, the newest (None: no limit)."""
+    ``counters_max_rows``: and at most that many, the newest (None: no limit);
+    ``span_steps``: keep only the spans of the newest that many steps."""
 
     def __init__(self, reader: RunReader, *, counters_window_ns: int | None = None,
-                 counters_max_rows: int | None = None) -> None:
+                 counters_max_rows: int | None = None, span_steps: int | None = None) -> None:
+        if span_steps is not None and span_steps < 1:
+            raise ValueError(f"span_steps must be >= 1, got {span_steps}")
         self.reader = reader
         self.offsets = _offsets_key(reader)
         self.counters_window_ns = counters_window_ns
         self.counters_max_rows = counters_max_rows
-        self._spans = _Kind("spans")
+        self.span_steps = span_steps
+        self._spans = _Kind("spans", steps=span_steps)
         self._counters = _Kind("counters", counters_window_ns, counters_max_rows)
 
     def compatible(self) -> bool:
@@ -121,6 +143,12 @@ class RunTail:
         a = self._spans.update(self.reader)
         b = self._counters.update(self.reader)
         return a or b
+
+    @property
+    def window_steps(self) -> tuple[int, int] | None:
+        """(first, newest) step of the spans held, once the step window dropped any; None:
+        every span read so far is held."""
+        return self._spans.held
 
     @property
     def spans(self) -> pd.DataFrame:

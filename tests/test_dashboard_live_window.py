@@ -1,0 +1,57 @@
+"""A live run whose spans the dashboard holds for a window of steps (issue 10: memory and tick
+cost flat over a long job): the Overview's whole-run numbers come from the run's step results
+and equal the offline Overview of the same data, number for number; what covers only the held
+steps says so."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dashboard.data import DataService
+from dashboard.overview_model import DEFAULT_THRESHOLDS
+from dashboard.pages import overview as overview_page
+from profiler.manifest import Manifest
+from profiler.steps.engine import StepEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "sample_traces" / "reference-cpu-pp2-ep2-dualpipev"
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9)
+
+
+def test_live_window_overview_equals_the_offline_one(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(REFERENCE, runs / "offline")
+    shutil.copytree(REFERENCE, runs / "live")
+    with StepEngine(runs / "live") as engine:  # every step complete: results for steps 0-7
+        engine.run()
+    m = Manifest.read(runs / "live")
+    m.status = "live"  # the writers are still at it, as far as the dashboard knows
+    m.write(runs / "live")
+
+    svc = DataService(str(runs), live_reload_s=0.0, live_span_steps=3)
+    _rd, snap = svc.snapshot("live")
+    assert snap.window_steps == (5, 7) and set(snap.spans["step"].dropna()) == {5, 6, 7}
+    live = overview_page.compute(svc, "live", None, dict(DEFAULT_THRESHOLDS))
+    off = overview_page.compute(svc, "offline", None, dict(DEFAULT_THRESHOLDS))
+    assert off.scope == "" and "step results" in live.scope and "5–7" in live.scope
+
+    assert live.steps["step"].tolist() == off.steps["step"].tolist() == list(range(8))
+    for name in ("step_time_s", "bubble_measured", "bubble_ideal", "exposed_comm_share",
+                 "exposed_comm_s_per_step", "comm_sm_share"):
+        assert _same(live[name], off[name]), (name, live[name], off[name])
+    assert live.stragglers["rank"].tolist() == off.stragglers["rank"].tolist()
+    assert live.stragglers["worst_step"].tolist() == off.stragglers["worst_step"].tolist()
+    assert [a.title for a in live.alerts] == [a.title for a in off.alerts]
+
+    # without the window (0 / None) a live run's Overview is computed from its spans alone
+    whole = DataService(str(runs), live_reload_s=0.0, live_span_steps=None)
+    _rd, snap = whole.snapshot("live")
+    assert snap.window_steps is None
+    assert overview_page.compute(whole, "live", None, dict(DEFAULT_THRESHOLDS)).scope == ""

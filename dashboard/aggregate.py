@@ -75,8 +75,11 @@ def _bubble_part(iv: pd.DataFrame, row: int) -> dict[str, np.ndarray]:
 
 
 def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None, layout: pd.DataFrame,
-                bubble_table: pd.DataFrame | None = None) -> TimelineIndex:
+                bubble_table: pd.DataFrame | None = None,
+                t0_ns: int | None = None) -> TimelineIndex:
     """Flat, start-sorted arrays of everything the timeline can draw (see the module doc).
+    ``t0_ns``: the origin of its times, the run's start as the snapshot has it (default: the
+    first span's start; a live window may have dropped the run's first spans).
 
     Bubbles are those of :mod:`profiler.analysis.bubbles`
     (:func:`~profiler.analysis.bubble_intervals`): the step windows of ``bubble_table``, the
@@ -119,7 +122,7 @@ def build_index(spans: pd.DataFrame, ideal: pd.DataFrame | None, layout: pd.Data
     order = np.argsort(cols["start"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
     dur = cols["end"] - cols["start"]
-    t0 = int(spans["start_ns"].min()) if len(spans) else 0
+    t0 = t0_ns if t0_ns is not None else (int(spans["start_ns"].min()) if len(spans) else 0)
     has_phases = bubble_table is not None and len(bubble_table) and \
         "warmup_end_ns" in bubble_table.columns
     phases = (bubble_table[PHASE_COLUMNS].sort_values("warmup_end_ns", kind="stable")

@@ -167,6 +167,11 @@ class RunData:
                             manifest.status))
             if self._snap is None or version != self._snap.version:
                 t0, t1 = time_bounds(spans, counters)
+                # the run's start stays the first row ever read when the windows drop the
+                # oldest rows: every view's "time since run start" keeps its origin
+                first = self._tail.first_ns
+                if first is not None and (len(spans) or len(counters)):
+                    t0 = min(t0, first)
                 self._snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1,
                                       self._tail.window_steps)
             self._loaded_at = now
@@ -254,7 +259,7 @@ class RunData:
             ideal = self.ideal(snap)
             bubbles = self.analyses(snap).get("bubbles")
             return build_index(snap.spans, ideal.spans if ideal.ok else None, self.layout(snap),
-                               bubbles)
+                               bubbles, t0_ns=snap.t0_ns)
 
         return self.derived("timeline_index", snap, run)
 

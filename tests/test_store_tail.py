@@ -150,6 +150,9 @@ def test_span_window_keeps_the_newest_steps_of_a_live_run(tmp_path: Path) -> Non
     svc = DataService(str(runs), live_reload_s=0.0, live_span_steps=3)
     _rd, snap = svc.snapshot("live")
     assert snap.window_steps == (5, 7) and set(snap.spans["step"]) == {5, 6, 7}
+    # time is still measured from the run's start, the first row ever read
+    assert snap.t0_ns == int(RunReader(runs / "live").spans()["start_ns"].min())
+    assert snap.t0_ns < int(snap.spans["start_ns"].min())
     w.close()
     _rd, snap = svc.snapshot("live")  # finished: every span, no window
     assert snap.window_steps is None and len(snap.spans) == 4 + 8 * 20 + 7 * 3

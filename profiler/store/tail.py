@@ -53,6 +53,8 @@ class _Kind:
         self.steps = steps
         #: spans with a step window: (first step kept, newest step), once anything was dropped
         self.held: tuple[int, int] | None = None
+        #: the earliest time (ns) of any row ever read, dropped or not
+        self.first_ns: int | None = None
         self.cursor = Cursor()
         self.frame: pd.DataFrame | None = None
         self.keys = np.zeros(0, dtype=np.int64)  # per row: the stream's sort key
@@ -79,6 +81,9 @@ class _Kind:
         schema = SPAN_SCHEMA if self.kind == "spans" else COUNTER_SCHEMA
         tables = [r.table for r in reads]
         new = to_pandas(concat(tables, schema))
+        if len(new):
+            lo = int(new["start_ns" if self.kind == "spans" else "ts_ns"].min())
+            self.first_ns = lo if self.first_ns is None else min(self.first_ns, lo)
         new_keys = np.concatenate([self._key(r.stream, r.table.num_rows)  # type: ignore[union-attr]
                                    for r in reads])
         if self.frame is None or len(self.frame) == 0:
@@ -143,6 +148,13 @@ class RunTail:
         a = self._spans.update(self.reader)
         b = self._counters.update(self.reader)
         return a or b
+
+    @property
+    def first_ns(self) -> int | None:
+        """The earliest span start or counter sample ever read (the windows may have dropped
+        it since): the run's start as the views measure time from it."""
+        got = [k.first_ns for k in (self._spans, self._counters) if k.first_ns is not None]
+        return min(got) if got else None
 
     @property
     def window_steps(self) -> tuple[int, int] | None:

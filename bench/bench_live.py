@@ -39,6 +39,7 @@ import argparse
 import heapq
 import importlib
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -445,6 +446,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "late_rows": er["late_rows"],
         },
         "first_draw_ms": None,  # the dashboard's hook reports it (issue 10, items 5-7)
+        # the curve: per minute of the run, the tick's p50 / p95 (ms) and the RSS at its end
+        # (MB), so a cost that grows and then levels off (a live window filling) shows
+        "by_minute": [
+            {"minute": m + 1, "tick_p50_ms": _pct([x["ms"] for x in ms], 50),
+             "tick_p95_ms": _pct([x["ms"] for x in ms], 95), "rss_mb": ms[-1]["rss_mb"]}
+            for m in range(int(math.ceil(stop_s / 60)))
+            if (ms := [x for x in ticks if m * 60 <= x["t_s"] < (m + 1) * 60])],
     }
     if hook_module is not None and hasattr(hook_module, "report"):
         dash = hook_module.report(a.minutes)

@@ -47,7 +47,11 @@ from .overview_model import DEFAULT_THRESHOLDS, link_ports
 from .promsource import PromSource
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
-__all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS"]
+__all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
+
+#: the step-result tables the pages read (the GPUs page, the header, the Overview's whole-run
+#: numbers); the others (per-node bandwidth, costs, ideal spans, per-step scores) are not held
+STEP_TABLES_READ = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "work")
 
 T = TypeVar("T")
 
@@ -275,7 +279,7 @@ class RunData:
                 self._steps_at = now
                 try:
                     if self._steps is None and (self.entry.path / DERIVED).is_dir():
-                        self._steps = StepResults(self.entry.path)
+                        self._steps = StepResults(self.entry.path, keep=STEP_TABLES_READ)
                     if self._steps is not None:
                         self._steps.update()
                         self._steps_error = None

@@ -247,7 +247,10 @@ def with_step_results(o: Overview, tables: Mapping[str, pd.DataFrame],
     communicating, the links. ``scope`` says so."""
     bub = tables.get("bubbles")
     if bub is None or len(bub) == 0:
-        return o
+        return replace(o, scope=(
+            f"Live: spans held for steps {window[0]}–{window[1]} and this run has no step "
+            "results yet (dualscope steps RUN --follow writes them), so every number here "
+            "covers those steps only"))
     steps = step_times(bub)
     ideal_ratio, _how = run_ideal(tables.get("steps", pd.DataFrame()),
                                   tables.get("work", pd.DataFrame()),

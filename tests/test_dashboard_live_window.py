@@ -55,3 +55,11 @@ def test_live_window_overview_equals_the_offline_one(tmp_path: Path) -> None:
     _rd, snap = whole.snapshot("live")
     assert snap.window_steps is None
     assert overview_page.compute(whole, "live", None, dict(DEFAULT_THRESHOLDS)).scope == ""
+
+    # a live run without step results: the held steps only, and the page says so
+    shutil.rmtree(runs / "live" / "derived")
+    bare = DataService(str(runs), live_reload_s=0.0, live_span_steps=3)
+    o = overview_page.compute(bare, "live", None, dict(DEFAULT_THRESHOLDS))
+    assert "no step results" in o.scope and "5–7" in o.scope
+    assert o.steps["step"].tolist() == [5, 6]  # the held steps over by now (7 still runs)
+

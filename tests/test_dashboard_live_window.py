@@ -49,6 +49,10 @@ def test_live_window_overview_equals_the_offline_one(tmp_path: Path) -> None:
     assert live.stragglers["rank"].tolist() == off.stragglers["rank"].tolist()
     assert live.stragglers["worst_step"].tolist() == off.stragglers["worst_step"].tolist()
     assert [a.title for a in live.alerts] == [a.title for a in off.alerts]
+    # the page: the scope line above the alerts, the attribution chart titled with its steps
+    out = overview_page.render(svc, {"run": "live", "mode": "live"}, None, None, None)
+    assert "whole-run numbers from step results" in str(out[1])
+    assert "held steps 5–7" in out[3].layout.title.text
 
     # without the window (0 / None) a live run's Overview is computed from its spans alone
     whole = DataService(str(runs), live_reload_s=0.0, live_span_steps=None)

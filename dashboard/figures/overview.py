@@ -111,14 +111,16 @@ def bubble_compare_figure(measured: pd.DataFrame, ideal: pd.DataFrame | None,
     return f
 
 
-def bubble_attribution_figure(a: pd.DataFrame) -> go.Figure:
+def bubble_attribution_figure(a: pd.DataFrame, covers: str = "") -> go.Figure:
     """Bubble per pipeline position as a share of the step: the ideal bubble plus the excess
     split into slow stages, P2P (link latency + waits beyond it) and host gaps (they add up
     to the measured bubble, drawn as a marker; a position below the ideal has a negative slow
     stage bar). ``a``: pp_rank, window_ns, measured_bubble_ns, ideal_bubble_ns,
     slow_stage_ns, exposed_comm_ns, host_gap_ns and optionally p2p_wait_ns, below_ideal_ns
-    (profiler.compare, means per position)."""
-    title = "Bubble per pipeline position: ideal + excess = measured"
+    (profiler.compare, means per position). ``covers``: what part of the run it is, when
+    not all of it (a live window: "steps 5–7")."""
+    title = "Bubble per pipeline position: ideal + excess = measured" + (
+        f" ({covers})" if covers else "")
     if len(a) == 0:
         return empty_figure("no ideal timeline for this run", title=title)
     f = fig(title, height=260, barmode="relative")

@@ -282,7 +282,10 @@ def render(svc: DataService, clock: ClockLike, th_bubble: float | None,
             compare=True)
     else:
         steps_fig = step_time_figure(o.steps, uirevision=run)
-        bubbles_fig = (bubble_attribution_figure(ideal.attribution)
+        win = snap.window_steps if o.scope else None
+        bubbles_fig = (bubble_attribution_figure(
+                           ideal.attribution,
+                           "" if win is None else f"held steps {win[0]}–{win[1]}")
                        if ideal is not None and ideal.ok and len(ideal.attribution)
                        else bubble_compare_figure(measured, None, o.bubble_formula))
     held = analyses.get("bubbles")

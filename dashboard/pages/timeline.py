@@ -227,16 +227,20 @@ def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
         title, msg = describe_error(e, svc)
         return empty_figure(title), f"error: {msg}", None, no_update
     step_out: Any = no_update
+    zoomed = False
     if trigger == ids.TL_GRAPH:
         new_view = view_from_relayout(relayout, view)
         if new_view != view:
             step_out = "all" if new_view is None else None
+            zoomed = True
         view = new_view
     elif trigger == ids.TL_STEP and step != "live":
         view = _step_view(step_windows(rd, snap), step)
     live_step = None
-    if step == "live" and trigger != ids.TL_GRAPH and cutoff_ns(c) is None:
-        got = newest_complete_step(rd, snap)  # follow the newest complete step
+    # follow the newest complete step, unless the user just zoomed (a relayout that leaves the
+    # window as it was, plotly's autosize after a draw, is not a zoom)
+    if step == "live" and not zoomed and cutoff_ns(c) is None:
+        got = newest_complete_step(rd, snap)
         if got is not None:
             live_step, view = got
     cut = cutoff_ns(c)

@@ -43,7 +43,7 @@ from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
 from .defaults import LIVE_SPAN_STEPS
 from .ideal import IdealTimeline, ideal_timeline
-from .overview_model import DEFAULT_THRESHOLDS, link_ports
+from .overview_model import DEFAULT_THRESHOLDS, StepSummary, link_ports, step_summary
 from .promsource import PromSource
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
@@ -88,6 +88,7 @@ class RunData:
         self._steps: StepResults | None = None
         self._steps_at = -1e18
         self._steps_error: str | None = None
+        self._summary: tuple[tuple[Any, ...], StepSummary | None] | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -288,6 +289,20 @@ class RunData:
             if self._steps is None:
                 return {}
             return {k: v for k, v in self._steps.tables(cutoff_ns).items() if len(v)}
+
+    def step_summary(self) -> StepSummary | None:
+        """:func:`~dashboard.overview_model.step_summary` of :meth:`step_tables`, computed
+        again only when the step results grew (their rows are only ever appended), not on
+        every tick: the pooled fit and straggler scores cost O(rows)."""
+        tables = self.step_tables()
+        key = tuple(sorted((k, len(v)) for k, v in tables.items()))
+        with self._lock:
+            if self._summary is not None and self._summary[0] == key:
+                return self._summary[1]
+        value = step_summary(tables)
+        with self._lock:
+            self._summary = (key, value)
+        return value
 
     @property
     def steps_error(self) -> str | None:

@@ -25,13 +25,13 @@ from profiler.analysis import (
 )
 from profiler.counters import IB, NVLINK, TX_BYTES_PER_S, device_kinds
 from profiler.manifest import Manifest
-from profiler.steps.summary import run_ideal, run_stragglers, step_times
+from profiler.steps.summary import kpis, run_stragglers, step_times
 
 from .ideal import IdealTimeline
 from .snapshot import Snapshot
 
 __all__ = ["DEFAULT_THRESHOLDS", "PORT_COLUMNS", "Alert", "LinkSummary", "Overview", "overview",
-           "with_step_results", "link_ports", "alerts", "Delta", "deltas", "cpu_run"]
+           "StepSummary", "step_summary", "with_step_results", "link_ports", "alerts", "Delta", "deltas", "cpu_run"]
 
 #: alert thresholds; the Overview page lets the user change them
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -233,70 +233,96 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
     return replace(o, alerts=alerts(o, th))
 
 
-def with_step_results(o: Overview, tables: Mapping[str, pd.DataFrame],
-                      window: tuple[int, int], thresholds: Mapping[str, float] | None = None
-                      ) -> Overview:
-    """``o`` (computed from a live run's window of spans, steps ``window``) with its whole-run
-    numbers taken from the run's step results (:mod:`profiler.steps`, O(steps)), each by the
-    definition the offline analyses use, so a finished run gives the same numbers either way
-    (tests/test_steps_engine.py): the steps and step time, the measured bubble, the ideal
-    bubble (:func:`~profiler.steps.run_ideal`: compare's one fit over every step), exposed
-    communication, the communication share of SM-time and its max, the stragglers
-    (:func:`~profiler.steps.run_stragglers`). What stays the window's: the attribution of the
-    excess and the published formula (compare over the held steps), comm SMs while
-    communicating, the links. ``scope`` says so."""
+@dataclass(frozen=True)
+class StepSummary:
+    """The whole-run numbers of a run's step results, each by the definition the offline
+    analyses use (tests/test_steps_engine.py): ``steps`` (:func:`~profiler.steps.step_times`),
+    ``kpis`` (:func:`~profiler.steps.kpis`: step time, measured and ideal bubble, overlap,
+    comm share of SM-time), ``exposed_comm_s_per_step`` (s per rank and step, NaN without
+    communication), ``comm_sms_max`` (NaN unknown) and ``stragglers``
+    (:func:`~profiler.steps.run_stragglers` with ``worst_step``)."""
+
+    steps: pd.DataFrame
+    kpis: dict[str, Any]
+    exposed_comm_s_per_step: float
+    comm_sms_max: float
+    stragglers: pd.DataFrame
+
+
+def step_summary(tables: Mapping[str, pd.DataFrame]) -> StepSummary | None:
+    """:class:`StepSummary` of ``tables`` (:meth:`dashboard.data.RunData.step_tables`); None
+    without per-step bubbles. O(rows of the tables): computed once per change of the step
+    results (:meth:`dashboard.data.RunData.step_summary`), not per tick."""
     bub = tables.get("bubbles")
     if bub is None or len(bub) == 0:
+        return None
+    steps = step_times(bub)
+    k = kpis(dict(tables))
+    ov = tables.get("overlap")
+    per_step = _NAN
+    if k["overlap_ratio"] is not None and ov is not None and k["exposed_comm_s"] is not None:
+        per_step = k["exposed_comm_s"] / max(1, ov["rank"].nunique()) / max(1, len(steps))
+    sm = tables.get("sm")
+    sms_max = (_nan(sm["comm_sms_max"].max()) if sm is not None and len(sm)
+               and "comm_sms_max" in sm else _NAN)
+    ops = tables.get("ops")
+    st = (_worst_steps(run_stragglers(ops, bubbles=bub)[1], ops.assign(
+          dur=ops["mean_ns"] * ops["count"])) if ops is not None and len(ops)
+          else pd.DataFrame(columns=["rank", "z_max"]))
+    return StepSummary(steps, k, per_step, sms_max, st)
+
+
+def with_step_results(o: Overview, summary: StepSummary | None, window: tuple[int, int],
+                      thresholds: Mapping[str, float] | None = None) -> Overview:
+    """``o`` (computed from a live run's window of spans, steps ``window``) with its whole-run
+    numbers taken from the run's step results (``summary``: :func:`step_summary`), so a
+    finished run gives the same numbers either way: the steps and step time, the measured
+    bubble, the ideal bubble (compare's one fit over every step), exposed communication, the
+    communication share of SM-time and its max, the stragglers. What stays the window's: the
+    attribution of the excess and the published formula (compare over the held steps), comm
+    SMs while communicating, the links. ``scope`` says so."""
+    if summary is None:
         return replace(o, scope=(
             f"Live: spans held for steps {window[0]}–{window[1]} and this run has no step "
             "results yet (dualscope steps RUN --follow writes them), so every number here "
             "covers those steps only"))
-    steps = step_times(bub)
-    ideal_ratio, _how = run_ideal(tables.get("steps", pd.DataFrame()),
-                                  tables.get("work", pd.DataFrame()),
-                                  tables.get("ideal", pd.DataFrame()))
-    ov = tables.get("overlap")
-    exposed_share, exposed_per_step = o.exposed_comm_share, o.exposed_comm_s_per_step
-    if ov is not None and len(ov) and ov["comm_ns"].sum() > 0:
-        share, _ = overlap_total(ov)
-        exposed_share = 1.0 - share
-        per_rank = ov.groupby("rank")["exposed_comm_ns"].sum()
-        exposed_per_step = float(per_rank.mean() / 1e9 / max(1, len(steps)))
-    sm = tables.get("sm")
-    has_sm = sm is not None and len(sm) > 0 and "comm_sm_s" in sm
-    ops = tables.get("ops")
-    st = o.stragglers
-    if ops is not None and len(ops):
-        st = _worst_step_from_ops(run_stragglers(ops, bubbles=bub)[1], ops)
-    first, last = int(steps["step"].min()), int(steps["step"].max())
+    k, steps = summary.kpis, summary.steps
+
+    def num(key: str, fallback: float) -> float:
+        return fallback if k[key] is None else float(k[key])
+
+    exposed = (o.exposed_comm_share, o.exposed_comm_s_per_step) if k["overlap_ratio"] is None \
+        else (1.0 - float(k["overlap_ratio"]), summary.exposed_comm_s_per_step)
     out = replace(
         o, steps=steps,
-        step_time_s=float(steps["step_time_s"].median()),
-        bubble_measured=float(bub["bubble_ratio"].mean()),
-        bubble_ideal=_NAN if ideal_ratio is None else float(ideal_ratio),
-        exposed_comm_share=exposed_share, exposed_comm_s_per_step=exposed_per_step,
-        comm_sm_share=_sm_share(sm) if has_sm and sm is not None else o.comm_sm_share,
-        comm_sms_max=(_nan(sm["comm_sms_max"].max()) if has_sm and sm is not None
-                      and "comm_sms_max" in sm else o.comm_sms_max),
-        stragglers=st,
-        scope=(f"Live: whole-run numbers from step results (steps {first}–{last}); spans held "
-               f"for steps {window[0]}–{window[1]}, so the bubble attribution, the formula, "
-               "comm SMs while communicating and the links cover those steps"))
+        step_time_s=num("step_time_s_median", _NAN),
+        bubble_measured=num("bubble_ratio_mean", _NAN),
+        bubble_ideal=num("ideal_bubble_ratio_mean", _NAN),
+        exposed_comm_share=exposed[0], exposed_comm_s_per_step=exposed[1],
+        comm_sm_share=num("comm_sm_share", o.comm_sm_share),
+        comm_sms_max=(o.comm_sms_max if summary.comm_sms_max != summary.comm_sms_max
+                      else summary.comm_sms_max),
+        stragglers=summary.stragglers,
+        scope=(f"Live: whole-run numbers from step results (steps {int(steps['step'].min())}–"
+               f"{int(steps['step'].max())}); spans held for steps {window[0]}–{window[1]}, so "
+               "the bubble attribution, the formula, comm SMs while communicating and the links "
+               "cover those steps"))
     return replace(out, alerts=alerts(out, {**DEFAULT_THRESHOLDS, **(thresholds or {})}))
 
 
-def _worst_step_from_ops(st: pd.DataFrame, ops: pd.DataFrame) -> pd.DataFrame:
-    """:func:`with_worst_step` from per-step op rows: the step in which each straggler's worst
-    op took longest in all (count x mean), all its ops when it has none of that op."""
+def _worst_steps(st: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """``st`` with ``worst_step``: per straggler, the step whose ``rows`` (``rank``, ``op``,
+    ``step``, ``dur``: time of that op in that step) of its worst op add up to the most; all
+    its rows when it has none of that op."""
     if len(st) == 0:
         return st
-    total = ops.assign(_t=ops["mean_ns"] * ops["count"])
     worst: list[Any] = []
-    for r, op in zip(st["rank"], st.get("worst_op", pd.Series([None] * len(st))), strict=True):
-        mine = total.loc[total["rank"] == r]
+    for r, op in zip(st["rank"].to_numpy(dtype=np.int64),
+                     st.get("worst_op", pd.Series([None] * len(st))), strict=True):
+        mine = rows.loc[rows["rank"].to_numpy() == r]
         of_op = mine.loc[mine["op"] == op] if op is not None else mine.iloc[:0]
         use = of_op if len(of_op) else mine
-        worst.append(int(use.groupby("step")["_t"].sum().idxmax()) if len(use) else pd.NA)
+        worst.append(int(use.groupby("step")["dur"].sum().idxmax()) if len(use) else pd.NA)
     return st.assign(worst_step=pd.array(worst, dtype="Int64"))
 
 
@@ -308,14 +334,7 @@ def with_worst_step(st: pd.DataFrame | None, spans: pd.DataFrame) -> pd.DataFram
     ranks = st["rank"].to_numpy(dtype=np.int64)
     sp = spans.loc[np.isin(spans["rank"].to_numpy(), ranks) & (spans["step"].to_numpy() >= 0),
                    ["rank", "step", "op", "start_ns", "end_ns"]]
-    sp = sp.assign(dur=sp["end_ns"] - sp["start_ns"])
-    worst: list[Any] = []
-    for r, op in zip(ranks, st.get("worst_op", pd.Series([None] * len(st))), strict=True):
-        mine = sp.loc[sp["rank"].to_numpy() == r]
-        of_op = mine.loc[mine["op"] == op] if op is not None else mine.iloc[:0]
-        use = of_op if len(of_op) else mine
-        worst.append(int(use.groupby("step")["dur"].sum().idxmax()) if len(use) else pd.NA)
-    return st.assign(worst_step=pd.array(worst, dtype="Int64"))
+    return _worst_steps(st, sp.assign(dur=sp["end_ns"] - sp["start_ns"]))
 
 
 def worst_excess_view(ideal: IdealTimeline | None) -> tuple[tuple[str, str], ...]:

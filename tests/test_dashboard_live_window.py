@@ -41,6 +41,8 @@ def test_live_window_overview_equals_the_offline_one(tmp_path: Path) -> None:
     svc = DataService(str(runs), live_reload_s=0.0, live_span_steps=3)
     _rd, snap = svc.snapshot("live")
     assert snap.window_steps == (5, 7) and set(snap.spans["step"].dropna()) == {5, 6, 7}
+    rd = svc.run("live")  # the pooled numbers are computed once per change of the results
+    assert rd.step_summary() is rd.step_summary() is not None
     live = overview_page.compute(svc, "live", None, dict(DEFAULT_THRESHOLDS))
     off = overview_page.compute(svc, "offline", None, dict(DEFAULT_THRESHOLDS))
     assert off.scope == "" and "step results" in live.scope and "5–7" in live.scope

@@ -100,7 +100,7 @@ def compute(svc: DataService, run: str, clock: ClockLike,
     ports = rd.ports(snap, cut)
     o = overview(snap, results, ideal, ports, thresholds, cut)
     if snap.window_steps is not None and cut is None:  # a live run's window of spans
-        o = with_step_results(o, rd.step_tables(), snap.window_steps, thresholds)
+        o = with_step_results(o, rd.step_summary(), snap.window_steps, thresholds)
     return o
 
 

@@ -125,11 +125,12 @@ def report(minutes: float) -> dict[str, Any]:
                      for w, v in (("first", first), ("last", last))}
     out["pages_ms"] = per
     # the curve: each page's p50 per minute of the run (ms)
-    out["pages_p50_by_minute"] = {
-        page: [round(float(np.percentile(v, 50)), 1) if v else None
-               for m in range(int(np.ceil(end / 60)))
-               for v in [[ms for t, p, ms in _S["ticks"] if p == page and m * 60 <= t < m * 60 + 60]]]
-        for page in PAGES}
+    def p50(page: str, minute: int) -> float | None:
+        v = [ms for t, p, ms in _S["ticks"] if p == page and minute * 60 <= t < minute * 60 + 60]
+        return round(float(np.percentile(v, 50)), 1) if v else None
+
+    out["pages_p50_by_minute"] = {page: [p50(page, m) for m in range(int(np.ceil(end / 60)))]
+                                  for page in PAGES}
     tot = _S["totals"]
     out["tick_ms"] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
                           "p95": round(float(np.percentile(v, 95)), 1)} if v else None

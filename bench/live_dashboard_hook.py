@@ -15,16 +15,22 @@ and last minute, which ``bench_live.py`` adds to its JSON as ``dashboard``.
 one browser shows one page, so ``gpus`` alone is one operator on the cluster view; the
 default is six browsers, one on each page. ``$DUALSCOPE_BENCH_SPAN_STEPS``: the live window of
 held spans, in steps (``--live-span-steps``; 0: hold every span; default: the dashboard's).
+``$DUALSCOPE_BENCH_TRACEMALLOC=N`` (a diagnosis, slow): trace Python allocations from
+``$DUALSCOPE_BENCH_TRACEMALLOC_FROM_S`` (default 150 s, once the window is full) and report the N source lines whose held memory grew most by the last tick
+(``report()["tracemalloc_growth"]``); Arrow's own pool is reported per minute either way
+(``arrow_mb_by_minute``), since tracemalloc does not see it.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from dash._utils import to_json
 from dash.exceptions import PreventUpdate
 
@@ -55,7 +61,41 @@ def _time(page: str, fn: Any) -> None:
 def tick(run: Path, new: dict[str, Any]) -> None:
     t_all = time.perf_counter()
     _tick(run)
-    _S["totals"].append((time.time() - _S["t0"], (time.perf_counter() - t_all) * 1e3))
+    now = time.time() - _S["t0"]
+    _S["totals"].append((now, (time.perf_counter() - t_all) * 1e3))
+    _S.setdefault("arrow", []).append((now, pa.total_allocated_bytes() / 2**20))
+    top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
+    if top and now >= _TRACE_FROM_S and "trace_base" not in _S:
+        tracemalloc.start(16)
+        _S["trace_base"] = tracemalloc.take_snapshot()
+    elif top and "trace_base" in _S:
+        _S["trace_last"] = tracemalloc.take_snapshot() if now >= _S.get("trace_at", 0) else \
+            _S.get("trace_last")
+        _S["trace_at"] = now + 30  # a snapshot costs seconds: at most one per 30 s
+
+
+#: the first tracemalloc snapshot is taken this long into the run: once the live window is full
+_TRACE_FROM_S = float(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC_FROM_S") or 150)
+
+
+def _ours(f: Any) -> bool:
+    return any(f"/{d}/" in f.filename for d in ("profiler", "dashboard", "bench"))
+
+
+def _site(f: Any) -> str:
+    return "/".join(f.filename.rsplit("/", 2)[-2:]) + f":{f.lineno}"
+
+
+def _growth(top: int) -> list[dict[str, Any]]:
+    """The ``top`` allocation sites whose held memory grew most between the two snapshots."""
+    base, last = _S.get("trace_base"), _S.get("trace_last")
+    if base is None or last is None:
+        return []
+    diff = last.compare_to(base, "traceback")
+    return [{"kib": round(d.size_diff / 1024, 1), "blocks": d.count_diff,
+             "where": [_site(f) for f in d.traceback if _ours(f)][-5:]
+             or [_site(f) for f in d.traceback][-3:]}
+            for d in diff[:top]]
 
 
 def _tick(run: Path) -> None:
@@ -131,6 +171,12 @@ def report(minutes: float) -> dict[str, Any]:
 
     out["pages_p50_by_minute"] = {page: [p50(page, m) for m in range(int(np.ceil(end / 60)))]
                                   for page in PAGES}
+    out["arrow_mb_by_minute"] = [
+        round(max((mb for t, mb in _S.get("arrow", []) if m * 60 <= t < m * 60 + 60),
+                  default=float("nan")), 1) for m in range(int(np.ceil(end / 60)))]
+    top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
+    if top:
+        out["tracemalloc_growth"] = _growth(top)
     tot = _S["totals"]
     out["tick_ms"] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
                           "p95": round(float(np.percentile(v, 95)), 1)} if v else None

@@ -78,7 +78,10 @@ def heat_figure(g: GpuGrid, metric: str, group: str) -> go.Figure:
     label, _, _ = METRICS[metric]
     row_name, col_name = GROUPS[group]
     custom = np.stack([g.rank, g.pipeline, g.worst_step], axis=-1)
-    text = np.vectorize(lambda v: _fmt(metric, v))(g.z) if g.z.size else g.z
+    # per cell in Python (np.vectorize warned "invalid value" on the NaN cells of a run
+    # whose ranks have no value yet)
+    text = np.array([[_fmt(metric, v) for v in row] for row in np.atleast_2d(g.z).tolist()],
+                    dtype=object).reshape(g.z.shape) if g.z.size else g.z
     kw: dict[str, Any] = ({"colorscale": palette.DIVERGING, "zmid": 1.0} if metric == "busy"
                           else {"colorscale": palette.SEQUENTIAL, "reversescale": True,
                                 "zmin": 0.0})

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import RunFormatError, io_error
 from ..manifest import Manifest, fsync_dir
@@ -55,6 +54,7 @@ def compact(run_dir: str | os.PathLike[str], *, kinds: Sequence[str] = ("spans",
             blocks: list[tuple[int, int, int]] = []  # rows of each merged segment, in order
             for p in old_parts:  # checked before parsing; damage refuses the compaction
                 verify_file_checksum(p, "error")
+                import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
                 table = pq.read_table(p)
                 m = PART_RE.match(p.name)
                 assert m is not None
@@ -100,6 +100,7 @@ def _write_part(table: pa.Table, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with removed_on_error(target.parent, target.name):
+            import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
             pq.write_table(table, tmp, compression="zstd")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import InputError, RunFormatError
 from ..fsutil import not_regular
@@ -255,6 +254,7 @@ class RunReader:
         try:
             ok, notes = verify_file_checksum(path, self.on_damage)
             self._note(notes)
+            import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
             return pq.read_table(path) if ok else None
         except FileNotFoundError:
             return None  # compacted again between listing and reading

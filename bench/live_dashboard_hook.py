@@ -18,7 +18,9 @@ held spans, in steps (``--live-span-steps``; 0: hold every span; default: the da
 ``$DUALSCOPE_BENCH_TRACEMALLOC=N`` (a diagnosis, slow): trace Python allocations from
 ``$DUALSCOPE_BENCH_TRACEMALLOC_FROM_S`` (default 150 s, once the window is full) and report the N source lines whose held memory grew most by the last tick
 (``report()["tracemalloc_growth"]``); Arrow's own pool is reported per minute either way
-(``arrow_mb_by_minute``), since tracemalloc does not see it.
+(``arrow_mb_by_minute``), since tracemalloc does not see it. ``$DUALSCOPE_BENCH_OBJECTS=1``
+(cheap): the gc-tracked objects by type and the DataFrames' bytes at that time and at the
+end (``report()["objects_growth"]``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def tick(run: Path, new: dict[str, Any]) -> None:
     now = time.time() - _S["t0"]
     _S["totals"].append((now, (time.perf_counter() - t_all) * 1e3))
     _S.setdefault("arrow", []).append((now, pa.total_allocated_bytes() / 2**20))
+    if os.environ.get("DUALSCOPE_BENCH_OBJECTS") and now >= _TRACE_FROM_S:
+        _S.setdefault("objects_base", _objects())
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
     if top and now >= _TRACE_FROM_S and "trace_base" not in _S:
         tracemalloc.start(16)
@@ -76,6 +80,63 @@ def tick(run: Path, new: dict[str, Any]) -> None:
 
 #: the first tracemalloc snapshot is taken this long into the run: once the live window is full
 _TRACE_FROM_S = float(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC_FROM_S") or 150)
+
+
+def _objects() -> dict[str, Any]:
+    """Live Python objects by type (gc-tracked ones), and the DataFrames' own bytes."""
+    import gc
+    from collections import Counter
+
+    import pandas as pd
+
+    gc.collect()
+    objs = gc.get_objects()
+    count = Counter(type(o).__qualname__ for o in objs)
+    frames = [o for o in objs if isinstance(o, pd.DataFrame)]
+    mb = sum(int(f.memory_usage(index=True, deep=False).sum()) for f in frames) / 2**20
+    return {"count": count, "frames_mb": mb, "frames": len(frames), "t": time.time() - _S["t0"]}
+
+
+def _objects_growth() -> dict[str, Any]:
+    base = _S.get("objects_base")
+    if base is None:
+        return {}
+    end = _objects()
+    diff = end["count"].copy()
+    diff.subtract(base["count"])
+    return {"from_s": round(base["t"]), "to_s": round(end["t"]), "arrow_holders": _arrow_holders(),
+            "frames": [base["frames"], end["frames"]],
+            "frames_mb": [round(base["frames_mb"], 1), round(end["frames_mb"], 1)],
+            "types_grown": [[k, v] for k, v in diff.most_common(20) if v > 0]}
+
+
+def _arrow_holders(top: int = 10) -> list[dict[str, Any]]:
+    """The live DataFrames holding the most Arrow memory: the bytes their Arrow-backed
+    columns reference (whole buffers: a slice pins its parent's) against the bytes of the
+    rows they show, their chunk count, and what refers to them."""
+    import gc
+
+    import pandas as pd
+
+    out = []
+    for o in gc.get_objects():
+        if not isinstance(o, pd.DataFrame):
+            continue
+        pinned = shown = chunks = 0
+        for c in o.columns:
+            arr = getattr(o[c].array, "_pa_array", None)
+            if arr is None:
+                continue
+            pinned += arr.get_total_buffer_size()
+            shown += arr.nbytes
+            chunks += arr.num_chunks
+        if pinned:
+            refs = sorted({type(r).__qualname__ for r in gc.get_referrers(o)} - {"list"})[:4]
+            out.append({"pinned_mb": round(pinned / 2**20, 2), "shown_mb": round(shown / 2**20, 2),
+                        "chunks": chunks, "shape": list(o.shape),
+                        "columns": [str(c) for c in o.columns[:5]], "referrers": refs})
+    out.sort(key=lambda d: -d["pinned_mb"])
+    return out[:top]
 
 
 def _ours(f: Any) -> bool:
@@ -177,6 +238,8 @@ def report(minutes: float) -> dict[str, Any]:
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
     if top:
         out["tracemalloc_growth"] = _growth(top)
+    if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
+        out["objects_growth"] = _objects_growth()
     tot = _S["totals"]
     out["tick_ms"] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
                           "p95": round(float(np.percentile(v, 95)), 1)} if v else None

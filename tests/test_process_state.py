@@ -49,3 +49,32 @@ def test_command_settings_apply_only_inside_and_are_restored(tmp_path: Path) -> 
         import_kineto([FIXTURE], tmp_path / "run", around_parse=around)  # type: ignore[arg-type]
     assert during_parse and not any(during_parse)
     assert gc.isenabled() and pa.default_memory_pool().backend_name == pool
+
+
+def _child(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.strip()
+
+
+def test_import_command_process_allocates_arrow_from_the_system_pool() -> None:
+    """The command's process chooses the system allocator before Arrow loads (the CLI
+    itself must not load Arrow first), and a user's own choice is kept."""
+    code = ("import sys, dualscope.cli\n"
+            "loaded = 'pyarrow' in sys.modules\n"
+            "from profiler.commands.import_cmd import system_pool_by_default\n"
+            "took = system_pool_by_default()\n"
+            "import pyarrow as pa\n"
+            "print(loaded, took, pa.default_memory_pool().backend_name)")
+    assert _child(code) == "False True system"
+    assert _child(code, ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "False True mimalloc"
+    # too late once Arrow is loaded: says so instead of pretending
+    late = ("import pyarrow as pa\n"
+            "from profiler.commands.import_cmd import system_pool_by_default\n"
+            "print(system_pool_by_default(), pa.default_memory_pool().backend_name)")
+    assert _child(late) == "False mimalloc"

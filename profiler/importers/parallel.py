@@ -147,6 +147,9 @@ def _pool(tasks: Sequence[FileTask], sizes: Sequence[int], jobs: int,
     the parent waits on the workers' pipes and process sentinels together, so a worker that
     dies is noticed at once, and stopping them never writes to a pipe whose reader is gone."""
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    # np.unique imports numpy.ma on its first call (numpy 2.x): imported before the fork, the
+    # workers share its pages instead of each importing (and holding) its own copy
+    import numpy.ma  # noqa: F401
     slots = ctx.Array("q", len(tasks), lock=False)
     workers: list[tuple[Any, Connection]] = []
     try:

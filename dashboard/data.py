@@ -313,9 +313,19 @@ class RunData:
         return self.derived("counter_nodes", snap, lambda: sorted(
             pd.unique(snap.counters["node"]).tolist()) if len(snap.counters) else [])
 
-    def counters_since(self, ts_ns: int) -> pd.DataFrame:
-        """Counter samples taken after ``ts_ns`` (reads only what is needed: the live path)."""
-        return self.reader.counters(start_ns=int(ts_ns) + 1)
+    def counters_since(self, snap: Snapshot, ts_ns: int) -> pd.DataFrame | None:
+        """Counter samples taken after ``ts_ns``, from the samples the snapshot holds (the
+        live tail has read them already: nothing is read again); None when the snapshot no
+        longer holds every sample after ``ts_ns`` (its window dropped some): draw again.
+        (This read the run's counter files, every sealed segment cached for the life of the
+        server: its memory and each tick's cost grew with the run.)"""
+        c = snap.counters
+        ts = c["ts_ns"].to_numpy()
+        if len(ts) == 0:
+            return c
+        if snap.live and int(ts.min()) > int(ts_ns):
+            return None  # the live window may have dropped samples after ts_ns
+        return c.loc[ts > int(ts_ns)]
 
 
 @dataclass

@@ -298,6 +298,51 @@ def test_live_links_extend_only_new_samples(tmp_path: Path) -> None:
     w.close()
 
 
+def test_live_links_ticks_read_nothing_again_as_the_run_grows(tmp_path: Path) -> None:
+    """Each Links tick takes the new samples from the live tail the snapshot already read:
+    over many sealed counter segments the server holds none of them (the old path read
+    every counter file again per tick and cached each sealed segment for good: its memory
+    grew with the run, ~100 MB/min at 64 ranks). A cursor older than the held window
+    draws the page again instead of extending across a gap."""
+    root = tmp_path / "runs"
+    w = RunWriter(root / "live", _live_manifest(), rotate_s=1e-9, flush_s=0)  # seal per flush
+    w.write_spans({"rank": [0, 1], "lane": ["compute"] * 2, "kind": ["kernel"] * 2,
+                   "name": ["k", "k"], "start_ns": [0, 0], "end_ns": [5_000_000] * 2,
+                   "sms": [100, 100]})
+    _write_counters(w, 0, 5)
+    w.flush()
+    svc = DataService(str(root), live_reload_s=0.0)
+    clock = _clock(svc, "live")
+    cursor = links.render(svc, clock, "n0", "tx_bytes_per_s", None, None)[-1]
+    rd = svc.run("live")
+    t, extended = 5_000_000, 0
+    for i in range(1, 13):
+        _write_counters(w, t, 2)
+        w.flush()
+        t += 2_000_000
+        clock = next_clock(clock, "tick", run_info={"run": "live", "live": True,
+                                                    "duration_s": 1})
+        out = links.render(svc, clock, "n0", "tx_bytes_per_s", cursor, ids.CLOCK)
+        if out[4] is not no_update:  # not the periodic full redraw: only the new samples
+            ext, _ = out[4]
+            assert ext["x"][0] == [(t - 2_000_000) / 1e9, (t - 1_000_000) / 1e9], i
+            extended += 1
+        cursor = out[-1]
+        assert cursor["ts_ns"] == t - 1_000_000
+    assert extended >= 8
+    assert len(list((root / "live" / "counters").rglob("seg-*"))) >= 12
+    assert rd.reader._cache == {}  # no sealed segment held by the server
+    _, snap = svc.snapshot("live")
+    assert len(rd.counters_since(snap, 0)) == len(snap.counters) - 2  # all but t = 0's two
+    # a cursor from before the samples the live window holds: draw again, never a gap
+    held = snap.counters.loc[snap.counters["ts_ns"] >= 10_000_000]
+    windowed = type(snap)(snap.run_id, snap.manifest, snap.spans, held, snap.version,
+                          snap.t0_ns, snap.t1_ns, snap.window_steps)
+    assert rd.counters_since(windowed, 3_000_000) is None
+    assert len(rd.counters_since(windowed, 20_000_000)) == 2 * (t - 21_000_000) // 1_000_000
+    w.close()
+
+
 def test_render_key_skips_unchanged_live_ticks(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     w = RunWriter(root / "live", _live_manifest(), rotate_s=60, flush_s=0)

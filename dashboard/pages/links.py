@@ -176,7 +176,7 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
     try:
         if trigger == ids.CLOCK and cursor and c is not None and c.run and cursor.get("run") == c.run:
             rd = svc.run(c.run)
-            snap = rd.last_snapshot()  # the tick only needs the samples since the cursor
+            snap = rd.snapshot()  # what is new since the last read (the live tail), nothing more
         else:
             rd, snap = open_run(svc, c)
         assert c is not None and c.run is not None
@@ -300,7 +300,9 @@ def _new_rows(svc: DataService, rd: RunData, snap: Snapshot, cursor: dict[str, A
     """The shown node's samples since the cursor, from the source the cursor was drawn from;
     None when the page must be drawn again (the source or its step changed, or it failed)."""
     if cursor.get("src", "files") == "files":
-        new = rd.counters_since(cursor["ts_ns"])
+        new = rd.counters_since(snap, cursor["ts_ns"])
+        if new is None:
+            return None
         keep = (new["node"] == node).to_numpy(dtype=bool) & (new["metric"] == metric).to_numpy(dtype=bool)
         if cut is not None:
             keep &= new["ts_ns"].to_numpy() <= cut

@@ -65,6 +65,30 @@ def test_reads_only_what_is_new_across_rotation_and_compaction(tmp_path: Path) -
     w2.close()
 
 
+def test_listing_holds_only_segments_from_the_cursor_on(tmp_path: Path) -> None:
+    """A reader following a long run keeps in its folder listing only the segments at or
+    after its cursor (the ones before it are never read again), so what it holds does not
+    grow with the number of segments written; a second cursor from the start, on the same
+    reader, still reads every row."""
+    run = tmp_path / "run"
+    w = RunWriter(run, Manifest(source="synthetic"), rotate_s=3600, flush_s=0, fsync=False)
+    reader = RunReader(run)
+    cur = Cursor()
+    got: list[tuple[int, int]] = []
+    for i in range(40):  # a live follow: a read after each rotation
+        w.spans(0).write(_spans(0, 2, 2 * i))
+        w.spans(0).rotate()
+        new, cur = _keys(reader, cur)
+        got += new
+    assert len(got) == 80 == len(set(got))
+    held = [listing for _, listing in reader._ctx.listings.values()]
+    assert held and all(len(listing.segs) <= 2 for listing in held), \
+        [sorted(listing.segs) for listing in held]
+    again, _ = _keys(reader, Cursor())  # the same reader: its listing starts later
+    assert again == got
+    w.close()
+
+
 def test_bytes_already_read_are_not_read_again(tmp_path: Path) -> None:
     """A bit flipped in a batch the cursor has passed does not raise: it is never re-read;
     the next batch is read from its own offset (and a flip there is caught)."""

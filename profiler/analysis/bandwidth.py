@@ -78,8 +78,12 @@ def codes_in(values: pd.Series, names: pd.Index) -> np.ndarray:
     if isinstance(values.dtype, pd.CategoricalDtype):
         cats = names.get_indexer(values.cat.categories.astype(str))
         codes = values.cat.codes.to_numpy()
-        return np.where(codes >= 0, cats[np.maximum(codes, 0)], -1)
-    return names.get_indexer(values.astype(str).to_numpy())
+    else:  # factorised first (Arrow-backed strings: in C++), then each distinct name looked up
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        cats = names.get_indexer(np.asarray(uniques, dtype=object).astype(str))
+    if len(cats) == 0:
+        return np.full(len(codes), -1, dtype=np.int64)
+    return np.where(codes >= 0, cats[np.maximum(codes, 0)], -1)
 
 
 def label_samples(counters: pd.DataFrame, intervals: pd.DataFrame) -> pd.Series:
@@ -88,8 +92,8 @@ def label_samples(counters: pd.DataFrame, intervals: pd.DataFrame) -> pd.Series:
     if n == 0:
         return pd.Series([], dtype="str", index=counters.index)
     col = counters["node"]
-    names = (col.cat.categories.astype(str) if isinstance(col.dtype, pd.CategoricalDtype)
-             else col).to_numpy(dtype=object)
+    names = np.asarray(col.cat.categories.astype(str) if isinstance(col.dtype, pd.CategoricalDtype)
+                       else pd.unique(col), dtype=object)
     nodes = pd.Index(pd.unique(np.concatenate([names, intervals["node"].to_numpy(dtype=object)])))
     cnode = codes_in(col, nodes)
     ts = counters["ts_ns"].to_numpy(dtype=np.int64)

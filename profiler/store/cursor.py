@@ -150,6 +150,7 @@ class _Listing:
     parts: list[tuple[int, int, Path]]
     segs: dict[int, Path]
     listed_at: float = 0.0
+    min_seq: int = 0  # segments before this one were left out of the listing
     _numbers: list[int] | None = None  # segment numbers and part starts, sorted
 
     def part_at(self, seq: int) -> tuple[int, int, Path] | None:
@@ -168,7 +169,9 @@ class _Listing:
         self._numbers = None
 
 
-def _list(directory: Path) -> _Listing:
+def _list(directory: Path, min_seq: int = 0) -> _Listing:
+    """The folder's parts, and its segments numbered ``min_seq`` or later (those before the
+    cursor are never read again: a long run's thousands of them are not held)."""
     parts: list[tuple[int, int, Path]] = []
     segs: dict[int, Path] = {}
     for entry in os.listdir(directory):
@@ -179,9 +182,11 @@ def _list(directory: Path) -> _Listing:
         m = SEG_RE.match(entry)
         if m:
             seq = int(m.group(1))
+            if seq < min_seq:
+                continue
             if seq not in segs or not m.group(2):  # sealed wins over a stale listing
                 segs[seq] = directory / entry
-    return _Listing(parts, segs, time.monotonic())
+    return _Listing(parts, segs, time.monotonic(), min_seq)
 
 
 def _probe(directory: Path, seq: int) -> Path | None:
@@ -250,11 +255,11 @@ def _read(directory: Path, pos: StreamPos, ctx: ReadContext,
     cached = ctx.listings.get(key)
     # a listing is reused while the folder is unchanged, and for ``relist_s`` after a
     # rotation too: the next segment is then found by name (a listing costs O(files))
-    if cached is not None and (cached[0] == mtime >= 0 or
+    if cached is not None and cached[1].min_seq <= pos.seq and (cached[0] == mtime >= 0 or
                                time.monotonic() - cached[1].listed_at < ctx.relist_s):
         listing, fresh = cached[1], cached[0] == mtime
     else:
-        listing, fresh = _list(directory), True
+        listing, fresh = _list(directory, pos.seq), True
         ctx.listings[key] = (mtime, listing)
     tables: list[pa.Table] = []
     while True:
@@ -272,7 +277,7 @@ def _read(directory: Path, pos: StreamPos, ctx: ReadContext,
             if found is not None:
                 listing.add(pos.seq, found)
             else:  # never conclude "missing" from a stale listing: list again
-                listing, fresh = _list(directory), True
+                listing, fresh = _list(directory, pos.seq), True
                 ctx.listings[key] = (mtime, listing)
                 continue
         later = listing.next_after(pos.seq)

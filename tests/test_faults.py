@@ -673,8 +673,10 @@ def test_compact_interrupted_or_failing_leaves_the_stream_as_it_was(
     run = tmp_path / "segs"
     shutil.copytree(bases["segs"], run)
     before = listing([run])
+    import pyarrow.parquet as pq  # the compaction imports it where it writes a part
+
     mod = sys.modules["profiler.store.compact"]
-    real = {"write_table": mod.pq.write_table, "checksum": mod.write_file_checksum,
+    real = {"write_table": pq.write_table, "checksum": mod.write_file_checksum,
             "replace": os.replace}
     n = {"calls": 0}
 
@@ -688,7 +690,7 @@ def test_compact_interrupted_or_failing_leaves_the_stream_as_it_was(
                    OSError(errno.ENOSPC, "No space left on device"))
 
     if where == "write_table":
-        monkeypatch.setattr(mod.pq, "write_table", failing)
+        monkeypatch.setattr(pq, "write_table", failing)
     elif where == "checksum":
         monkeypatch.setattr(mod, "write_file_checksum", failing)
     else:

@@ -97,6 +97,10 @@ def test_overview_figures() -> None:
     np.testing.assert_allclose(total, [0.2, 0.12])  # the parts add up to the measured bubble
     ov = pd.DataFrame({"rank": [0, 1], "overlapped_ns": [1e6, 2e6], "exposed_comm_ns": [1e6, 0]})
     assert len(exposed_comm_figure(ov, 2).data) == 2
+    # ranks without any communication time: a panel that says so, not two empty bar series
+    # on an axis of -1..1 ms (seen on a live run's first step)
+    none = exposed_comm_figure(ov.assign(overlapped_ns=0.0, exposed_comm_ns=0.0), 1)
+    assert not none.data and "no communication time" in none.layout.annotations[0].text
 
 
 def test_link_and_sm_figures() -> None:

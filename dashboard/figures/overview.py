@@ -178,6 +178,9 @@ def exposed_comm_figure(ov: pd.DataFrame, steps: int = 1) -> go.Figure:
     title = "Communication per rank (ms / step)"
     if len(ov) == 0:
         return empty_figure("no communication spans in this run", title=title)
+    if not (ov["overlapped_ns"].fillna(0).to_numpy().any()
+            or ov["exposed_comm_ns"].fillna(0).to_numpy().any()):  # ranks, but no comm time
+        return empty_figure("no communication time in these spans", title=title)
     f = fig(title, height=260, barmode="stack")
     k = 1e6 * max(steps, 1)
     f.add_trace(go.Bar(x=ov["rank"].to_numpy(), y=ov["overlapped_ns"].to_numpy() / k,

@@ -86,3 +86,53 @@ def test_live_window_overview_equals_the_offline_one(tmp_path: Path) -> None:
     assert "no step results" in o.scope and "5–7" in o.scope
     assert o.steps["step"].tolist() == [5, 6]  # the held steps over by now (7 still runs)
 
+
+
+def test_live_timeline_follows_the_newest_step_its_ideal_covers(tmp_path: Path) -> None:
+    """The ideal schedule is refreshed less often than the spans (it is the costly part and
+    cached for ~3x its cost): while it lags, the live Timeline shows the newest complete step
+    that has ideal rows, never a step whose ideal row is empty (seen in a browser screenshot:
+    step 42 drawn with both ideal rows blank). With a fresh ideal it shows the newest
+    complete step."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    from pp_writer import rank_rows
+
+    from profiler.manifest import Parallel
+    from profiler.store import RunWriter
+
+    runs = tmp_path / "runs"
+    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=2, pp=2)),
+                  rotate_s=3600, flush_s=0)
+    t0, step_ns = 1_800_000_000 * 10**9, 20_000_000
+
+    def write(steps: range) -> None:
+        for s in steps:
+            for r in (0, 1):
+                w.write_spans(rank_rows(r, s, t0 + s * step_ns))
+        w.flush()
+
+    write(range(0, 6))
+    svc = DataService(str(runs), live_reload_s=0.0)
+    rd, snap = svc.snapshot("live")
+    assert snap.live
+    stale = rd.ideal(snap)  # the ideal of steps 0-5
+    assert stale.ok and int(stale.spans["step"].max()) == 5
+    write(range(6, 10))
+    rd, snap = svc.snapshot("live")
+    from dashboard.ideal import ideal_timeline
+
+    fresh = ideal_timeline(snap.spans, snap.manifest)  # (rd.ideal may still be the cached one)
+    assert int(fresh.spans["step"].max()) == 9
+    rd.ideal = lambda _snap: stale  # type: ignore[method-assign]  # as a lagging cache has it
+    step, _ = timeline_page.newest_complete_step(rd, snap)
+    assert step == 5  # not 8: the newest complete step the ideal has rows for
+    ix = rd.timeline_index(snap)
+    ideal = ix.row == timeline_page.ROW_KINDS.index("ideal")
+    assert (ideal & (ix.step == step)).any()
+    rd2 = DataService(str(runs), live_reload_s=0.0).run("live")
+    rd2.ideal = lambda _snap: fresh  # type: ignore[method-assign]
+    step2, _ = timeline_page.newest_complete_step(rd2, rd2.snapshot())
+    assert step2 == 8  # steps 0-9 written, 9 is the newest begun: 8 is complete
+    w.close()

@@ -123,7 +123,8 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
     step before the newest one all ranks have begun (every step, once the run finished); the
     newest step when none is complete yet, so a run with data never shows an empty window.
     Read from the timeline index, so the step is one the Timeline can draw (a big live run's
-    index may lag the data). The window is the bubble analysis' when it has the step, else
+    index may lag the data); with the ideal row in the index, a live run follows the newest
+    complete step the ideal covers (the ideal is refreshed less often than the spans). The window is the bubble analysis' when it has the step, else
     the step's extent (measured and communication rows)."""
     ix = rd.timeline_index(snap)
 
@@ -137,6 +138,15 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
         reached = int(step[order][last].min())
         newest, oldest = int(step.max()), int(step.min())
         pick = newest if not snap.live else (reached - 1 if reached - 1 >= oldest else newest)
+        ideal = (ix.row == ROW_KINDS.index("ideal")) & (ix.step >= 0)
+        if snap.live and ideal.any():
+            # the ideal schedule is recomputed less often than the index (it is the costly
+            # part, cached for ~3x its cost): follow the newest complete step it has rows
+            # for, so the ideal row is never empty while data flows
+            have = np.unique(ix.step[ideal].astype(np.int64))
+            have = have[(have <= pick) & (have >= oldest)]
+            if len(have):
+                pick = int(have.max())
         mine = drawn.copy()
         mine[drawn] = step == pick
         return pick, int(ix.start[mine].min()), int(ix.end[mine].max())

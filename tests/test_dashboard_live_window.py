@@ -135,4 +135,17 @@ def test_live_timeline_follows_the_newest_step_its_ideal_covers(tmp_path: Path) 
     rd2.ideal = lambda _snap: fresh  # type: ignore[method-assign]
     step2, _ = timeline_page.newest_complete_step(rd2, rd2.snapshot())
     assert step2 == 8  # steps 0-9 written, 9 is the newest begun: 8 is complete
+    # the same for the bubble shading: a lagging bubble analysis (steps 0-6) holds it back
+    rd3 = DataService(str(runs), live_reload_s=0.0).run("live")
+    snap3 = rd3.snapshot()
+    old = snap3.spans.loc[snap3.spans["step"] <= 6]
+    lagging = rd3.analyses(type(snap3)(snap3.run_id, snap3.manifest, old, snap3.counters,
+                                       -1, snap3.t0_ns, snap3.t1_ns, snap3.window_steps))
+    assert int(lagging["bubbles"]["step"].max()) == 6
+    rd3.ideal = lambda _snap: fresh  # type: ignore[method-assign]
+    rd3.analyses = lambda _snap, *a, **k: lagging  # type: ignore[method-assign]
+    step3, _ = timeline_page.newest_complete_step(rd3, snap3)
+    assert step3 == 6
+    ix = rd3.timeline_index(snap3)
+    assert ((ix.cat == 0) & (ix.step == step3)).any()  # its bubbles are shaded
     w.close()

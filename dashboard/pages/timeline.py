@@ -19,7 +19,7 @@ from dash.exceptions import PreventUpdate
 from profiler.analysis import rank_node_map, steps_table
 
 from .. import ids
-from ..aggregate import ROW_KINDS, query
+from ..aggregate import CAT, ROW_KINDS, query
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService, RunData
 from ..deeplink import born, fmt_window, parse_window, register_sync, step_param, step_value
@@ -138,15 +138,19 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
         reached = int(step[order][last].min())
         newest, oldest = int(step.max()), int(step.min())
         pick = newest if not snap.live else (reached - 1 if reached - 1 >= oldest else newest)
-        ideal = (ix.row == ROW_KINDS.index("ideal")) & (ix.step >= 0)
-        if snap.live and ideal.any():
-            # the ideal schedule is recomputed less often than the index (it is the costly
-            # part, cached for ~3x its cost): follow the newest complete step it has rows
-            # for, so the ideal row is never empty while data flows
-            have = np.unique(ix.step[ideal].astype(np.int64))
-            have = have[(have <= pick) & (have >= oldest)]
-            if len(have):
-                pick = int(have.max())
+        if snap.live:
+            # the ideal schedule and the bubble analysis are recomputed less often than the
+            # index (they are the costly parts, each cached for ~3x its cost): follow the
+            # newest complete step each of them has rows for, so neither the ideal row nor
+            # the bubble shading is blank while data flows
+            for rows in ((ix.row == ROW_KINDS.index("ideal")) & (ix.step >= 0),
+                         (ix.row != ROW_KINDS.index("ideal")) & (ix.cat == CAT["bubble"])
+                         & (ix.step >= 0)):
+                if rows.any():
+                    have = np.unique(ix.step[rows].astype(np.int64))
+                    have = have[(have <= pick) & (have >= oldest)]
+                    if len(have):
+                        pick = int(have.max())
         mine = drawn.copy()
         mine[drawn] = step == pick
         return pick, int(ix.start[mine].min()), int(ix.end[mine].max())

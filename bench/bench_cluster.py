@@ -33,24 +33,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the browser test's run, so both measure one shape
 
 from browser.test_dashboard_cluster import RUN, WORLD, make_cluster_run  # noqa: E402
-from dash._utils import to_json  # noqa: E402
-from dash.exceptions import PreventUpdate  # noqa: E402
+from live_dashboard_hook import timed_ms  # noqa: E402  # the live hook's timing, the same rule
 
 from dashboard import ids  # noqa: E402
 from dashboard.clock import next_clock  # noqa: E402
 from dashboard.data import DataService  # noqa: E402
 from dashboard.pages import gpus, links, overview, sms, timeline  # noqa: E402
 from dashboard.status import FreshnessTracker, status_outputs  # noqa: E402
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    try:
-        out = fn()
-        to_json(list(out) if isinstance(out, tuple) else out)
-    except PreventUpdate:
-        pass
-    return (time.perf_counter() - t) * 1e3
 
 
 def first_open(runs: Path) -> dict[str, float]:
@@ -74,7 +63,7 @@ def first_open(runs: Path) -> dict[str, float]:
         "links": lambda: links.render(svc, clock, None, "tx_bytes_per_s", None, None),
     }
     for name, fn in pages.items():
-        out[name] = _timed(fn)
+        out[name] = timed_ms(fn)
     out["whole_open"] = sum(out.values())
     return out
 

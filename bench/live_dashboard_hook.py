@@ -47,14 +47,20 @@ PAGES = ("snapshot", "header", "gpus", "links", "sms", "timeline", "overview")
 _S: dict[str, Any] = {"t0": time.time(), "totals": []}
 
 
-def _time(page: str, fn: Any) -> None:
+def timed_ms(fn: Any) -> float:
+    """ms to run a page's callback body and serialise its outputs as Dash does (a callback
+    that raises PreventUpdate counts what it cost to decide that)."""
     t = time.perf_counter()
     try:
         out = fn()
         to_json(list(out) if isinstance(out, tuple) else out)
     except PreventUpdate:
         pass
-    ms = (time.perf_counter() - t) * 1e3
+    return (time.perf_counter() - t) * 1e3
+
+
+def _time(page: str, fn: Any) -> None:
+    ms = timed_ms(fn)
     now = time.time() - _S["t0"]
     _S["first"].setdefault(page, ms)
     _S["ticks"].append((now, page, ms))
@@ -66,16 +72,22 @@ def tick(run: Path, new: dict[str, Any]) -> None:
     now = time.time() - _S["t0"]
     _S["totals"].append((now, (time.perf_counter() - t_all) * 1e3))
     _S.setdefault("arrow", []).append((now, pa.total_allocated_bytes() / 2**20))
-    if os.environ.get("DUALSCOPE_BENCH_OBJECTS") and now >= _TRACE_FROM_S:
+    if now >= _TRACE_FROM_S:
+        _diagnose(now)
+
+
+def _diagnose(now: float) -> None:
+    """The opt-in diagnoses (module doc), from ``_TRACE_FROM_S`` on."""
+    if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
         _S.setdefault("objects_base", _objects())
-    top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
-    if top and now >= _TRACE_FROM_S and "trace_base" not in _S:
+    if not int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0):
+        return
+    if "trace_base" not in _S:
         tracemalloc.start(16)
         _S["trace_base"] = tracemalloc.take_snapshot()
-    elif top and "trace_base" in _S:
-        _S["trace_last"] = tracemalloc.take_snapshot() if now >= _S.get("trace_at", 0) else \
-            _S.get("trace_last")
-        _S["trace_at"] = now + 30  # a snapshot costs seconds: at most one per 30 s
+    elif now >= _S.get("trace_at", 0.0):  # a snapshot costs seconds: at most one per 30 s
+        _S["trace_last"] = tracemalloc.take_snapshot()
+        _S["trace_at"] = now + 30
 
 
 #: the first tracemalloc snapshot is taken this long into the run: once the live window is full

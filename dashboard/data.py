@@ -115,13 +115,6 @@ class RunData:
             sig.append(os.stat(self.entry.path / "manifest.json").st_mtime_ns)
         return tuple(sorted(sig, key=str))
 
-    def last_snapshot(self) -> Snapshot:
-        """The snapshot read last, without looking for new data (the live tick's fast path)."""
-        with self._lock:
-            if self._snap is not None:
-                return self._snap
-        return self.snapshot()
-
     def snapshot(self) -> Snapshot:
         """The run as read now; a live run is re-read at most every ``live_reload_s``, and
         only when its files changed. A run that cannot be read raises the
@@ -315,10 +308,9 @@ class RunData:
 
     def counters_since(self, snap: Snapshot, ts_ns: int) -> pd.DataFrame | None:
         """Counter samples taken after ``ts_ns``, from the samples the snapshot holds (the
-        live tail has read them already: nothing is read again); None when the snapshot no
-        longer holds every sample after ``ts_ns`` (its window dropped some): draw again.
-        (This read the run's counter files, every sealed segment cached for the life of the
-        server: its memory and each tick's cost grew with the run.)"""
+        live tail has read them already: nothing is read again, and no segment is cached);
+        None when the snapshot may no longer hold every sample after ``ts_ns`` (the live
+        window dropped some): draw again."""
         c = snap.counters
         ts = c["ts_ns"].to_numpy()
         if len(ts) == 0:

@@ -272,15 +272,20 @@ def _write_counters(w: RunWriter, t0: int, n: int) -> None:
                                 "value": [50e9] * n})
 
 
-def test_live_links_extend_only_new_samples(tmp_path: Path) -> None:
-    root = tmp_path / "runs"
-    w = RunWriter(root / "live", _live_manifest(), rotate_s=60, flush_s=0)
+def _live_links_run(root: Path, rotate_s: float) -> tuple[RunWriter, DataService]:
+    """A live run under ``root``: two ranks' spans and 5 ms of node n0's counters (1 kHz),
+    and a service over it that reads on every call."""
+    w = RunWriter(root / "live", _live_manifest(), rotate_s=rotate_s, flush_s=0)
     w.write_spans({"rank": [0, 1], "lane": ["compute"] * 2, "kind": ["kernel"] * 2,
                    "name": ["k", "k"], "start_ns": [0, 0], "end_ns": [5_000_000] * 2,
                    "sms": [100, 100]})
     _write_counters(w, 0, 5)
     w.flush()
-    svc = DataService(str(root), live_reload_s=0.0)
+    return w, DataService(str(root), live_reload_s=0.0)
+
+
+def test_live_links_extend_only_new_samples(tmp_path: Path) -> None:
+    w, svc = _live_links_run(tmp_path / "runs", rotate_s=60)
     clock = _clock(svc, "live")
     assert clock["mode"] == "live"
     full = links.render(svc, clock, "n0", "tx_bytes_per_s", None, None)
@@ -305,13 +310,7 @@ def test_live_links_ticks_read_nothing_again_as_the_run_grows(tmp_path: Path) ->
     grew with the run, ~100 MB/min at 64 ranks). A cursor older than the held window
     draws the page again instead of extending across a gap."""
     root = tmp_path / "runs"
-    w = RunWriter(root / "live", _live_manifest(), rotate_s=1e-9, flush_s=0)  # seal per flush
-    w.write_spans({"rank": [0, 1], "lane": ["compute"] * 2, "kind": ["kernel"] * 2,
-                   "name": ["k", "k"], "start_ns": [0, 0], "end_ns": [5_000_000] * 2,
-                   "sms": [100, 100]})
-    _write_counters(w, 0, 5)
-    w.flush()
-    svc = DataService(str(root), live_reload_s=0.0)
+    w, svc = _live_links_run(root, rotate_s=1e-9)  # every flush sealed: many segments
     clock = _clock(svc, "live")
     cursor = links.render(svc, clock, "n0", "tx_bytes_per_s", None, None)[-1]
     rd = svc.run("live")

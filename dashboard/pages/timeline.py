@@ -123,9 +123,10 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
     step before the newest one all ranks have begun (every step, once the run finished); the
     newest step when none is complete yet, so a run with data never shows an empty window.
     Read from the timeline index, so the step is one the Timeline can draw (a big live run's
-    index may lag the data); with the ideal row in the index, a live run follows the newest
-    complete step the ideal covers (the ideal is refreshed less often than the spans). The window is the bubble analysis' when it has the step, else
-    the step's extent (measured and communication rows)."""
+    index may lag the data); a live run follows the newest complete step that the index's
+    ideal rows and bubble shading cover (both are refreshed less often than the spans). The
+    window is the bubble analysis' when it has the step, else the step's extent (measured
+    and communication rows)."""
     ix = rd.timeline_index(snap)
 
     def run() -> tuple[int, int, int] | None:

@@ -14,7 +14,7 @@ from ..errors import RunFormatError, io_error
 from ..manifest import Manifest, fsync_dir
 from .cursor import SEGMENT_ROWS_KEY, part_blocks, segment_rows_meta
 from .integrity import crc_path, read_segment, verify_file_checksum, write_file_checksum
-from .segments import PART_RE, SEG_RE, part_first
+from .segments import PART_RE, SEG_RE, parquet, part_first
 from .writer import removed_on_error
 
 __all__ = ["compact"]
@@ -54,8 +54,7 @@ def compact(run_dir: str | os.PathLike[str], *, kinds: Sequence[str] = ("spans",
             blocks: list[tuple[int, int, int]] = []  # rows of each merged segment, in order
             for p in old_parts:  # checked before parsing; damage refuses the compaction
                 verify_file_checksum(p, "error")
-                import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
-                table = pq.read_table(p)
+                table = parquet().read_table(p)
                 m = PART_RE.match(p.name)
                 assert m is not None
                 if keep is not None:
@@ -100,8 +99,7 @@ def _write_part(table: pa.Table, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with removed_on_error(target.parent, target.name):
-            import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
-            pq.write_table(table, tmp, compression="zstd")
+            parquet().write_table(table, tmp, compression="zstd")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             write_file_checksum(target, source=tmp)

@@ -39,7 +39,7 @@ import pyarrow.ipc as ipc
 
 from ..errors import RunFormatError
 from .integrity import _records, crc_path, read_segment, verify_file_checksum
-from .segments import OPEN, PART_RE, SEALED, SEG_RE
+from .segments import OPEN, PART_RE, SEALED, SEG_RE, parquet
 
 __all__ = ["StreamPos", "Cursor", "StreamRead", "ReadContext", "read_stream_since",
            "SEGMENT_ROWS_KEY", "segment_rows_meta"]
@@ -134,8 +134,7 @@ def segment_rows_meta(blocks: list[tuple[int, int, int]]) -> dict[bytes, bytes]:
 
 def part_blocks(path: Path) -> list[tuple[int, int, int]] | None:
     """``[(first_seq, last_seq, rows), ...]`` of a part, or None when it has no record."""
-    import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
-    meta = pq.read_schema(path).metadata or {}
+    meta = parquet().read_schema(path).metadata or {}
     raw = meta.get(SEGMENT_ROWS_KEY)
     if raw is None:
         return None
@@ -468,8 +467,7 @@ def _part_since(path: Path, first: int, pos: StreamPos, ctx: ReadContext) -> pa.
                                      f"row counts; a cursor at segment {pos.seq} cannot be "
                                      "placed in them; read the run from its start")
     try:
-        import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
-        pf = pq.ParquetFile(path)
+        pf = parquet().ParquetFile(path)
         groups, start = [], 0
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows

@@ -22,6 +22,7 @@ from .segments import (
     SEALED,
     SEG_RE,
     concat,
+    parquet,
     rank_dir_name,
     safe_name,
     to_pandas,
@@ -254,8 +255,7 @@ class RunReader:
         try:
             ok, notes = verify_file_checksum(path, self.on_damage)
             self._note(notes)
-            import pyarrow.parquet as pq  # lazy: only compacted parts are Parquet
-            return pq.read_table(path) if ok else None
+            return parquet().read_table(path) if ok else None
         except FileNotFoundError:
             return None  # compacted again between listing and reading
         except (pa.ArrowException, OSError) as e:

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -89,6 +90,14 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
         if not field.nullable and pa.types.is_integer(field.type) and field.name in df:
             df[field.name] = df[field.name].to_numpy(dtype=field.type.to_pandas_dtype())
     return df
+
+
+def parquet() -> ModuleType:
+    """``pyarrow.parquet``, imported on first use: only compacted parts are Parquet, so an
+    import or a live tail that never meets one does not load it (nor ``pyarrow.fs``)."""
+    import pyarrow.parquet as pq
+
+    return pq
 
 
 def part_first(path: Path) -> int:

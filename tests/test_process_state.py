@@ -56,7 +56,8 @@ def _child(code: str, **env: str) -> str:
     import subprocess
     import sys
 
-    clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("ARROW_DEFAULT_MEMORY_POOL", "OPENBLAS_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
                          capture_output=True, text=True, timeout=120, check=True)
     return out.stdout.strip()
@@ -78,3 +79,22 @@ def test_import_command_process_allocates_arrow_from_the_system_pool() -> None:
             "from profiler.commands.import_cmd import system_pool_by_default\n"
             "print(system_pool_by_default(), pa.default_memory_pool().backend_name)")
     assert _child(late) == "False mimalloc"
+
+
+def test_import_command_process_starts_no_blas_threads() -> None:
+    """The command's process asks numpy's OpenBLAS for one thread before numpy loads (the
+    CLI itself must not load numpy first): no threads that spin beside the import's own
+    workers. A user's own choice is kept; once numpy is loaded it says it is too late."""
+    threads = "len(os.listdir('/proc/self/task'))"
+    code = ("import os, sys, dualscope.cli\n"
+            "loaded = 'numpy' in sys.modules\n"
+            "from profiler.commands.import_cmd import one_blas_thread_by_default\n"
+            "took = one_blas_thread_by_default()\n"
+            "import numpy\n"
+            f"print(loaded, took, {threads})")
+    assert _child(code) == "False True 1"
+    assert _child(code, OPENBLAS_NUM_THREADS="2") == "False True 2"
+    late = ("import os, numpy\n"
+            "from profiler.commands.import_cmd import one_blas_thread_by_default\n"
+            "print(one_blas_thread_by_default())")
+    assert _child(late) == "False"

@@ -19,7 +19,8 @@ from ..errors import InputError, io_error
 if TYPE_CHECKING:
     from ..importers import Progress
 
-__all__ = ["command", "gc_paused", "system_arrow_pool", "system_pool_by_default"]
+__all__ = ["command", "gc_paused", "one_blas_thread_by_default", "system_arrow_pool",
+           "system_pool_by_default"]
 
 
 def system_pool_by_default() -> bool:
@@ -32,6 +33,19 @@ def system_pool_by_default() -> bool:
     if "pyarrow" in sys.modules:
         return False
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    return True
+
+
+def one_blas_thread_by_default() -> bool:
+    """One OpenBLAS thread for this process, when numpy is not loaded yet and the user has
+    not chosen (``OPENBLAS_NUM_THREADS``): the import makes no BLAS call, but numpy's
+    OpenBLAS starts a thread per core when it loads, and they spin-wait on a CPU for a while
+    (``python -c "import numpy, time; time.sleep(2)"``: 0.22 s of CPU, 0.16 s with one
+    thread, on this 2-core VM; perf put ``blas_thread_server`` at 1.9 % of an import's CPU).
+    Parallelism is the import's own worker processes. Whether it took effect."""
+    if "numpy" in sys.modules:
+        return False
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     return True
 
 
@@ -174,6 +188,7 @@ def command(traces: tuple[Path, ...], out: Path, comm_patterns: tuple[str, ...],
     """Import Kineto / Chrome trace JSON (plain or .gz), one file per rank, or folders of
     them, into a new run directory OUT. Files are imported in parallel (--jobs)."""
     system_pool_by_default()  # before the importer loads Arrow
+    one_blas_thread_by_default()  # and numpy
     from ..importers import default_jobs, import_kineto
     from ..importers.discover import find_trace_files
 

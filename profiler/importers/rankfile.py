@@ -180,8 +180,11 @@ def _counts(table: Any, column: str) -> dict[str, int]:
     return dict(sorted(Counter({d["values"]: d["counts"] for d in vc}).items()))
 
 
-#: files above this size hand their freed heap back to the OS (trimming costs ~1 ms)
-_TRIM_BYTES = 8 << 20
+#: files above this size hand their freed heap back to the OS. Not smaller ones: the next
+#: file reuses that heap, where after a trim the kernel zeroes and faults in every page of it
+#: again (the 240 MB set of 30 MB files: 116 k minor faults with a trim after each file, 54 k
+#: without, peak RSS 119 -> 125 MB; bench/README.md)
+_TRIM_BYTES = 256 << 20
 
 
 @functools.cache

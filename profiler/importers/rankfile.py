@@ -183,7 +183,7 @@ def _counts(table: Any, column: str) -> dict[str, int]:
 #: files above this size hand their freed heap back to the OS. Not smaller ones: the next
 #: file reuses that heap, where after a trim the kernel zeroes and faults in every page of it
 #: again (the 240 MB set of 30 MB files: 116 k minor faults with a trim after each file, 54 k
-#: without, peak RSS 119 -> 125 MB; bench/README.md)
+#: without, peak RSS 119 -> 125 MB; docs/performance.md, session 7)
 _TRIM_BYTES = 256 << 20
 
 

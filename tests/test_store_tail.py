@@ -156,3 +156,36 @@ def test_span_window_keeps_the_newest_steps_of_a_live_run(tmp_path: Path) -> Non
     w.close()
     _rd, snap = svc.snapshot("live")  # finished: every span, no window
     assert snap.window_steps is None and len(snap.spans) == 4 + 8 * 20 + 7 * 3
+
+
+def test_counter_cap_over_many_updates_equals_a_full_read_in_few_chunks(tmp_path: Path) -> None:
+    """A full window drops rows on every update: per stream, its oldest rows (a slice of its
+    block) or, where a stream's clock went back, the rows a mask finds. After 90 updates the
+    held rows are still exactly the full read's newest, in its order, and no string column
+    has piled up a chunk per update (it stays within ``_Kind.MAX_CHUNKS``)."""
+    from profiler.store.tail import _Kind
+
+    rng = np.random.default_rng(11)
+    run = tmp_path / "run"
+    w = RunWriter(run, Manifest(source="probe", parallel=Parallel(world_size=2)),
+                  rotate_s=3600, flush_s=3600)
+    cap = 120
+    tail = RunTail(RunReader(run), counters_max_rows=cap)
+    for step in range(90):
+        for node in ("node0", "node1", "node2"):
+            rows = _counters(rng, node, step, 7)
+            if node == "node1" and step == 40:  # its clock jumps 5 s back for one flush
+                rows["ts_ns"] = [t - 5 * 10**9 for t in rows["ts_ns"]]
+            w.counters(node).write(rows)
+        w.flush()
+        assert tail.update()
+        if step % 10 == 9 or step in (40, 41):
+            full = RunReader(run).counters()
+            ts = full["ts_ns"].to_numpy()
+            edge = np.sort(ts)[-cap] if len(ts) > cap else ts.min() - 1
+            want = full.loc[ts > edge].reset_index(drop=True)
+            pd.testing.assert_frame_equal(tail.counters, want)
+        for col in ("node", "device", "metric"):
+            chunks = tail.counters[col].array.__arrow_array__().num_chunks
+            assert chunks <= _Kind.MAX_CHUNKS, (step, col, chunks)
+    w.close()

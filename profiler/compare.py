@@ -60,7 +60,15 @@ from .analysis.bubbles import bubble_parts, busy_intervals, combine_bubbles
 from .analysis.params import AnalysisParams, assign_steps, pipeline_layout, position_stage
 from .errors import InputError
 from .manifest import Manifest
-from .replay import ReplayInput, ReplayResult, comm_events, link_latency, prepare, replay
+from .replay import (
+    EventIndex,
+    ReplayInput,
+    ReplayResult,
+    comm_events,
+    link_latency,
+    prepare,
+    replay,
+)
 from .schedules import BUILDERS, Op, Schedule, build
 from .simulate import Costs, simulate
 
@@ -261,6 +269,12 @@ def ideal_ratios(schedule: str, pp: int, microbatches: int, costs: pd.DataFrame)
     return bubble / res.makespan if res.makespan else np.zeros_like(bubble)
 
 
+def _real_ranks(layout: pd.DataFrame, pp: int) -> list[int]:
+    """The real rank of each pipeline rank of one pipeline's ``layout`` (-1: none)."""
+    ranks_of = dict(zip(layout["pp_rank"].tolist(), layout["rank"].tolist(), strict=True))
+    return [int(ranks_of[p]) if p in ranks_of else -1 for p in range(pp)]
+
+
 def _measured_schedule(acts: pd.DataFrame, layout: pd.DataFrame, pp: int, m: int,
                        num_stages: int) -> tuple[Schedule, list[int]]:
     """The run's own op order of one (step, pipeline) as a Schedule, and the real rank of each
@@ -325,11 +339,12 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
             notes.append(f"schedule {name} does not fit this run ({e}); ideal uses the run's "
                          "own op order")
             name = "measured"
-    events = comm_events(spans)
+    events = EventIndex(comm_events(spans))  # indexed once for every step
     groups: dict[tuple[int, int], ReplayInput] = {}
     samples: dict[tuple[int, int], list[float]] = {}
+    lays = {p: layout[layout["pipeline"] == p] for p in pd.unique(layout["pipeline"])}
     for (step, pipe), g in acts.groupby(["step", "pipeline"], sort=True):
-        lay = layout[layout["pipeline"] == pipe]
+        lay = lays[pipe]
         ops_of = {int(r): ideal_sched.ranks[int(p)] for r, p in
                   zip(lay["rank"], lay["pp_rank"], strict=True)} if ideal_sched else None
         inp = groups[(int(step), int(pipe))] = prepare(g, events, num_stages, ops_of)
@@ -351,13 +366,18 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     measured = dict(iter(table.groupby(["step", "pipeline"], sort=False)))
     rank_rows, step_rows, ideal_parts = [], [], []
     for (step, pipe), inp in groups.items():
-        lay = layout[layout["pipeline"] == pipe]
-        sched, real = _measured_schedule(inp.acts, lay, pp, m, num_stages)
-        ideal = _ideal(ideal_sched or sched, cost_obj, ideal_cache)
+        lay = lays[pipe]
+        real = _real_ranks(lay, pp)
+        ideal = _ideal(ideal_sched or _measured_schedule(inp.acts, lay, pp, m, num_stages)[0],
+                       cost_obj, ideal_cache)
         mine = measured[(step, pipe)]
         win_start, window = int(mine["window_start_ns"].iloc[0]), int(mine["window_ns"].iloc[0])
         # a rank of the pipeline with no compute in the step idles the whole window
-        bubble = mine.set_index("rank")["bubble_ns"].reindex(real).fillna(window).to_numpy(float)
+        got = dict(zip(mine["rank"].tolist(),
+                       mine["bubble_ns"].to_numpy(dtype=float, na_value=np.nan).tolist(),
+                       strict=True))
+        bubble = np.array([got.get(r, np.nan) for r in real], dtype=float)
+        bubble[np.isnan(bubble)] = window
         inp.latency = latency
         reps = [replay(inp, level, win_start) for level in (1, 2, 3, 4)]
         ok = not any(rep.deadlock for rep in reps)

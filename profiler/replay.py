@@ -36,6 +36,7 @@ Times are ns (the inputs on the run clock; inside, float ns since the step's fir
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ import pandas as pd
 
 from .schedules.ops import Op
 
-__all__ = ["ReplayInput", "ReplayResult", "prepare", "replay", "comm_events", "link_latency",
+__all__ = ["EventIndex", "ReplayInput", "ReplayResult", "prepare", "replay", "comm_events", "link_latency",
            "BLOCKED_NS"]
 
 #: a recorded wait shorter than this did not block (its input had arrived): no latency sample
@@ -82,8 +83,8 @@ class ReplayInput:
 
     def consumer_links(self) -> list[tuple[int, int]]:
         """The (producing rank, consuming rank) links that carry an input in this step."""
-        return sorted({(int(self.acts["rank"].iloc[self.producer[k]]), dst)
-                       for k, dst in self.consumer.items()})
+        rank = self.acts["rank"].to_numpy(dtype=np.int64)
+        return sorted({(int(rank[self.producer[k]]), dst) for k, dst in self.consumer.items()})
 
     def work_ns(self) -> np.ndarray:
         """Per action: its span less the P2P waits recorded inside it (ns)."""
@@ -164,18 +165,59 @@ def comm_events(spans: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rank", "what", "kd", "ks", "km", "start_ns", "end_ns"])
 
 
-def prepare(acts: pd.DataFrame, events: pd.DataFrame, num_stages: int,
+class EventIndex:
+    """:func:`comm_events` of a run, indexed once for every step's :func:`prepare`: per
+    (rank, key) the start times of its sends, sorted; per rank its waits ``(start, end,
+    key)`` sorted by end (ns on the run clock). A step's replay then takes only the sends
+    and waits its own times can use, not every event of its ranks in the run."""
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        self.sends: dict[tuple[int, Key], list[int]] = {}
+        waits: dict[int, list[tuple[int, int, Key]]] = {}
+        if len(events):
+            for r, w, d, s, m, st, en in zip(*(events[c].tolist() for c in (
+                    "rank", "what", "kd", "ks", "km", "start_ns", "end_ns")), strict=True):
+                key = (str(d), int(s), int(m))
+                if w == "SEND":
+                    self.sends.setdefault((int(r), key), []).append(int(st))
+                else:
+                    waits.setdefault(int(r), []).append((int(st), int(en), key))
+        for times in self.sends.values():
+            times.sort()
+        self.waits: dict[int, tuple[list[int], list[tuple[int, int, Key]]]] = {}
+        for r, ws in waits.items():
+            ws.sort(key=lambda w: w[1])  # stable: ties keep the events' order
+            self.waits[r] = ([w[1] for w in ws], ws)
+
+    def first_send(self, rank: int, key: Key, at_ns: int) -> int | None:
+        """The first send of ``key`` by ``rank`` at or after ``at_ns``."""
+        times = self.sends.get((rank, key))
+        if not times:
+            return None
+        i = bisect_left(times, at_ns)
+        return times[i] if i < len(times) else None
+
+    def waits_ending(self, rank: int, lo_ns: int, hi_ns: int) -> list[tuple[int, int, Key]]:
+        """``rank``'s waits that end in ``[lo_ns, hi_ns]``, by end."""
+        ends, ws = self.waits.get(rank, ((), ()))
+        return list(ws[bisect_left(ends, lo_ns):bisect_right(ends, hi_ns)])
+
+
+def prepare(acts: pd.DataFrame, events: pd.DataFrame | EventIndex, num_stages: int,
             schedule_ops: dict[int, tuple[Op, ...]] | None = None) -> ReplayInput:
     """Measure one step of one pipeline (module doc). ``acts``: its actions sorted by rank and
     start, with ``prev_end_ns`` (the end of the rank's previous action in the run, -1 for its
-    first); ``events``: :func:`comm_events` of the run; ``schedule_ops``: per rank, the op list
+    first); ``events``: :func:`comm_events` of the run (or its :class:`EventIndex`, built once
+    for all steps); ``schedule_ops``: per rank, the op list
     of the schedule the run follows: where a rank ran exactly that list, the send and receive
     timing of its ops (``hold``, ``waits_for``) stands in for sends and waits not recorded."""
     acts = acts.reset_index(drop=True)
-    rows: list[Row] = list(zip(acts["rank"].astype(int), acts["op"].astype(str),
-                    acts["stage"].astype(int),
-                    acts["microbatch"].astype(int), acts["b_stage"].astype(int),
-                    acts["b_microbatch"].astype(int), strict=True))
+    # whole columns to Python at once (iterating a Series costs a call per value)
+    rows: list[Row] = list(zip(
+        *(acts[c].to_numpy(dtype=np.int64).tolist() if c != "op" else
+          acts[c].astype(str).tolist()
+          for c in ("rank", "op", "stage", "microbatch", "b_stage", "b_microbatch")),
+        strict=True))
     # ns since the group's first start, as float (absolute ns do not fit a float's mantissa)
     origin = int(acts["start_ns"].min())
     start = (acts["start_ns"].to_numpy(np.int64) - origin).astype(float)
@@ -190,32 +232,32 @@ def prepare(acts: pd.DataFrame, events: pd.DataFrame, num_stages: int,
     for i, row in enumerate(rows):
         for k in _keys_made(row):
             producer[k] = i
+    index = events if isinstance(events, EventIndex) else EventIndex(events)
     ranks = set(rank.tolist())
-    ev = events[events["rank"].isin(ranks)] if len(events) else events
-    sends: dict[tuple[int, Key], list[float]] = {}
-    waits_by_rank: dict[int, list[tuple[float, float, Key]]] = {}
-    if len(ev):
-        for r, w, d, s, m, st, en in zip(ev["rank"], ev["what"], ev["kd"], ev["ks"], ev["km"],
-                                         ev["start_ns"], ev["end_ns"], strict=True):
-            key = (str(d), int(s), int(m))
-            if w == "SEND":
-                sends.setdefault((int(r), key), []).append(float(int(st) - origin))
-            else:
-                waits_by_rank.setdefault(int(r), []).append(
-                    (float(int(st) - origin), float(int(en) - origin), key))
-    recorded = bool(waits_by_rank)
+    recorded = any(r in index.waits for r in ranks)
+    end_ns = acts["end_ns"].to_numpy(np.int64)
+    release_ns = np.where(np.isnan(prev), start, prev)  # (as ``release`` below)
+    lo_ns, hi_ns = origin + int(release_ns.min()), int(end_ns.max())
+    # the waits a wait search below can find: those ending between the first release and
+    # the last end of the step (ns since the origin, as the actions' times)
+    by_end: dict[int, tuple[list[float], list[tuple[float, float, Key]]]] = {}
+    if recorded:
+        for r in ranks:
+            ws = [(float(st - origin), float(en - origin), k)
+                  for st, en, k in index.waits_ending(r, lo_ns, hi_ns)]
+            by_end[r] = ([w[1] for w in ws], ws)
     # post row of each key: the producing rank's last action that ended by its send
     sched = _schedule_of(rows, schedule_ops or {})
     post: dict[Key, tuple[int, float]] = {}
     send_at: dict[Key, float] = {}
     for k, i in producer.items():
-        after = [t for t in sends.get((rows[i][0], k), []) if t >= end[i]]
-        if not after:
+        sent = index.first_send(rows[i][0], k, int(end_ns[i]))  # the first after its end
+        if sent is None:
             op = sched[i]
             held = op is not None and op.hold and i + 1 < len(rows) and rank[i + 1] == rank[i]
             post[k] = (i + 1 if held else i, 0.0)
             continue
-        send_at[k] = t = min(after)
+        send_at[k] = t = float(sent - origin)
         j = i
         while j + 1 < len(rows) and rank[j + 1] == rank[i] and end[j + 1] <= t:
             j += 1
@@ -246,8 +288,10 @@ def prepare(acts: pd.DataFrame, events: pd.DataFrame, num_stages: int,
         needs = [k for k in _keys_needed(row, num_stages) + _early(sched[c], num_stages)
                  if consumer.get(k) == r]
         if recorded:
-            mine = sorted(w for w in waits_by_rank.get(r, []) if lo <= w[1] <= end[c]
-                          and w[0] >= lo - 1 and w[2] in consumer)
+            # the rank's waits that end in [lo, end[c]]: a range of them sorted by end
+            ends_r, waits_r = by_end.get(r, ((), ()))
+            a, b = bisect_left(ends_r, lo), bisect_right(ends_r, float(end[c]))
+            mine = sorted(w for w in waits_r[a:b] if w[0] >= lo - 1 and w[2] in consumer)
             seg_pre = _segments(lo, float(start[c]), [w for w in mine if w[1] <= start[c]])
             seg_in = _segments(float(start[c]), float(end[c]),
                                [w for w in mine if w[1] > start[c]])

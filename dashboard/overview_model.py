@@ -257,7 +257,9 @@ def step_summary(tables: Mapping[str, pd.DataFrame]) -> StepSummary | None:
     if bub is None or len(bub) == 0:
         return None
     steps = step_times(bub)
-    k = kpis(dict(tables))
+    ops = tables.get("ops")
+    ranks = run_stragglers(ops, bubbles=bub)[1] if ops is not None and len(ops) else None
+    k = kpis(dict(tables), stragglers=ranks)  # the stragglers scored once
     ov = tables.get("overlap")
     per_step = _NAN
     if k["overlap_ratio"] is not None and ov is not None and k["exposed_comm_s"] is not None:
@@ -265,10 +267,8 @@ def step_summary(tables: Mapping[str, pd.DataFrame]) -> StepSummary | None:
     sm = tables.get("sm")
     sms_max = (_nan(sm["comm_sms_max"].max()) if sm is not None and len(sm)
                and "comm_sms_max" in sm else _NAN)
-    ops = tables.get("ops")
-    st = (_worst_steps(run_stragglers(ops, bubbles=bub)[1], ops.assign(
-          dur=ops["mean_ns"] * ops["count"])) if ops is not None and len(ops)
-          else pd.DataFrame(columns=["rank", "z_max"]))
+    st = (_worst_steps(ranks, ops.assign(dur=ops["mean_ns"] * ops["count"]))
+          if ops is not None and ranks is not None else pd.DataFrame(columns=["rank", "z_max"]))
     return StepSummary(steps, k, per_step, sms_max, st)
 
 

@@ -81,7 +81,8 @@ def run_ideal(steps: pd.DataFrame, work: pd.DataFrame,
     return float(ratios[pos].mean()), "one fit over every step, as compare"
 
 
-def kpis(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+def kpis(tables: dict[str, pd.DataFrame], *,
+         stragglers: pd.DataFrame | None = None) -> dict[str, Any]:
     """Headline numbers of a run from its step results (None where a table is missing):
     ``steps`` (run steps with results), ``newest_step``, ``step_time_s_median`` (s),
     ``bubble_ratio_mean`` (0..1, over ranks and steps), ``ideal_bubble_ratio_mean`` (0..1,
@@ -90,7 +91,9 @@ def kpis(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     ``overlap_ratio`` (overlapped / communication time, 0..1), ``exposed_comm_s`` (s, summed
     over ranks), ``comm_sm_share`` (SM-seconds of communication / of the GPUs' windows,
     0..1), ``straggler_ranks`` (:func:`run_stragglers`: the ranks ``dualscope analyze``
-    flags over the run), ``straggler_ranks_any_step`` (ranks some step's own scores flag)."""
+    flags over the run), ``straggler_ranks_any_step`` (ranks some step's own scores flag).
+    ``stragglers``: the ranks table of :func:`run_stragglers` of these tables' ``ops``, when
+    the caller has it already (with or without ``bubbles``: the ranks are the same)."""
     def get(name: str) -> pd.DataFrame:
         return tables.get(name, pd.DataFrame())
 
@@ -98,7 +101,8 @@ def kpis(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     times = step_times(bub)
     ideal_run, how = run_ideal(get("steps"), get("work"), ideal)
     ops = get("ops")
-    strag = run_stragglers(ops)[1] if len(ops) else pd.DataFrame({"rank": []})
+    strag = (stragglers if stragglers is not None else run_stragglers(ops)[1] if len(ops)
+             else pd.DataFrame({"rank": []}))
     out: dict[str, Any] = {
         "steps": int(times["step"].nunique()) if len(times) else 0,
         "newest_step": int(times["step"].max()) if len(times) else None,

@@ -72,6 +72,8 @@ def tick(run: Path, new: dict[str, Any]) -> None:
     now = time.time() - _S["t0"]
     _S["totals"].append((now, (time.perf_counter() - t_all) * 1e3))
     _S.setdefault("arrow", []).append((now, pa.total_allocated_bytes() / 2**20))
+    _S.setdefault("cpu", []).append((now, time.process_time()))  # every thread of the server
+    _S["run"] = run.name
     if now >= _TRACE_FROM_S:
         _diagnose(now)
 
@@ -221,9 +223,47 @@ def _tick(run: Path) -> None:
             _time(name, fn)
 
 
+def _cpu_by_minute(end: float) -> list[float | None]:
+    """The server's CPU per minute, in cores: its threads' CPU seconds (callbacks and the
+    background refreshes of :meth:`dashboard.data.RunData.derived`) over wall seconds. The
+    tick times leave out what the background threads compute; this does not."""
+    cpu = _S.get("cpu", [])
+    out: list[float | None] = []
+    for m in range(int(np.ceil(end / 60))):
+        xs = [(t, c) for t, c in cpu if m * 60 <= t < m * 60 + 60]
+        out.append(round((xs[-1][1] - xs[0][1]) / (xs[-1][0] - xs[0][0]), 2)
+                   if len(xs) > 1 and xs[-1][0] > xs[0][0] else None)
+    return out
+
+
+def _refreshes() -> dict[str, Any]:
+    """Per derived view (analyses, ideal, timeline index, ...) of the run: how often it was
+    computed, its cost (s, p50 / max) and the interval between two computations (s, p50 /
+    max): how old the value a page shows can be, at most about one interval."""
+    svc = _S.get("svc")
+    if svc is None or "run" not in _S:
+        return {}
+    rd = svc.run(_S["run"])
+    by: dict[str, list[tuple[float, float, bool]]] = {}
+    for name, at, cost, bg in list(rd.refreshes):
+        by.setdefault(name, []).append((at, cost, bg))
+    out: dict[str, Any] = {}
+    for name, xs in sorted(by.items()):
+        costs = [c for _, c, _ in xs]
+        gaps = np.diff([a for a, _, _ in xs])
+        out[name] = {"n": len(xs), "background": sum(bg for _, _, bg in xs),
+                     "cost_s_p50": round(float(np.median(costs)), 2),
+                     "cost_s_max": round(max(costs), 2),
+                     "interval_s_p50": round(float(np.median(gaps)), 1) if len(gaps) else None,
+                     "interval_s_max": round(float(gaps.max()), 1) if len(gaps) else None}
+    return out
+
+
 def report(minutes: float) -> dict[str, Any]:
     """Per page: the first draw and the p50 / p95 of the ticks in the first and last minute
-    (ms); ``tick_ms`` the same for a whole dashboard tick (every page)."""
+    (ms); ``tick_ms`` the same for a whole dashboard tick (every page); the server's CPU per
+    minute (``cpu_cores_by_minute``) and how often each derived view was computed
+    (``refresh``), since a live run's stale views are computed in background threads."""
     if not _S.get("totals"):
         return {}
     end = minutes * 60
@@ -247,6 +287,8 @@ def report(minutes: float) -> dict[str, Any]:
     out["arrow_mb_by_minute"] = [
         round(max((mb for t, mb in _S.get("arrow", []) if m * 60 <= t < m * 60 + 60),
                   default=float("nan")), 1) for m in range(int(np.ceil(end / 60)))]
+    out["cpu_cores_by_minute"] = _cpu_by_minute(end)
+    out["refresh"] = _refreshes()
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
     if top:
         out["tracemalloc_growth"] = _growth(top)

@@ -24,7 +24,7 @@ import contextlib
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,7 +62,7 @@ class RunData:
     def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24,
                  live_counters_s: float | None = 600.0,
                  live_counter_rows: int | None = 2_000_000,
-                 live_span_steps: int | None = LIVE_SPAN_STEPS):
+                 live_span_steps: int | None = LIVE_SPAN_STEPS, background_refresh: bool = True):
         self.entry = entry
         #: while the run is live, only this many seconds of its newest counters are kept, and
         #: at most this many rows (None: no limit); a finished run is read whole
@@ -89,6 +89,12 @@ class RunData:
         self._steps_at = -1e18
         self._steps_error: str | None = None
         self._summary: tuple[tuple[Any, ...], StepSummary | None] | None = None
+        #: a live run's stale derived values are computed again in a background thread
+        #: while the callers take the value they have (:meth:`derived`)
+        self.background_refresh = background_refresh
+        #: the newest computations of derived values: (name, monotonic end, cost s, in the
+        #: background); what a benchmark reads to say how fresh the views were
+        self.refreshes: deque[tuple[str, float, float, bool]] = deque(maxlen=4096)
 
     @property
     def manifest(self) -> Manifest:
@@ -180,10 +186,15 @@ class RunData:
         """``fn()`` memoised per (name, key) and data version. While a run is live, a value
         computed less than ``3 x`` its own compute time ago is reused even though the data
         grew, so an expensive view of a big live run refreshes less often instead of falling
-        behind (a small run recomputes on every tick). One computation per key at a time:
-        while one thread computes it, the others take the value it replaces (a live run) or
-        wait for it, instead of computing the same thing again (several callbacks of one tick
-        ask for the same analyses; computing them three times at once made each take 3x)."""
+        behind (a small run recomputes on every tick). Past that, a live run's caller takes
+        the value it has and the new one is computed in a background thread
+        (``background_refresh``; stale-while-revalidate): a page's tick never waits for an
+        analysis of the whole live window, only its first draw does. One computation per key
+        at a time: while one thread computes it, the others take the value it replaces (a
+        live run) or wait for it, instead of computing the same thing again (several
+        callbacks of one tick ask for the same analyses; computing them three times at once
+        made each take 3x). A background computation that fails drops the value, so the next
+        caller computes it and sees the error."""
         k = (name, *key)
         while True:
             now = time.monotonic()
@@ -195,24 +206,42 @@ class RunData:
                         self._cache.move_to_end(k)
                         return value  # type: ignore[no-any-return]
                 running = self._inflight.get(k)
+                if hit is not None and snap.live and (running is not None
+                                                      or self.background_refresh):
+                    if running is None:  # refresh it behind the caller's back
+                        done = self._inflight[k] = threading.Event()
+                        threading.Thread(target=self._compute, args=(k, snap, fn, done, True),
+                                         name=f"dualscope-refresh-{name}", daemon=True).start()
+                    return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
                     break
-                if hit is not None and snap.live:
-                    return hit[3]  # type: ignore[no-any-return]  # being refreshed
             running.wait()  # the same value for this data: take it when it is there
+        return self._compute(k, snap, fn, mine, False)
+
+    def _compute(self, k: tuple[Any, ...], snap: Snapshot, fn: Callable[[], T],
+                 done: threading.Event, background: bool) -> T:
+        """Compute ``k`` for ``snap`` and cache it (:meth:`derived`); ``done`` is set after."""
         try:
             t = time.monotonic()
-            value = fn()
+            try:
+                value = fn()
+            except Exception:
+                if not background:
+                    raise
+                with self._lock:  # the next caller computes it again, and sees why
+                    self._cache.pop(k, None)
+                return None  # type: ignore[return-value]  # nobody waits for this value
             cost = time.monotonic() - t
             with self._lock:
                 self._cache[k] = (snap.version, time.monotonic(), cost, value)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
+                self.refreshes.append((k[0], time.monotonic(), cost, background))
         finally:
             with self._lock:
                 self._inflight.pop(k, None)
-            mine.set()
+            done.set()
         return value
 
     # -- derived ------------------------------------------------------------------------
@@ -335,6 +364,8 @@ class DataService:
     live_counter_rows: int | None = 2_000_000
     #: steps of a live run's newest spans kept in memory (None: all; RunData)
     live_span_steps: int | None = LIVE_SPAN_STEPS
+    #: a live run's stale views computed again in the background (RunData.derived)
+    background_refresh: bool = True
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -354,7 +385,8 @@ class DataService:
                     rd = RunData(entry, live_reload_s=self.live_reload_s,
                                  live_counters_s=self.live_counters_s,
                                  live_counter_rows=self.live_counter_rows,
-                                 live_span_steps=self.live_span_steps)
+                                 live_span_steps=self.live_span_steps,
+                                 background_refresh=self.background_refresh)
                 except DualscopeError as e:
                     raise self._public(e) from e
                 self._runs[entry.run_id] = rd

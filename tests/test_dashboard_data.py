@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -293,3 +294,56 @@ def test_derived_computes_one_value_at_a_time(svc: DataService) -> None:
     for t in threads:
         t.join()
     assert got == [42] * 4 and len(calls) == 1
+
+
+def test_a_live_runs_stale_view_is_refreshed_in_the_background(svc: DataService) -> None:
+    """Stale-while-revalidate: once a live run's view is older than its data (and than 3x its
+    cost), the caller gets the value it has at once while a background thread computes the new
+    one, which the next caller takes; a background failure drops the value, so the next caller
+    computes it itself and sees the error. A finished run is computed where it is asked."""
+    import dataclasses
+    import threading
+    import time
+
+    rd, snap = svc.snapshot("small")
+    live = dataclasses.replace(snap, manifest=dataclasses.replace(snap.manifest, status="live"))
+    assert live.live
+    gate = threading.Event()
+
+    def slow(v: int) -> Any:
+        def run() -> int:
+            gate.wait(10)
+            return v
+        return run
+
+    gate.set()
+    assert rd.derived("bg", live, slow(1)) == 1  # no value yet: computed for the caller
+    gate.clear()
+    newer = dataclasses.replace(live, version=("newer", live.version))
+    t = time.monotonic()
+    assert rd.derived("bg", newer, slow(2)) == 1  # stale: the old value, at once
+    assert time.monotonic() - t < 1.0
+    assert any(th.name == "dualscope-refresh-bg" for th in threading.enumerate())
+    gate.set()
+    deadline = time.monotonic() + 10
+    while rd.derived("bg", newer, slow(3)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rd.derived("bg", newer, slow(3)) == 2  # the background's value, for this data
+    assert [r[3] for r in rd.refreshes if r[0] == "bg"] == [False, True]
+
+    def boom() -> int:
+        raise ValueError("broken view")
+
+    newest = dataclasses.replace(live, version=("newest", live.version))
+    assert rd.derived("bg", newest, boom) == 2  # stale again: the old value; it fails behind
+    deadline = time.monotonic() + 10
+    while any(th.name == "dualscope-refresh-bg" for th in threading.enumerate()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(ValueError, match="broken view"):
+        rd.derived("bg", newest, boom)  # the value was dropped: computed here, and raised
+    # a finished run: computed where asked, never behind the caller's back
+    calls: list[int] = []
+    rd.derived("fin", snap, lambda: calls.append(1) or 1)
+    other = dataclasses.replace(snap, version=("other", snap.version))
+    assert rd.derived("fin", other, lambda: calls.append(2) or 2) == 2 and calls == [1, 2]

@@ -212,18 +212,27 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
     else:
         _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
         node_rows = counters
-        has_counters = bool(len(snap.counters)) and bool(
-            np.isin(device_kinds(snap.counters["device"], family=True), [NVLINK, IB]).any())
+        has_counters = bool(len(snap.counters)) and rd.derived(
+            "has_link_counters", snap, lambda: bool(np.isin(device_kinds(pd.Series(
+                pd.unique(snap.counters["device"])), family=True), [NVLINK, IB]).any()))
     topo = snap.manifest.topology
     nvl_long = link_long(node_rows, "nvlink", metric, node, t0)
     ib_long = link_long(node_rows, "ib", metric, node, t0)
     what = "transmit" if metric.startswith("tx") else "receive"
     no_counters = "this run has no link counters (dualscope probe records them)"
-    nvl_heat = link_heatmap_figure(link_wide(counters, "nvlink", metric, topo.nvlink_peak_bytes_per_s, t0),
+    def wide(kind: str, peak: float | None) -> pd.DataFrame:
+        if data is not None:  # Prometheus' answer: already one row per pixel
+            return link_wide(counters, kind, metric, peak, t0)
+        # the run's files: a pass over every held sample, cached (RunData.derived) so that a
+        # live page's periodic full draw does not repeat it on every data change
+        return rd.derived("link_wide", snap, lambda: link_wide(counters, kind, metric, peak, t0),
+                          (kind, metric, cut))
+
+    nvl_heat = link_heatmap_figure(wide("nvlink", topo.nvlink_peak_bytes_per_s),
                                    title=f"NVLink {what}, share of peak, per GPU", uirevision=run,
                                    row="GPU", empty=no_counters if not has_counters
                                    else "no NVLink counters in this run")
-    ib_heat = link_heatmap_figure(link_wide(counters, "ib", metric, topo.ib_peak_bytes_per_s, t0),
+    ib_heat = link_heatmap_figure(wide("ib", topo.ib_peak_bytes_per_s),
                                   title=f"InfiniBand {what}, share of peak, per HCA port",
                                   uirevision=run, row="HCA port", empty=no_counters
                                   if not has_counters else "no InfiniBand counters in this run")

@@ -21,7 +21,9 @@ played over a finished run (:mod:`dashboard.snapshot`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -54,6 +56,33 @@ __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
 STEP_TABLES_READ = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "work")
 
 T = TypeVar("T")
+
+
+_REFRESH_THREAD = "dualscope-refresh"
+_REFRESH_QUEUE: queue.SimpleQueue[Callable[[], object]] | None = None
+_REFRESH_LOCK = threading.Lock()
+
+
+def _refresh_later(task: Callable[[], object]) -> None:
+    """Run ``task`` on the one thread that computes stale live views again
+    (:meth:`RunData.derived`), for every run of the process: one computation at a time keeps
+    the CPU for the callbacks and the memory of one analysis, not of several at once (a
+    thread per view grew the server by ~500 MB at 64 ranks: concurrent analyses and their
+    malloc arenas). A daemon thread: a server that stops does not wait for it."""
+    global _REFRESH_QUEUE
+    with _REFRESH_LOCK:
+        if _REFRESH_QUEUE is None:
+            _REFRESH_QUEUE = queue.SimpleQueue()
+            threading.Thread(target=_refresh_loop, args=(_REFRESH_QUEUE,), daemon=True,
+                             name=_REFRESH_THREAD).start()
+        _REFRESH_QUEUE.put(task)
+
+
+def _refresh_loop(tasks: queue.SimpleQueue[Callable[[], object]]) -> None:
+    while True:
+        task = tasks.get()
+        with contextlib.suppress(Exception):  # RunData._compute keeps its own errors
+            task()
 
 
 class RunData:
@@ -188,8 +217,9 @@ class RunData:
         grew, so an expensive view of a big live run refreshes less often instead of falling
         behind (a small run recomputes on every tick). Past that, a live run's caller takes
         the value it has and the new one is computed in a background thread
-        (``background_refresh``; stale-while-revalidate): a page's tick never waits for an
-        analysis of the whole live window, only its first draw does. One computation per key
+        (``background_refresh``; stale-while-revalidate; one such thread per process,
+        :func:`_refresh_later`): a page's tick never waits for an analysis of the whole live
+        window, only its first draw does. One computation per key
         at a time: while one thread computes it, the others take the value it replaces (a
         live run) or wait for it, instead of computing the same thing again (several
         callbacks of one tick ask for the same analyses; computing them three times at once
@@ -210,12 +240,15 @@ class RunData:
                                                       or self.background_refresh):
                     if running is None:  # refresh it behind the caller's back
                         done = self._inflight[k] = threading.Event()
-                        threading.Thread(target=self._compute, args=(k, snap, fn, done, True),
-                                         name=f"dualscope-refresh-{name}", daemon=True).start()
+                        _refresh_later(functools.partial(self._compute, k, snap, fn, done, True))
                     return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
                     break
+                if threading.current_thread().name.startswith(_REFRESH_THREAD):
+                    # the refresh thread itself must not wait for a refresh queued behind it
+                    # (its old value was evicted meanwhile): it computes this one here
+                    return fn()
             running.wait()  # the same value for this data: take it when it is there
         return self._compute(k, snap, fn, mine, False)
 

@@ -118,6 +118,7 @@ class RunData:
         self._steps_at = -1e18
         self._steps_error: str | None = None
         self._summary: tuple[tuple[Any, ...], StepSummary | None] | None = None
+        self._summary_pending = False
         #: a live run's stale derived values are computed again in a background thread
         #: while the callers take the value they have (:meth:`derived`)
         self.background_refresh = background_refresh
@@ -348,16 +349,37 @@ class RunData:
     def step_summary(self) -> StepSummary | None:
         """:func:`~dashboard.overview_model.step_summary` of :meth:`step_tables`, computed
         again only when the step results grew (their rows are only ever appended), not on
-        every tick: the pooled fit and straggler scores cost O(rows)."""
+        every tick: the pooled fit and straggler scores cost O(rows), which grows with the
+        run. While the run is live (and ``background_refresh``), a caller takes the summary
+        it has and the new one is computed on the refresh thread, as :meth:`derived` does."""
         tables = self.step_tables()
         key = tuple(sorted((k, len(v)) for k, v in tables.items()))
         with self._lock:
-            if self._summary is not None and self._summary[0] == key:
-                return self._summary[1]
+            have = self._summary
+            if have is not None and have[0] == key:
+                return have[1]
+            live = self._snap is not None and self._snap.live
+            if have is not None and live and self.background_refresh:
+                if not self._summary_pending:
+                    self._summary_pending = True
+                    _refresh_later(functools.partial(self._refresh_summary, tables, key))
+                return have[1]
         value = step_summary(tables)
         with self._lock:
             self._summary = (key, value)
         return value
+
+    def _refresh_summary(self, tables: dict[str, pd.DataFrame], key: tuple[Any, ...]) -> None:
+        try:
+            value = step_summary(tables)
+            with self._lock:
+                self._summary = (key, value)
+        except Exception:
+            with self._lock:  # the next caller computes it again, and sees why
+                self._summary = None
+        finally:
+            with self._lock:
+                self._summary_pending = False
 
     @property
     def steps_error(self) -> str | None:

@@ -149,3 +149,32 @@ def test_live_timeline_follows_the_newest_step_its_ideal_covers(tmp_path: Path) 
     ix = rd3.timeline_index(snap3)
     assert ((ix.cat == 0) & (ix.step == step3)).any()  # its bubbles are shaded
     w.close()
+
+
+def test_live_step_summary_is_refreshed_in_the_background(tmp_path: Path) -> None:
+    """The whole-run numbers of a live Overview (the pooled fit and straggler scores over
+    every step's results: O(steps)) are computed again when the step results grow, on the
+    refresh thread: the caller takes the summary it has at once."""
+    import time
+
+    runs = tmp_path / "runs"
+    shutil.copytree(REFERENCE, runs / "live")
+    with StepEngine(runs / "live") as engine:
+        engine.run()
+    m = Manifest.read(runs / "live")
+    m.status = "live"
+    m.write(runs / "live")
+    svc = DataService(str(runs), live_reload_s=0.0, live_span_steps=3)
+    rd, _snap = svc.snapshot("live")
+    full = rd.step_tables()
+    fewer = {k: v.loc[v["step"] < 7] if "step" in v else v for k, v in full.items()}
+    rd.step_tables = lambda cutoff_ns=None: fewer  # type: ignore[method-assign]
+    old = rd.step_summary()
+    assert old is not None and old.kpis["steps"] == 7
+    rd.step_tables = lambda cutoff_ns=None: full  # type: ignore[method-assign]
+    assert rd.step_summary() is old  # the results grew: the old summary, at once
+    deadline = time.monotonic() + 20
+    while rd.step_summary() is old and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = rd.step_summary()
+    assert new is not old and new is not None and new.kpis["steps"] == 8

@@ -223,14 +223,27 @@ def _tick(run: Path) -> None:
             _time(name, fn)
 
 
+def _minutes(end: float) -> range:
+    return range(int(np.ceil(end / 60)))
+
+
+def _in(xs: list[tuple[Any, ...]], minute: int) -> list[tuple[Any, ...]]:
+    """The samples ``(t, ...)`` of ``xs`` taken in ``minute`` (t: s since the start)."""
+    return [x for x in xs if minute * 60 <= x[0] < minute * 60 + 60]
+
+
+def _pcts(v: list[float]) -> dict[str, float] | None:
+    return {"p50": round(float(np.percentile(v, 50)), 1),
+            "p95": round(float(np.percentile(v, 95)), 1)} if v else None
+
+
 def _cpu_by_minute(end: float) -> list[float | None]:
     """The server's CPU per minute, in cores: its threads' CPU seconds (callbacks and the
     background refreshes of :meth:`dashboard.data.RunData.derived`) over wall seconds. The
     tick times leave out what the background threads compute; this does not."""
-    cpu = _S.get("cpu", [])
     out: list[float | None] = []
-    for m in range(int(np.ceil(end / 60))):
-        xs = [(t, c) for t, c in cpu if m * 60 <= t < m * 60 + 60]
+    for m in _minutes(end):
+        xs = _in(_S.get("cpu", []), m)
         out.append(round((xs[-1][1] - xs[0][1]) / (xs[-1][0] - xs[0][0]), 2)
                    if len(xs) > 1 and xs[-1][0] > xs[0][0] else None)
     return out
@@ -271,22 +284,18 @@ def report(minutes: float) -> dict[str, Any]:
     per: dict[str, Any] = {}
     for page in PAGES:
         xs = [(t, ms) for t, p, ms in _S["ticks"] if p == page]
-        first = [ms for t, ms in xs if t < 60]
-        last = [ms for t, ms in xs if t >= end - 60]
-        per[page] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
-                         "p95": round(float(np.percentile(v, 95)), 1)} if v else None
-                     for w, v in (("first", first), ("last", last))}
+        per[page] = {"first": _pcts([ms for t, ms in xs if t < 60]),
+                     "last": _pcts([ms for t, ms in xs if t >= end - 60])}
     out["pages_ms"] = per
     # the curve: each page's p50 per minute of the run (ms)
-    def p50(page: str, minute: int) -> float | None:
-        v = [ms for t, p, ms in _S["ticks"] if p == page and minute * 60 <= t < minute * 60 + 60]
-        return round(float(np.percentile(v, 50)), 1) if v else None
-
-    out["pages_p50_by_minute"] = {page: [p50(page, m) for m in range(int(np.ceil(end / 60)))]
-                                  for page in PAGES}
+    ticks = [(t, p, ms) for t, p, ms in _S["ticks"]]
+    out["pages_p50_by_minute"] = {
+        page: [(_pcts(v) or {}).get("p50") for v in
+               ([ms for _, p, ms in _in(ticks, m) if p == page] for m in _minutes(end))]
+        for page in PAGES}
     out["arrow_mb_by_minute"] = [
-        round(max((mb for t, mb in _S.get("arrow", []) if m * 60 <= t < m * 60 + 60),
-                  default=float("nan")), 1) for m in range(int(np.ceil(end / 60)))]
+        round(max((mb for _, mb in _in(_S.get("arrow", []), m)), default=float("nan")), 1)
+        for m in _minutes(end)]
     out["cpu_cores_by_minute"] = _cpu_by_minute(end)
     out["refresh"] = _refreshes()
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
@@ -295,8 +304,6 @@ def report(minutes: float) -> dict[str, Any]:
     if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
         out["objects_growth"] = _objects_growth()
     tot = _S["totals"]
-    out["tick_ms"] = {w: {"p50": round(float(np.percentile(v, 50)), 1),
-                          "p95": round(float(np.percentile(v, 95)), 1)} if v else None
-                      for w, v in (("first", [ms for t, ms in tot if t < 60]),
-                                   ("last", [ms for t, ms in tot if t >= end - 60]))}
+    out["tick_ms"] = {"first": _pcts([ms for t, ms in tot if t < 60]),
+                      "last": _pcts([ms for t, ms in tot if t >= end - 60])}
     return out

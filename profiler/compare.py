@@ -276,21 +276,16 @@ def _real_ranks(layout: pd.DataFrame, pp: int) -> list[int]:
 
 
 def _measured_schedule(acts: pd.DataFrame, layout: pd.DataFrame, pp: int, m: int,
-                       num_stages: int) -> tuple[Schedule, list[int]]:
-    """The run's own op order of one (step, pipeline) as a Schedule, and the real rank of each
-    pipeline rank (-1: none)."""
-    ranks_of = dict(zip(layout["pp_rank"], layout["rank"], strict=True))
+                       num_stages: int) -> Schedule:
+    """The run's own op order of one (step, pipeline) as a Schedule."""
     ops_per_rank: list[tuple[Op, ...]] = []
-    real = []
-    for p in range(pp):
-        r = ranks_of.get(p)
-        real.append(-1 if r is None else int(r))
+    for r in _real_ranks(layout, pp):
         mine = acts[acts["rank"] == r].sort_values("start_ns", kind="stable")
         ops_per_rank.append(tuple(
             Op(str(o), int(s), int(mb), int(bs), int(bm))
             for o, s, mb, bs, bm in zip(mine["op"], mine["stage"], mine["microbatch"],
                                         mine["b_stage"], mine["b_microbatch"], strict=True)))
-    return Schedule("measured", pp, m, num_stages, tuple(ops_per_rank)), real
+    return Schedule("measured", pp, m, num_stages, tuple(ops_per_rank))
 
 
 def attribute(levels: np.ndarray, measured: float) -> dict[str, float]:
@@ -368,7 +363,7 @@ def compare(spans: pd.DataFrame, manifest: Manifest | None = None, *,
     for (step, pipe), inp in groups.items():
         lay = lays[pipe]
         real = _real_ranks(lay, pp)
-        ideal = _ideal(ideal_sched or _measured_schedule(inp.acts, lay, pp, m, num_stages)[0],
+        ideal = _ideal(ideal_sched or _measured_schedule(inp.acts, lay, pp, m, num_stages),
                        cost_obj, ideal_cache)
         mine = measured[(step, pipe)]
         win_start, window = int(mine["window_start_ns"].iloc[0]), int(mine["window_ns"].iloc[0])

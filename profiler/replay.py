@@ -44,8 +44,8 @@ import pandas as pd
 
 from .schedules.ops import Op
 
-__all__ = ["EventIndex", "ReplayInput", "ReplayResult", "prepare", "replay", "comm_events", "link_latency",
-           "BLOCKED_NS"]
+__all__ = ["EventIndex", "ReplayInput", "ReplayResult", "prepare", "replay", "comm_events",
+           "link_latency", "BLOCKED_NS"]
 
 #: a recorded wait shorter than this did not block (its input had arrived): no latency sample
 BLOCKED_NS = 100_000
@@ -208,8 +208,7 @@ def prepare(acts: pd.DataFrame, events: pd.DataFrame | EventIndex, num_stages: i
     """Measure one step of one pipeline (module doc). ``acts``: its actions sorted by rank and
     start, with ``prev_end_ns`` (the end of the rank's previous action in the run, -1 for its
     first); ``events``: :func:`comm_events` of the run (or its :class:`EventIndex`, built once
-    for all steps); ``schedule_ops``: per rank, the op list
-    of the schedule the run follows: where a rank ran exactly that list, the send and receive
+    for all steps); ``schedule_ops``: per rank, the op list of the schedule the run follows: where a rank ran exactly that list, the send and receive
     timing of its ops (``hold``, ``waits_for``) stands in for sends and waits not recorded."""
     acts = acts.reset_index(drop=True)
     # whole columns to Python at once (iterating a Series costs a call per value)
@@ -236,8 +235,9 @@ def prepare(acts: pd.DataFrame, events: pd.DataFrame | EventIndex, num_stages: i
     ranks = set(rank.tolist())
     recorded = any(r in index.waits for r in ranks)
     end_ns = acts["end_ns"].to_numpy(np.int64)
-    release_ns = np.where(np.isnan(prev), start, prev)  # (as ``release`` below)
-    lo_ns, hi_ns = origin + int(release_ns.min()), int(end_ns.max())
+    # when each action may start at the earliest: its rank's previous end, else its start
+    release = np.where(np.isnan(prev), start, prev).astype(float)
+    lo_ns, hi_ns = origin + int(release.min()), int(end_ns.max())
     # the waits a wait search below can find: those ending between the first release and
     # the last end of the step (ns since the origin, as the actions' times)
     by_end: dict[int, tuple[list[float], list[tuple[float, float, Key]]]] = {}
@@ -281,7 +281,6 @@ def prepare(acts: pd.DataFrame, events: pd.DataFrame | EventIndex, num_stages: i
     inside: list[list[Segment]] = []
     transfer: dict[Key, float] = {}
     bound: dict[Key, float] = {}
-    release = np.where(np.isnan(prev), start, prev).astype(float)
     for c, row in enumerate(rows):
         r = row[0]
         lo = float(release[c])

@@ -220,6 +220,7 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
     ib_long = link_long(node_rows, "ib", metric, node, t0)
     what = "transmit" if metric.startswith("tx") else "receive"
     no_counters = "this run has no link counters (dualscope probe records them)"
+
     def wide(kind: str, peak: float | None) -> pd.DataFrame:
         if data is not None:  # Prometheus' answer: already one row per pixel
             return link_wide(counters, kind, metric, peak, t0)

@@ -30,10 +30,7 @@ def system_pool_by_default() -> bool:
     :func:`system_arrow_pool` cannot change afterwards. Measured with ``bench/bench_import.py``
     on the 240 MB set: peak 0.20 -> 0.15 GB with ``--jobs 2``, 0.16 -> 0.13 GB with 1 job. An
     import process owns its allocator, so the command sets it; whether it took effect."""
-    if "pyarrow" in sys.modules:
-        return False
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    return True
+    return _env_default_before("pyarrow", "ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 def one_blas_thread_by_default() -> bool:
@@ -43,9 +40,15 @@ def one_blas_thread_by_default() -> bool:
     (``python -c "import numpy, time; time.sleep(2)"``: 0.22 s of CPU, 0.16 s with one
     thread, on this 2-core VM; perf put ``blas_thread_server`` at 1.9 % of an import's CPU).
     Parallelism is the import's own worker processes. Whether it took effect."""
-    if "numpy" in sys.modules:
+    return _env_default_before("numpy", "OPENBLAS_NUM_THREADS", "1")
+
+
+def _env_default_before(module: str, name: str, value: str) -> bool:
+    """``$name`` defaults to ``value`` (a user's own setting wins), which takes effect only
+    when ``module`` reads it as it loads: False when ``module`` is loaded already."""
+    if module in sys.modules:
         return False
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault(name, value)
     return True
 
 
@@ -53,7 +56,8 @@ def one_blas_thread_by_default() -> bool:
 def system_arrow_pool() -> Iterator[None]:
     """Build Arrow data with the system allocator while importing: Arrow's default (mimalloc)
     pool keeps the segments of each rank's freed tables, which adds ~35 MB to the peak of a
-    rank-by-rank import; the system pool plus the importer's ``malloc_trim`` returns them.
+    rank-by-rank import; the system pool frees them into the heap the next file reuses
+    (and the importer's ``malloc_trim`` gives it back to the OS after a file over 256 MB).
     A process-wide setting, so the command makes it, not the library; restored on exit."""
     import pyarrow as pa
 

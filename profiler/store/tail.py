@@ -77,40 +77,35 @@ class _Kind:
 
     def _keep(self, old: pd.DataFrame | None, new: pd.DataFrame
               ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Which held (``old``) and new rows stay in the windows (None: all of them)."""
+        """Which held (``old``) and new rows stay in the windows (None: all of them); sets
+        :attr:`held` when the step window dropped any."""
         frames = [f for f in (old, new) if f is not None]
-        keeps: list[np.ndarray | None] = [None] * len(frames)
-
-        def both(mask_of: Any) -> None:
-            for i, f in enumerate(frames):
-                m = mask_of(f)
-                keeps[i] = m if keeps[i] is None else keeps[i] & m  # type: ignore[operator]
-
+        keeps = [np.ones(len(f), dtype=bool) for f in frames]
         if self.window_ns is not None or self.max_rows is not None:
-            ts = np.concatenate([f["ts_ns"].to_numpy() for f in frames])
-            low = int(ts.max()) - self.window_ns if self.window_ns is not None and len(ts) \
-                else None
-            if self.max_rows is not None and len(ts) > self.max_rows:
+            ts = [f["ts_ns"].to_numpy() for f in frames]
+            every = np.concatenate(ts)
+            low = int(every.max()) - self.window_ns if self.window_ns is not None \
+                and len(every) else None
+            if self.max_rows is not None and len(every) > self.max_rows:
                 # the newest max_rows samples (ties at the edge are dropped together)
-                edge = int(np.partition(ts, len(ts) - self.max_rows)[len(ts) - self.max_rows])
+                cut = len(every) - self.max_rows
+                edge = int(np.partition(every, cut)[cut])
                 low = edge + 1 if low is None else max(low, edge + 1)
             if low is not None:
-                cut = low
-                both(lambda f: f["ts_ns"].to_numpy() >= cut)
+                for keep, t in zip(keeps, ts, strict=True):
+                    keep &= t >= low
         if self.steps is not None:
             steps = [f["step"].to_numpy(dtype="float64", na_value=np.nan) for f in frames]
-            finite = [s[np.isfinite(s)] for s in steps]
-            newest = max((float(s.max()) for s in finite if len(s)), default=np.nan)
+            newest = max((float(np.nanmax(s)) for s in steps if np.isfinite(s).any()),
+                         default=np.nan)
             if np.isfinite(newest) and newest >= 0:
                 first = max(0, int(newest) - self.steps + 1)
-                dropped = False
-                for i, st in enumerate(steps):
-                    m = st >= first  # NaN and negative steps (in no step) drop out
-                    dropped = dropped or not m.all()
-                    keeps[i] = m if keeps[i] is None else keeps[i] & m
-                if dropped or self.held is not None:
+                drops = [~(st >= first) for st in steps]  # NaN and negative steps drop out
+                for keep, drop in zip(keeps, drops, strict=True):
+                    keep &= ~drop
+                if any(d.any() for d in drops) or self.held is not None:
                     self.held = (first, int(newest))
-        out = [None if k is None or k.all() else k for k in keeps]
+        out = [None if k.all() else k for k in keeps]
         return (out[0], out[1]) if old is not None else (None, out[0])
 
     def update(self, reader: RunReader) -> bool:

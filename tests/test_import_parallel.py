@@ -4,6 +4,8 @@ behind; memory bounded whatever the layout; no pandas in the import path."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import signal
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +65,26 @@ def test_dask_gives_the_same_run(traces: Path, tmp_path: Path) -> None:
     import_kineto([traces], tmp_path / "one", jobs=1)
     import_kineto([traces], tmp_path / "dask", engine="dask", jobs=2)
     _same_runs(tmp_path / "one", tmp_path / "dask")
+
+
+def test_workers_start_with_the_parents_objects_frozen(traces: Path, tmp_path: Path) -> None:
+    """The parent's objects are in the collector's permanent generation in each forked
+    worker (a worker's collections do not write to them, so their pages stay shared), and
+    the parent is unfrozen again once the workers have started."""
+    seen = tmp_path / "freeze"
+    seen.mkdir()
+
+    @contextlib.contextmanager
+    def record() -> Iterator[None]:
+        (seen / f"{os.getpid()}-{time.monotonic_ns()}").write_text(str(gc.get_freeze_count()))
+        yield
+
+    before = gc.get_freeze_count()
+    import_kineto([traces], tmp_path / "run", jobs=2, around_parse=record)
+    counts = [(p.name.split("-")[0], int(p.read_text())) for p in seen.iterdir()]
+    assert len(counts) == 4 and all(pid != str(os.getpid()) for pid, _ in counts)
+    assert all(n > 1000 for _, n in counts), counts
+    assert gc.get_freeze_count() == before
 
 
 def test_progress_counts_files_and_bytes_over_workers(traces: Path, tmp_path: Path) -> None:

@@ -211,9 +211,9 @@ class RunData:
             self._loaded_at = now
             return self._snap
 
-    def derived(self, name: str, snap: Snapshot, fn: Callable[[], T],
-                key: tuple[Any, ...] = ()) -> T:
-        """``fn()`` memoised per (name, key) and data version. While a run is live, a value
+    def derived(self, name: str, snap: Snapshot, fn: Callable[[Snapshot], T],
+                key: tuple[Any, ...] = (), *, newest: bool = True) -> T:
+        """``fn(snap)`` memoised per (name, key) and data version. While a run is live, a value
         computed less than ``3 x`` its own compute time ago is reused even though the data
         grew, so an expensive view of a big live run refreshes less often instead of falling
         behind (a small run recomputes on every tick). Past that, a live run's caller takes
@@ -225,7 +225,12 @@ class RunData:
         live run) or wait for it, instead of computing the same thing again (several
         callbacks of one tick ask for the same analyses; computing them three times at once
         made each take 3x). A background computation that fails drops the value, so the next
-        caller computes it and sees the error."""
+        caller computes it and sees the error. A background computation takes the newest
+        snapshot of the run when it starts, not the one of the call that found the value
+        stale (``newest``; False when ``fn`` also depends on something of that call's, not in
+        ``key``): the refresh is as fresh as the data, and a queued refresh holds no
+        snapshot of its own (one per queued view, each with its own frames, held ~250 MB
+        more at 64 ranks)."""
         k = (name, *key)
         while True:
             now = time.monotonic()
@@ -241,7 +246,8 @@ class RunData:
                                                       or self.background_refresh):
                     if running is None:  # refresh it behind the caller's back
                         done = self._inflight[k] = threading.Event()
-                        _refresh_later(functools.partial(self._compute, k, snap, fn, done, True))
+                        _refresh_later(functools.partial(
+                            self._compute, k, None if newest else snap, fn, done, True))
                     return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
@@ -249,17 +255,22 @@ class RunData:
                 if threading.current_thread().name.startswith(_REFRESH_THREAD):
                     # the refresh thread itself must not wait for a refresh queued behind it
                     # (its old value was evicted meanwhile): it computes this one here
-                    return fn()
+                    return fn(snap)
             running.wait()  # the same value for this data: take it when it is there
         return self._compute(k, snap, fn, mine, False)
 
-    def _compute(self, k: tuple[Any, ...], snap: Snapshot, fn: Callable[[], T],
+    def _compute(self, k: tuple[Any, ...], snap: Snapshot | None, fn: Callable[[Snapshot], T],
                  done: threading.Event, background: bool) -> T:
-        """Compute ``k`` for ``snap`` and cache it (:meth:`derived`); ``done`` is set after."""
+        """Compute ``k`` for ``snap`` (None: the newest snapshot read) and cache it
+        (:meth:`derived`); ``done`` is set after."""
         try:
             t = time.monotonic()
+            if snap is None:
+                with self._lock:
+                    snap = self._snap
+                assert snap is not None  # a background refresh follows a read
             try:
-                value = fn()
+                value = fn(snap)
             except Exception:
                 if not background:
                     raise
@@ -288,11 +299,11 @@ class RunData:
         params = self.params(snap, thresholds)
         cut = quantize_cutoff(cutoff_ns, snap)
 
-        def run() -> dict[str, pd.DataFrame]:
-            spans, counters = clip_to_cutoff(snap.spans, snap.counters, cut)
+        def run(s: Snapshot) -> dict[str, pd.DataFrame]:
+            spans, counters = clip_to_cutoff(s.spans, s.counters, cut)
             if len(spans) == 0:
                 return {}
-            return run_analyses(Frames(spans, counters, params))
+            return run_analyses(Frames(spans, counters, self.params(s, thresholds)))
 
         return self.derived("analyses", snap, run, (cut, params.straggler_threshold))
 
@@ -306,21 +317,21 @@ class RunData:
         """:func:`~dashboard.overview_model.link_ports` of the data up to ``cutoff_ns``."""
         cut = quantize_cutoff(cutoff_ns, snap)
 
-        def run() -> pd.DataFrame:
-            spans, counters = clip_to_cutoff(snap.spans, snap.counters, cut)
-            return link_ports(counters, spans, self.params(snap))
+        def run(s: Snapshot) -> pd.DataFrame:
+            spans, counters = clip_to_cutoff(s.spans, s.counters, cut)
+            return link_ports(counters, spans, self.params(s))
 
         return self.derived("ports", snap, run, (cut,))
 
     def ideal(self, snap: Snapshot) -> IdealTimeline:
-        return self.derived("ideal", snap, lambda: ideal_timeline(snap.spans, snap.manifest))
+        return self.derived("ideal", snap, lambda s: ideal_timeline(s.spans, s.manifest))
 
     def timeline_index(self, snap: Snapshot) -> TimelineIndex:
-        def run() -> TimelineIndex:
-            ideal = self.ideal(snap)
-            bubbles = self.analyses(snap).get("bubbles")
-            return build_index(snap.spans, ideal.spans if ideal.ok else None, self.layout(snap),
-                               bubbles, t0_ns=snap.t0_ns)
+        def run(s: Snapshot) -> TimelineIndex:
+            ideal = self.ideal(s)
+            bubbles = self.analyses(s).get("bubbles")
+            return build_index(s.spans, ideal.spans if ideal.ok else None, self.layout(s),
+                               bubbles, t0_ns=s.t0_ns)
 
         return self.derived("timeline_index", snap, run)
 
@@ -387,8 +398,8 @@ class RunData:
 
     def counter_nodes(self, snap: Snapshot) -> list[str]:
         """The nodes of the counters read so far (cached per data version)."""
-        return self.derived("counter_nodes", snap, lambda: sorted(
-            pd.unique(snap.counters["node"]).tolist()) if len(snap.counters) else [])
+        return self.derived("counter_nodes", snap, lambda s: sorted(
+            pd.unique(s.counters["node"]).tolist()) if len(s.counters) else [])
 
     def counters_since(self, snap: Snapshot, ts_ns: int) -> pd.DataFrame | None:
         """Counter samples taken after ``ts_ns``, from the samples the snapshot holds (the

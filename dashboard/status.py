@@ -138,7 +138,7 @@ class FreshnessTracker:
             steps = snap.spans["step"].to_numpy() if len(snap.spans) else np.zeros(0)
             newest = int(steps.max()) if len(steps) and steps.max() >= 0 else None
         else:
-            step_time, newest = rd.derived("step_stats", snap, lambda: step_stats(snap.spans))
+            step_time, newest = rd.derived("step_stats", snap, lambda s: step_stats(s.spans))
         stale_s = self.policy.stale_after_s(step_time)
         status = snap.manifest.status
         if status == "finished":

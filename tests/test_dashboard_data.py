@@ -133,8 +133,8 @@ def test_live_run_is_retailed_and_versioned(tmp_path: Path) -> None:
 def test_derived_values_are_cached_per_version(svc: DataService) -> None:
     rd, snap = svc.snapshot("small")
     calls = []
-    rd.derived("probe", snap, lambda: calls.append(1) or 42)
-    assert rd.derived("probe", snap, lambda: calls.append(1) or 43) == 42
+    rd.derived("probe", snap, lambda _: calls.append(1) or 42)
+    assert rd.derived("probe", snap, lambda _: calls.append(1) or 43) == 42
     assert calls == [1]
 
 
@@ -281,7 +281,7 @@ def test_derived_computes_one_value_at_a_time(svc: DataService) -> None:
     rd, snap = svc.snapshot("small")
     calls: list[int] = []
 
-    def slow() -> int:
+    def slow(_: object) -> int:
         calls.append(1)
         time.sleep(0.3)
         return 42
@@ -296,11 +296,14 @@ def test_derived_computes_one_value_at_a_time(svc: DataService) -> None:
     assert got == [42] * 4 and len(calls) == 1
 
 
-def test_a_live_runs_stale_view_is_refreshed_in_the_background(svc: DataService) -> None:
+def test_a_live_runs_stale_view_is_refreshed_in_the_background(
+        svc: DataService, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stale-while-revalidate: once a live run's view is older than its data (and than 3x its
     cost), the caller gets the value it has at once while a background thread computes the new
     one, which the next caller takes; a background failure drops the value, so the next caller
-    computes it itself and sees the error. A finished run is computed where it is asked."""
+    computes it itself and sees the error. The background computes on the newest snapshot
+    read when it starts, not on the one of the call that found the value stale. A finished
+    run is computed where it is asked."""
     import dataclasses
     import threading
     import time
@@ -309,14 +312,17 @@ def test_a_live_runs_stale_view_is_refreshed_in_the_background(svc: DataService)
     live = dataclasses.replace(snap, manifest=dataclasses.replace(snap.manifest, status="live"))
     assert live.live
     gate = threading.Event()
+    seen: list[object] = []
 
     def slow(v: int) -> Any:
-        def run() -> int:
+        def run(s: Any) -> int:
             gate.wait(10)
+            seen.append(s.version)
             return v
         return run
 
     gate.set()
+    monkeypatch.setattr(rd, "_snap", live)  # as if read by a tick; restored after the test
     assert rd.derived("bg", live, slow(1)) == 1  # no value yet: computed for the caller
     gate.clear()
     newer = dataclasses.replace(live, version=("newer", live.version))
@@ -324,17 +330,21 @@ def test_a_live_runs_stale_view_is_refreshed_in_the_background(svc: DataService)
     assert rd.derived("bg", newer, slow(2)) == 1  # stale: the old value, at once
     assert time.monotonic() - t < 1.0
     assert ("bg",) in rd._inflight  # noqa: SLF001  # being computed behind the caller
+    later = dataclasses.replace(live, version=("later", live.version))
+    rd._snap = later  # noqa: SLF001  # a tick read newer data while the refresh waited
     gate.set()
     deadline = time.monotonic() + 10
-    while rd.derived("bg", newer, slow(3)) != 2 and time.monotonic() < deadline:
+    while rd.derived("bg", later, slow(3)) != 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert rd.derived("bg", newer, slow(3)) == 2  # the background's value, for this data
+    assert rd.derived("bg", later, slow(3)) == 2  # the background's value, for this data
+    assert seen == [live.version, later.version]  # computed on the newest data read
     assert [r[3] for r in rd.refreshes if r[0] == "bg"] == [False, True]
 
-    def boom() -> int:
+    def boom(_: object) -> int:
         raise ValueError("broken view")
 
     newest = dataclasses.replace(live, version=("newest", live.version))
+    rd._snap = newest  # noqa: SLF001
     assert rd.derived("bg", newest, boom) == 2  # stale again: the old value; it fails behind
     deadline = time.monotonic() + 10
     while ("bg",) in rd._inflight and time.monotonic() < deadline:  # noqa: SLF001
@@ -343,6 +353,6 @@ def test_a_live_runs_stale_view_is_refreshed_in_the_background(svc: DataService)
         rd.derived("bg", newest, boom)  # the value was dropped: computed here, and raised
     # a finished run: computed where asked, never behind the caller's back
     calls: list[int] = []
-    rd.derived("fin", snap, lambda: calls.append(1) or 1)
+    rd.derived("fin", snap, lambda _: calls.append(1) or 1)
     other = dataclasses.replace(snap, version=("other", snap.version))
-    assert rd.derived("fin", other, lambda: calls.append(2) or 2) == 2 and calls == [1, 2]
+    assert rd.derived("fin", other, lambda _: calls.append(2) or 2) == 2 and calls == [1, 2]

@@ -213,8 +213,8 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
         _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
         node_rows = counters
         has_counters = bool(len(snap.counters)) and rd.derived(
-            "has_link_counters", snap, lambda: bool(np.isin(device_kinds(pd.Series(
-                pd.unique(snap.counters["device"])), family=True), [NVLINK, IB]).any()))
+            "has_link_counters", snap, lambda s: bool(np.isin(device_kinds(pd.Series(
+                pd.unique(s.counters["device"])), family=True), [NVLINK, IB]).any()))
     topo = snap.manifest.topology
     nvl_long = link_long(node_rows, "nvlink", metric, node, t0)
     ib_long = link_long(node_rows, "ib", metric, node, t0)
@@ -226,8 +226,11 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
             return link_wide(counters, kind, metric, peak, t0)
         # the run's files: a pass over every held sample, cached (RunData.derived) so that a
         # live page's periodic full draw does not repeat it on every data change
-        return rd.derived("link_wide", snap, lambda: link_wide(counters, kind, metric, peak, t0),
-                          (kind, metric, cut))
+        def run(s: Snapshot) -> pd.DataFrame:
+            _, held = clip_to_cutoff(s.spans.iloc[:0], s.counters, cut)
+            return link_wide(held, kind, metric, peak, t0)
+
+        return rd.derived("link_wide", snap, run, (kind, metric, cut, peak, t0))
 
     nvl_heat = link_heatmap_figure(wide("nvlink", topo.nvlink_peak_bytes_per_s),
                                    title=f"NVLink {what}, share of peak, per GPU", uirevision=run,
@@ -297,10 +300,10 @@ def _prom_ports(src: PromSource, rd: RunData, snap: Snapshot, w: Window,
                 cut: int | None) -> pd.DataFrame:
     """:func:`~dashboard.overview_model.link_ports` of Prometheus' transmit rates in ``w``
     and the run's spans (the KPIs), cached per window."""
-    def run() -> pd.DataFrame:
-        tx = src.cluster(run_ids(snap), TX_BYTES_PER_S, w)
-        spans, _ = clip_to_cutoff(snap.spans, snap.counters.iloc[:0], cut)
-        return link_ports(tx, spans, rd.params(snap))
+    def run(s: Snapshot) -> pd.DataFrame:
+        tx = src.cluster(run_ids(s), TX_BYTES_PER_S, w)
+        spans, _ = clip_to_cutoff(s.spans, s.counters.iloc[:0], cut)
+        return link_ports(tx, spans, rd.params(s))
 
     return rd.derived("prom_ports", snap, run, (src.url, w, cut))
 

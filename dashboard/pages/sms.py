@@ -26,6 +26,7 @@ from ..overview_model import cpu_run
 from ..promsource import PromError, failure_text
 from ..promview import page_window, run_ids, source_note
 from ..series import sm_binned
+from ..snapshot import Snapshot
 from . import NoRun, describe_error, open_page, open_run, render_if_changed
 
 PATH = "/sms"
@@ -101,8 +102,8 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None,
                 empty_figure(msg, title="SM-seconds per GPU"))
     cut = cutoff_ns(c)
 
-    def series() -> pd.DataFrame:
-        return sm_split_series(snap.spans, sms_per_gpu=int(sms))
+    def series(s: Snapshot) -> pd.DataFrame:
+        return sm_split_series(s.spans, sms_per_gpu=int(sms))
 
     ser = rd.derived("sm_series", snap, series)
     if cut is not None:

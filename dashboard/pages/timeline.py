@@ -129,7 +129,7 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
     and communication rows)."""
     ix = rd.timeline_index(snap)
 
-    def run() -> tuple[int, int, int] | None:
+    def run(_: Snapshot) -> tuple[int, int, int] | None:  # of ix, the caller's index
         drawn = (ix.step >= 0) & (ix.row != ROW_KINDS.index("ideal"))
         if not drawn.any():
             return None
@@ -156,7 +156,7 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
         mine[drawn] = step == pick
         return pick, int(ix.start[mine].min()), int(ix.end[mine].max())
 
-    got = rd.derived("newest_complete", snap, run, (id(ix),))
+    got = rd.derived("newest_complete", snap, run, (id(ix),), newest=False)
     if got is None:
         return None
     step, a, b = got

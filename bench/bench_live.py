@@ -356,6 +356,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: temp)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="the feeder (the job's writers) and the step engine on CPU 0, this "
+                         "reader (and the dashboard of --hook, its refresh thread included) "
+                         "on the other CPUs: the dashboard's cost without the simulated "
+                         "job's writers on its cores")
     a = ap.parse_args(argv)
     if a.ranks % GPUS or a.ranks < 8:
         ap.error(f"--ranks {a.ranks} must be a multiple of {GPUS}")
@@ -382,6 +387,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             a.ideal_every, a.step_s, report))
     feeder.start()
     eng.start()
+    pinned = None
+    if a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--pin needs at least 2 CPUs")
+        for proc in (feeder, eng):
+            os.sched_setaffinity(proc.pid, cpus[:1])  # type: ignore[arg-type]
+        os.sched_setaffinity(0, cpus[1:])
+        pinned = {"job_and_engine": cpus[:1], "reader": cpus[1:]}
     hook, hook_module = _hook(a.hook)
     # a live view keeps the newest steps' rows (heatmaps, the newest timeline) and whole-run
     # numbers from what each update brings
@@ -426,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {
         "ranks": a.ranks, "nodes": a.ranks // GPUS, "minutes": a.minutes, "step_s": a.step_s,
         "counter_hz": a.counter_hz, "ideal_every": a.ideal_every, "budget_s": a.budget_s,
-        "pregenerate_s": round(gen_s, 1), "ticks": len(ticks),
+        "pregenerate_s": round(gen_s, 1), "ticks": len(ticks), "pinned": pinned,
         "tick_p50_ms": {"first": _pct([x["ms"] for x in first], 50),
                         "last": _pct([x["ms"] for x in last], 50)},
         "tick_p95_ms": {"first": _pct([x["ms"] for x in first], 95),

@@ -176,8 +176,10 @@ def _growth(top: int) -> list[dict[str, Any]]:
 def _tick(run: Path) -> None:
     if not _S or "svc" not in _S:
         steps = os.environ.get("DUALSCOPE_BENCH_SPAN_STEPS")  # the live window; 0: none
+        duty = os.environ.get("DUALSCOPE_BENCH_REFRESH_DUTY")  # the refresh thread's share
         svc = DataService(str(run.parent), prometheus=None,  # the app's defaults
-                          **({} if steps is None else {"live_span_steps": int(steps) or None}))
+                          **({} if steps is None else {"live_span_steps": int(steps) or None}),
+                          **({} if duty is None else {"refresh_duty": float(duty)}))
         _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
                   first={}, ticks=[])
     svc: DataService = _S["svc"]

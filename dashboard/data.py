@@ -43,7 +43,7 @@ from profiler.store.tail import RunTail
 
 from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
-from .defaults import LIVE_SPAN_STEPS
+from .defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, StepSummary, link_ports, step_summary
 from .promsource import PromSource
@@ -59,30 +59,37 @@ T = TypeVar("T")
 
 
 _REFRESH_THREAD = "dualscope-refresh"
-_REFRESH_QUEUE: queue.SimpleQueue[Callable[[], object]] | None = None
+_REFRESH_QUEUE: queue.SimpleQueue[tuple[Callable[[], object], float]] | None = None
 _REFRESH_LOCK = threading.Lock()
 
 
-def _refresh_later(task: Callable[[], object]) -> None:
+def _refresh_later(task: Callable[[], object], duty: float = REFRESH_DUTY) -> None:
     """Run ``task`` on the one thread that computes stale live views again
     (:meth:`RunData.derived`), for every run of the process: one computation at a time keeps
     the CPU for the callbacks and the memory of one analysis, not of several at once (a
     thread per view grew the server by ~500 MB at 64 ranks: concurrent analyses and their
-    malloc arenas). A daemon thread: a server that stops does not wait for it."""
+    malloc arenas). After a task that took ``t`` seconds the thread rests ``t * (1 / duty -
+    1)``: it computes at most ``duty`` of the time, so the callbacks are not slowed by a thread
+    that would otherwise always be busy (the views of a big live run are always stale: each
+    is due again 3x its cost after it was computed). A daemon thread: a server that stops
+    does not wait for it."""
     global _REFRESH_QUEUE
     with _REFRESH_LOCK:
         if _REFRESH_QUEUE is None:
             _REFRESH_QUEUE = queue.SimpleQueue()
             threading.Thread(target=_refresh_loop, args=(_REFRESH_QUEUE,), daemon=True,
                              name=_REFRESH_THREAD).start()
-        _REFRESH_QUEUE.put(task)
+        _REFRESH_QUEUE.put((task, duty))
 
 
-def _refresh_loop(tasks: queue.SimpleQueue[Callable[[], object]]) -> None:
+def _refresh_loop(tasks: queue.SimpleQueue[tuple[Callable[[], object], float]]) -> None:
     while True:
-        task = tasks.get()
+        task, duty = tasks.get()
+        t = time.monotonic()
         with contextlib.suppress(Exception):  # RunData._compute keeps its own errors
             task()
+        if 0 < duty < 1:
+            time.sleep((time.monotonic() - t) * (1 / duty - 1))
 
 
 class RunData:
@@ -91,7 +98,8 @@ class RunData:
     def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24,
                  live_counters_s: float | None = 600.0,
                  live_counter_rows: int | None = 2_000_000,
-                 live_span_steps: int | None = LIVE_SPAN_STEPS, background_refresh: bool = True):
+                 live_span_steps: int | None = LIVE_SPAN_STEPS, background_refresh: bool = True,
+                 refresh_duty: float = REFRESH_DUTY):
         self.entry = entry
         #: while the run is live, only this many seconds of its newest counters are kept, and
         #: at most this many rows (None: no limit); a finished run is read whole
@@ -122,6 +130,8 @@ class RunData:
         #: a live run's stale derived values are computed again in a background thread
         #: while the callers take the value they have (:meth:`derived`)
         self.background_refresh = background_refresh
+        #: the share of its time the refresh thread computes for this run (1: no rest)
+        self.refresh_duty = refresh_duty
         #: the newest computations of derived values: (name, monotonic end, cost s, in the
         #: background); what a benchmark reads to say how fresh the views were
         self.refreshes: deque[tuple[str, float, float, bool]] = deque(maxlen=4096)
@@ -247,7 +257,8 @@ class RunData:
                     if running is None:  # refresh it behind the caller's back
                         done = self._inflight[k] = threading.Event()
                         _refresh_later(functools.partial(
-                            self._compute, k, None if newest else snap, fn, done, True))
+                            self._compute, k, None if newest else snap, fn, done, True),
+                            self.refresh_duty)
                     return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
@@ -373,7 +384,8 @@ class RunData:
             if have is not None and live and self.background_refresh:
                 if not self._summary_pending:
                     self._summary_pending = True
-                    _refresh_later(functools.partial(self._refresh_summary, tables, key))
+                    _refresh_later(functools.partial(self._refresh_summary, tables, key),
+                                   self.refresh_duty)
                 return have[1]
         value = step_summary(tables)
         with self._lock:
@@ -432,6 +444,8 @@ class DataService:
     live_span_steps: int | None = LIVE_SPAN_STEPS
     #: a live run's stale views computed again in the background (RunData.derived)
     background_refresh: bool = True
+    #: the share of its time the refresh thread may compute (RunData.refresh_duty)
+    refresh_duty: float = REFRESH_DUTY
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -452,7 +466,8 @@ class DataService:
                                  live_counters_s=self.live_counters_s,
                                  live_counter_rows=self.live_counter_rows,
                                  live_span_steps=self.live_span_steps,
-                                 background_refresh=self.background_refresh)
+                                 background_refresh=self.background_refresh,
+                                 refresh_duty=self.refresh_duty)
                 except DualscopeError as e:
                     raise self._public(e) from e
                 self._runs[entry.run_id] = rd

@@ -356,3 +356,32 @@ def test_a_live_runs_stale_view_is_refreshed_in_the_background(
     rd.derived("fin", snap, lambda _: calls.append(1) or 1)
     other = dataclasses.replace(snap, version=("other", snap.version))
     assert rd.derived("fin", other, lambda _: calls.append(2) or 2) == 2 and calls == [1, 2]
+
+
+def test_the_refresh_thread_rests_after_each_computation() -> None:
+    """With a duty of 0.5 the refresh thread rests as long as it computed before it takes the
+    next refresh, so it uses at most half a core beside the callbacks; with 1 it does not
+    rest."""
+    import threading
+    import time
+
+    from dashboard.data import _refresh_later
+
+    for duty, least in ((0.5, 0.2), (1.0, 0.0)):
+        marks: list[float] = []
+        done = threading.Event()
+
+        def first(marks: list[float] = marks) -> None:
+            time.sleep(0.2)
+            marks.append(time.monotonic())
+
+        def second(marks: list[float] = marks, done: threading.Event = done) -> None:
+            marks.append(time.monotonic())
+            done.set()
+
+        _refresh_later(first, duty)
+        _refresh_later(second, duty)
+        assert done.wait(10)
+        assert marks[1] - marks[0] >= least * 0.95
+        if duty == 1.0:
+            assert marks[1] - marks[0] < 0.15

@@ -15,7 +15,7 @@ import click
 
 from profiler.freshness import FreshnessPolicy
 
-from ..defaults import LIVE_SPAN_STEPS
+from ..defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
 
 __all__ = ["command", "serve"]
 
@@ -35,13 +35,13 @@ def use_prometheus(url: str | None, step_s: float = 10.0, timeout_s: float = 5.0
 
 def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
           live_interval_ms: int = 1000, freshness: FreshnessPolicy | None = None,
-          live_span_steps: int = LIVE_SPAN_STEPS) -> None:
+          live_span_steps: int = LIVE_SPAN_STEPS, refresh_duty: float = REFRESH_DUTY) -> None:
     """Build the app and serve it with Flask's threaded server until interrupted.
     ``live_span_steps``: 0 holds every span of a live run."""
     from ..app import create_app
 
     app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True, freshness=freshness,
-                     live_span_steps=live_span_steps or None)
+                     live_span_steps=live_span_steps or None, refresh_duty=refresh_duty)
     app.run(host=host, port=port, debug=debug, use_reloader=False, threaded=True)
 
 
@@ -72,11 +72,16 @@ def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
               type=click.IntRange(0),
               help="A live run's spans are held for its newest this many steps (0: all); the "
                    "whole-run numbers come from its step results.")
+@click.option("--refresh-duty", default=REFRESH_DUTY, show_default=True,
+              type=click.FloatRange(0.05, 1.0),
+              help="The share of its time the thread that recomputes a live run's analyses "
+                   "and ideal timeline may compute (1: always, when they are stale); less "
+                   "leaves more CPU to the pages' callbacks, and the views refresh less often.")
 @click.option("--debug", is_flag=True, help="Dash debug mode (never on a shared host).")
 def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: float,
             dead_after: float, heartbeat_timeout: float, prometheus: str | None,
             prometheus_step: float, prometheus_timeout: float, live_span_steps: int,
-            debug: bool) -> None:
+            refresh_duty: float, debug: bool) -> None:
     """Serve the dashboard over the run directories under RUNS_DIR (default ./runs)."""
     from ..promsource import ENV_URL, PromSource
 
@@ -93,4 +98,4 @@ def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: f
     policy = FreshnessPolicy(stale_min_s=stale_after, dead_after_s=dead_after,
                              heartbeat_timeout_s=heartbeat_timeout)
     serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms, freshness=policy,
-          live_span_steps=live_span_steps)
+          live_span_steps=live_span_steps, refresh_duty=refresh_duty)

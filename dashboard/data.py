@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -47,6 +46,7 @@ from .defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, StepSummary, link_ports, step_summary
 from .promsource import PromSource
+from .refresh import REFRESH_THREAD, refresh_later
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
 __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
@@ -56,40 +56,6 @@ __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
 STEP_TABLES_READ = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "work")
 
 T = TypeVar("T")
-
-
-_REFRESH_THREAD = "dualscope-refresh"
-_REFRESH_QUEUE: queue.SimpleQueue[tuple[Callable[[], object], float]] | None = None
-_REFRESH_LOCK = threading.Lock()
-
-
-def _refresh_later(task: Callable[[], object], duty: float = REFRESH_DUTY) -> None:
-    """Run ``task`` on the one thread that computes stale live views again
-    (:meth:`RunData.derived`), for every run of the process: one computation at a time keeps
-    the CPU for the callbacks and the memory of one analysis, not of several at once (a
-    thread per view grew the server by ~500 MB at 64 ranks: concurrent analyses and their
-    malloc arenas). After a task that took ``t`` seconds the thread rests ``t * (1 / duty -
-    1)``: it computes at most ``duty`` of the time, so the callbacks are not slowed by a thread
-    that would otherwise always be busy (the views of a big live run are always stale: each
-    is due again 3x its cost after it was computed). A daemon thread: a server that stops
-    does not wait for it."""
-    global _REFRESH_QUEUE
-    with _REFRESH_LOCK:
-        if _REFRESH_QUEUE is None:
-            _REFRESH_QUEUE = queue.SimpleQueue()
-            threading.Thread(target=_refresh_loop, args=(_REFRESH_QUEUE,), daemon=True,
-                             name=_REFRESH_THREAD).start()
-        _REFRESH_QUEUE.put((task, duty))
-
-
-def _refresh_loop(tasks: queue.SimpleQueue[tuple[Callable[[], object], float]]) -> None:
-    while True:
-        task, duty = tasks.get()
-        t = time.monotonic()
-        with contextlib.suppress(Exception):  # RunData._compute keeps its own errors
-            task()
-        if 0 < duty < 1:
-            time.sleep((time.monotonic() - t) * (1 / duty - 1))
 
 
 class RunData:
@@ -229,9 +195,8 @@ class RunData:
         behind (a small run recomputes on every tick). Past that, a live run's caller takes
         the value it has and the new one is computed in a background thread
         (``background_refresh``; stale-while-revalidate; one such thread per process,
-        :func:`_refresh_later`): a page's tick never waits for an analysis of the whole live
-        window, only its first draw does. One computation per key
-        at a time: while one thread computes it, the others take the value it replaces (a
+        :func:`~dashboard.refresh.refresh_later`): a page's tick never waits for an analysis
+        of the whole live window, only its first draw does. One computation per key at a time: while one thread computes it, the others take the value it replaces (a
         live run) or wait for it, instead of computing the same thing again (several
         callbacks of one tick ask for the same analyses; computing them three times at once
         made each take 3x). A background computation that fails drops the value, so the next
@@ -256,14 +221,14 @@ class RunData:
                                                       or self.background_refresh):
                     if running is None:  # refresh it behind the caller's back
                         done = self._inflight[k] = threading.Event()
-                        _refresh_later(functools.partial(
+                        refresh_later(functools.partial(
                             self._compute, k, None if newest else snap, fn, done, True),
                             self.refresh_duty)
                     return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
                     break
-                if threading.current_thread().name.startswith(_REFRESH_THREAD):
+                if threading.current_thread().name.startswith(REFRESH_THREAD):
                     # the refresh thread itself must not wait for a refresh queued behind it
                     # (its old value was evicted meanwhile): it computes this one here
                     return fn(snap)
@@ -384,7 +349,7 @@ class RunData:
             if have is not None and live and self.background_refresh:
                 if not self._summary_pending:
                     self._summary_pending = True
-                    _refresh_later(functools.partial(self._refresh_summary, tables, key),
+                    refresh_later(functools.partial(self._refresh_summary, tables, key),
                                    self.refresh_duty)
                 return have[1]
         value = step_summary(tables)

@@ -6,6 +6,6 @@
 LIVE_SPAN_STEPS = 20
 
 #: the share of its time the thread that recomputes a live run's stale views may compute
-#: (``dashboard.data._refresh_later``): it rests as long again as it computed, so the pages'
+#: (``dashboard.refresh.refresh_later``): it rests as long again as it computed, so the pages'
 #: callbacks keep the rest of the core
 REFRESH_DUTY = 0.5

@@ -365,7 +365,7 @@ def test_the_refresh_thread_rests_after_each_computation() -> None:
     import threading
     import time
 
-    from dashboard.data import _refresh_later
+    from dashboard.refresh import refresh_later
 
     for duty, least in ((0.5, 0.2), (1.0, 0.0)):
         marks: list[float] = []
@@ -379,8 +379,8 @@ def test_the_refresh_thread_rests_after_each_computation() -> None:
             marks.append(time.monotonic())
             done.set()
 
-        _refresh_later(first, duty)
-        _refresh_later(second, duty)
+        refresh_later(first, duty)
+        refresh_later(second, duty)
         assert done.wait(10)
         assert marks[1] - marks[0] >= least * 0.95
         if duty == 1.0:

@@ -216,8 +216,19 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
             "has_link_counters", snap, lambda s: bool(np.isin(device_kinds(pd.Series(
                 pd.unique(s.counters["device"])), family=True), [NVLINK, IB]).any()))
     topo = snap.manifest.topology
-    nvl_long = link_long(node_rows, "nvlink", metric, node, t0)
-    ib_long = link_long(node_rows, "ib", metric, node, t0)
+    if data is not None:
+        nvl_long = link_long(node_rows, "nvlink", metric, node, t0)
+        ib_long = link_long(node_rows, "ib", metric, node, t0)
+        last = int(counters["ts_ns"].max()) if len(counters) else t0
+    else:  # the run's files: a pass over every held sample, cached like the heatmaps'
+        def lines(s: Snapshot) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+            _, held = clip_to_cutoff(s.spans.iloc[:0], s.counters, cut)
+            # with the newest sample of the same data: the lines extend from there on
+            return (link_long(held, "nvlink", metric, node, t0),
+                    link_long(held, "ib", metric, node, t0),
+                    int(held["ts_ns"].max()) if len(held) else t0)
+
+        nvl_long, ib_long, last = rd.derived("link_long", snap, lines, (metric, node, cut, t0))
     what = "transmit" if metric.startswith("tx") else "receive"
     no_counters = "this run has no link counters (dualscope probe records them)"
 
@@ -269,7 +280,6 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
                  has_counters, other)
     if note is not None:
         kpis = [note, *kpis]
-    last = int(counters["ts_ns"].max()) if len(counters) else t0
     cur = {"run": run, "node": node, "metric": metric, "mode": c.mode, "t0": t0,
            "ts_ns": last, "nvl": sorted(nvl_long["series"].unique().tolist()),
            "ib": sorted(ib_long["series"].unique().tolist()), "src": "files"}

@@ -196,8 +196,9 @@ class RunData:
         the value it has and the new one is computed in a background thread
         (``background_refresh``; stale-while-revalidate; one such thread per process,
         :func:`~dashboard.refresh.refresh_later`): a page's tick never waits for an analysis
-        of the whole live window, only its first draw does. One computation per key at a time: while one thread computes it, the others take the value it replaces (a
-        live run) or wait for it, instead of computing the same thing again (several
+        of the whole live window, only its first draw does. One computation per key at a
+        time: while one thread computes it, the others take the value it replaces (a live
+        run) or wait for it, instead of computing the same thing again (several
         callbacks of one tick ask for the same analyses; computing them three times at once
         made each take 3x). A background computation that fails drops the value, so the next
         caller computes it and sees the error. A background computation takes the newest

@@ -20,14 +20,14 @@ _REFRESH_LOCK = threading.Lock()
 
 def refresh_later(task: Callable[[], object], duty: float = REFRESH_DUTY) -> None:
     """Run ``task`` on the one thread that computes stale live views again
-    (:meth:`dashboard.data.RunData.derived`), for every run of the process: one computation at a time keeps
-    the CPU for the callbacks and the memory of one analysis, not of several at once (a
-    thread per view grew the server by ~500 MB at 64 ranks: concurrent analyses and their
-    malloc arenas). After a task that took ``t`` seconds the thread rests ``t * (1 / duty -
-    1)``: it computes at most ``duty`` of the time, so the callbacks are not slowed by a thread
-    that would otherwise always be busy (the views of a big live run are always stale: each
-    is due again 3x its cost after it was computed). A daemon thread: a server that stops
-    does not wait for it."""
+    (:meth:`dashboard.data.RunData.derived`), for every run of the process: one computation
+    at a time keeps the CPU for the callbacks and the memory of one analysis, not of several
+    at once (a thread per view grew the server by ~500 MB at 64 ranks: concurrent analyses
+    and their malloc arenas). After a task that took ``t`` seconds the thread rests
+    ``t * (1 / duty - 1)``: it computes at most ``duty`` of the time, so the callbacks are
+    not slowed by a thread that would otherwise always be busy (the views of a big live run
+    are always stale: each is due again 3x its cost after it was computed). A daemon thread:
+    a server that stops does not wait for it."""
     global _REFRESH_QUEUE
     with _REFRESH_LOCK:
         if _REFRESH_QUEUE is None:

@@ -178,3 +178,24 @@ def test_live_step_summary_is_refreshed_in_the_background(tmp_path: Path) -> Non
         time.sleep(0.05)
     new = rd.step_summary()
     assert new is not old and new is not None and new.kpis["steps"] == 8
+
+
+def test_the_overview_is_cached_per_data_version_except_in_replay(tmp_path: Path) -> None:
+    """The Overview of a run without a cutoff is one derived value (a live tick takes the one
+    it has while a stale one is made again in the background, like the analyses it is made
+    of); with replay's cutoff it is made where asked and not cached (the cutoff changes every
+    tick: cached, it would push the analyses out of the cache)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(REFERENCE, runs / "run")
+    svc = DataService(str(runs))
+    rd, snap = svc.snapshot("run")
+    th = dict(DEFAULT_THRESHOLDS)
+    first = overview_page.compute(svc, "run", None, th)
+    assert overview_page.compute(svc, "run", None, th) is first  # the same data: reused
+    assert [r[0] for r in rd.refreshes].count("overview") == 1
+    mid = (snap.t0_ns + snap.t1_ns) // 2
+    clock = {"run": "run", "mode": "replay", "pos_s": (mid - snap.t0_ns) / 1e9}
+    a = overview_page.compute(svc, "run", clock, th)
+    b = overview_page.compute(svc, "run", clock, th)
+    assert a is not b and len(a.steps) < len(first.steps)
+    assert [r[0] for r in rd.refreshes].count("overview") == 1

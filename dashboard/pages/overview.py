@@ -43,6 +43,7 @@ from ..overview_model import (
     straggler_view,
     with_step_results,
 )
+from ..snapshot import Snapshot
 from . import NoRun, describe_error, open_run, render_if_changed
 
 PATH = "/overview"
@@ -91,17 +92,24 @@ def layout(svc: DataService, query: dict[str, str]) -> html.Div:
 def compute(svc: DataService, run: str, clock: ClockLike,
             thresholds: dict[str, float]) -> Overview:
     """The :class:`~dashboard.overview_model.Overview` of one run; the clock's cutoff applies
-    when ``run`` is the clock's open run."""
+    when ``run`` is the clock's open run. Without a cutoff it is cached per data version
+    like the analyses it is made of (``RunData.derived``: a live run's tick takes the one it
+    has while a stale one is made again in the background); replay's cutoffs change every
+    tick, so those are made where asked."""
     rd, snap = svc.snapshot(run)
     c = as_clock(clock)
     cut = cutoff_ns(c) if c is not None and c.run == run else None
-    results = rd.analyses(snap, cut, thresholds)
-    ideal = rd.ideal(snap)
-    ports = rd.ports(snap, cut)
-    o = overview(snap, results, ideal, ports, thresholds, cut)
-    if snap.window_steps is not None and cut is None:  # a live run's window of spans
-        o = with_step_results(o, rd.step_summary(), snap.window_steps, thresholds)
-    return o
+
+    def build(s: Snapshot) -> Overview:
+        o = overview(s, rd.analyses(s, cut, thresholds), rd.ideal(s), rd.ports(s, cut),
+                     thresholds, cut)
+        if s.window_steps is not None and cut is None:  # a live run's window of spans
+            o = with_step_results(o, rd.step_summary(), s.window_steps, thresholds)
+        return o
+
+    if cut is not None:
+        return build(snap)
+    return rd.derived("overview", snap, build, tuple(sorted(thresholds.items())))
 
 
 def _level(value: float, warn: float, crit: float) -> str:

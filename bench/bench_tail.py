@@ -30,7 +30,8 @@ from profiler.store.tail import RunTail  # noqa: E402
 def _rows(rng: np.random.Generator, node: str, t0: int, n: int) -> dict[str, object]:
     devices = np.array([f"nvlink:{i}" for i in range(18)] + [f"ib:mlx5_{i}:1" for i in range(8)])
     return {"ts_ns": (t0 + np.arange(n) * 1000).tolist(), "node": [node] * n,
-            "gpu": rng.integers(0, 8, n).tolist(), "device": devices[rng.integers(0, 26, n)].tolist(),
+            "gpu": rng.integers(0, 8, n).tolist(),
+            "device": devices[rng.integers(0, 26, n)].tolist(),
             "metric": ["tx_bytes_per_s"] * n, "value": rng.uniform(0, 1e9, n).tolist()}
 
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--held", type=int, default=2_000_000, help="rows written before timing")
     ap.add_argument("--new", type=int, default=3200, help="rows per stream per round")
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--max-rows", type=int, default=None, help="the tail's row cap (default --held)")
+    ap.add_argument("--max-rows", type=int, default=None,
+                    help="the tail's row cap (default --held)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     nodes = [f"node{i:03d}" for i in range(args.nodes)]

@@ -290,10 +290,9 @@ def report(minutes: float) -> dict[str, Any]:
                      "last": _pcts([ms for t, ms in xs if t >= end - 60])}
     out["pages_ms"] = per
     # the curve: each page's p50 per minute of the run (ms)
-    ticks = [(t, p, ms) for t, p, ms in _S["ticks"]]
     out["pages_p50_by_minute"] = {
         page: [(_pcts(v) or {}).get("p50") for v in
-               ([ms for _, p, ms in _in(ticks, m) if p == page] for m in _minutes(end))]
+               ([ms for _, p, ms in _in(_S["ticks"], m) if p == page] for m in _minutes(end))]
         for page in PAGES}
     out["arrow_mb_by_minute"] = [
         round(max((mb for _, mb in _in(_S.get("arrow", []), m)), default=float("nan")), 1)

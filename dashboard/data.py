@@ -91,8 +91,6 @@ class RunData:
         self._steps: StepResults | None = None
         self._steps_at = -1e18
         self._steps_error: str | None = None
-        self._summary: tuple[tuple[Any, ...], StepSummary | None] | None = None
-        self._summary_pending = False
         #: a live run's stale derived values are computed again in a background thread
         #: while the callers take the value they have (:meth:`derived`)
         self.background_refresh = background_refresh
@@ -188,8 +186,11 @@ class RunData:
             return self._snap
 
     def derived(self, name: str, snap: Snapshot, fn: Callable[[Snapshot], T],
-                key: tuple[Any, ...] = (), *, newest: bool = True) -> T:
-        """``fn(snap)`` memoised per (name, key) and data version. While a run is live, a value
+                key: tuple[Any, ...] = (), *, newest: bool = True,
+                version: object = None) -> T:
+        """``fn(snap)`` memoised per (name, key) and data version (``version``, when the
+        value is of other data than the snapshot's: by default ``snap.version``). While a run
+        is live, a value
         computed less than ``3 x`` its own compute time ago is reused even though the data
         grew, so an expensive view of a big live run refreshes less often instead of falling
         behind (a small run recomputes on every tick). Past that, a live run's caller takes
@@ -208,13 +209,14 @@ class RunData:
         snapshot of its own (one per queued view, each with its own frames, held ~250 MB
         more at 64 ranks)."""
         k = (name, *key)
+        want = snap.version if version is None else version
         while True:
             now = time.monotonic()
             with self._lock:
                 hit = self._cache.get(k)
                 if hit is not None:
-                    version, at, cost, value = hit
-                    if version == snap.version or (snap.live and now - at < 3 * cost):
+                    of, at, cost, value = hit
+                    if of == want or (snap.live and now - at < 3 * cost):
                         self._cache.move_to_end(k)
                         return value  # type: ignore[no-any-return]
                 running = self._inflight.get(k)
@@ -223,8 +225,8 @@ class RunData:
                     if running is None:  # refresh it behind the caller's back
                         done = self._inflight[k] = threading.Event()
                         refresh_later(functools.partial(
-                            self._compute, k, None if newest else snap, fn, done, True),
-                            self.refresh_duty)
+                            self._compute, k, None if newest else snap, fn, done, True,
+                            version), self.refresh_duty)
                     return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
@@ -234,12 +236,12 @@ class RunData:
                     # (its old value was evicted meanwhile): it computes this one here
                     return fn(snap)
             running.wait()  # the same value for this data: take it when it is there
-        return self._compute(k, snap, fn, mine, False)
+        return self._compute(k, snap, fn, mine, False, version)
 
     def _compute(self, k: tuple[Any, ...], snap: Snapshot | None, fn: Callable[[Snapshot], T],
-                 done: threading.Event, background: bool) -> T:
-        """Compute ``k`` for ``snap`` (None: the newest snapshot read) and cache it
-        (:meth:`derived`); ``done`` is set after."""
+                 done: threading.Event, background: bool, version: object = None) -> T:
+        """Compute ``k`` for ``snap`` (None: the newest snapshot read) and cache it as of
+        ``version`` (None: the snapshot's) (:meth:`derived`); ``done`` is set after."""
         try:
             t = time.monotonic()
             if snap is None:
@@ -256,7 +258,8 @@ class RunData:
                 return None  # type: ignore[return-value]  # nobody waits for this value
             cost = time.monotonic() - t
             with self._lock:
-                self._cache[k] = (snap.version, time.monotonic(), cost, value)
+                self._cache[k] = (snap.version if version is None else version,
+                                  time.monotonic(), cost, value)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
                 self.refreshes.append((k[0], time.monotonic(), cost, background))
@@ -335,40 +338,19 @@ class RunData:
             return {k: v for k, v in self._steps.tables(cutoff_ns).items() if len(v)}
 
     def step_summary(self) -> StepSummary | None:
-        """:func:`~dashboard.overview_model.step_summary` of :meth:`step_tables`, computed
-        again only when the step results grew (their rows are only ever appended), not on
-        every tick: the pooled fit and straggler scores cost O(rows), which grows with the
-        run. While the run is live (and ``background_refresh``), a caller takes the summary
-        it has and the new one is computed on the refresh thread, as :meth:`derived` does."""
+        """:func:`~dashboard.overview_model.step_summary` of :meth:`step_tables`, a derived
+        value of the step results' rows (only ever appended), not of the snapshot: computed
+        again when they grew, not on every tick, since the pooled fit and straggler scores
+        cost O(rows), which grows with the run. While the run is live the caller takes the
+        summary it has and the new one is computed on the refresh thread (:meth:`derived`)."""
         tables = self.step_tables()
-        key = tuple(sorted((k, len(v)) for k, v in tables.items()))
+        rows = tuple(sorted((k, len(v)) for k, v in tables.items()))
         with self._lock:
-            have = self._summary
-            if have is not None and have[0] == key:
-                return have[1]
-            live = self._snap is not None and self._snap.live
-            if have is not None and live and self.background_refresh:
-                if not self._summary_pending:
-                    self._summary_pending = True
-                    refresh_later(functools.partial(self._refresh_summary, tables, key),
-                                   self.refresh_duty)
-                return have[1]
-        value = step_summary(tables)
-        with self._lock:
-            self._summary = (key, value)
-        return value
-
-    def _refresh_summary(self, tables: dict[str, pd.DataFrame], key: tuple[Any, ...]) -> None:
-        try:
-            value = step_summary(tables)
-            with self._lock:
-                self._summary = (key, value)
-        except Exception:
-            with self._lock:  # the next caller computes it again, and sees why
-                self._summary = None
-        finally:
-            with self._lock:
-                self._summary_pending = False
+            snap = self._snap
+        if snap is None:  # nothing read yet: nothing to cache it with
+            return step_summary(tables)
+        return self.derived("step_summary", snap, lambda _: step_summary(tables),
+                            version=rows)
 
     @property
     def steps_error(self) -> str | None:

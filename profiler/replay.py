@@ -208,8 +208,9 @@ def prepare(acts: pd.DataFrame, events: pd.DataFrame | EventIndex, num_stages: i
     """Measure one step of one pipeline (module doc). ``acts``: its actions sorted by rank and
     start, with ``prev_end_ns`` (the end of the rank's previous action in the run, -1 for its
     first); ``events``: :func:`comm_events` of the run (or its :class:`EventIndex`, built once
-    for all steps); ``schedule_ops``: per rank, the op list of the schedule the run follows: where a rank ran exactly that list, the send and receive
-    timing of its ops (``hold``, ``waits_for``) stands in for sends and waits not recorded."""
+    for all steps); ``schedule_ops``: per rank, the op list of the schedule the run follows:
+    where a rank ran exactly that list, the send and receive timing of its ops (``hold``,
+    ``waits_for``) stands in for sends and waits not recorded."""
     acts = acts.reset_index(drop=True)
     # whole columns to Python at once (iterating a Series costs a call per value)
     rows: list[Row] = list(zip(

@@ -207,41 +207,37 @@ def render(svc: DataService, clock: ClockLike, node: str | None,
                     [ib, list(range(len(cursor["ib"])))], no_update, cur)
     run = c.run
     data, note = _from_prometheus(svc, snap, metric, node, cut)
-    if data is not None:
-        counters, node_rows, has_counters = data.cluster, data.node, True
-    else:
-        _, counters = clip_to_cutoff(snap.spans.iloc[:0], snap.counters, cut)  # spans unused
-        node_rows = counters
+    topo = snap.manifest.topology
+
+    def held(s: Snapshot) -> pd.DataFrame:
+        """The snapshot's counter samples up to the cutoff."""
+        return clip_to_cutoff(s.spans.iloc[:0], s.counters, cut)[1]  # spans unused
+
+    if data is not None:  # Prometheus' answer: already one row per pixel
+        has_counters = True
+        nvl_long = link_long(data.node, "nvlink", metric, node, t0)
+        ib_long = link_long(data.node, "ib", metric, node, t0)
+        last = int(data.cluster["ts_ns"].max()) if len(data.cluster) else t0
+    else:  # the run's files: passes over every held sample, cached per data version
         has_counters = bool(len(snap.counters)) and rd.derived(
             "has_link_counters", snap, lambda s: bool(np.isin(device_kinds(pd.Series(
                 pd.unique(s.counters["device"])), family=True), [NVLINK, IB]).any()))
-    topo = snap.manifest.topology
-    if data is not None:
-        nvl_long = link_long(node_rows, "nvlink", metric, node, t0)
-        ib_long = link_long(node_rows, "ib", metric, node, t0)
-        last = int(counters["ts_ns"].max()) if len(counters) else t0
-    else:  # the run's files: a pass over every held sample, cached like the heatmaps'
+
         def lines(s: Snapshot) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-            _, held = clip_to_cutoff(s.spans.iloc[:0], s.counters, cut)
-            # with the newest sample of the same data: the lines extend from there on
-            return (link_long(held, "nvlink", metric, node, t0),
-                    link_long(held, "ib", metric, node, t0),
-                    int(held["ts_ns"].max()) if len(held) else t0)
+            h = held(s)  # with the newest sample of the same data: the lines extend from it
+            return (link_long(h, "nvlink", metric, node, t0), link_long(h, "ib", metric, node, t0),
+                    int(h["ts_ns"].max()) if len(h) else t0)
 
         nvl_long, ib_long, last = rd.derived("link_long", snap, lines, (metric, node, cut, t0))
     what = "transmit" if metric.startswith("tx") else "receive"
     no_counters = "this run has no link counters (dualscope probe records them)"
 
     def wide(kind: str, peak: float | None) -> pd.DataFrame:
-        if data is not None:  # Prometheus' answer: already one row per pixel
-            return link_wide(counters, kind, metric, peak, t0)
-        # the run's files: a pass over every held sample, cached (RunData.derived) so that a
-        # live page's periodic full draw does not repeat it on every data change
-        def run(s: Snapshot) -> pd.DataFrame:
-            _, held = clip_to_cutoff(s.spans.iloc[:0], s.counters, cut)
-            return link_wide(held, kind, metric, peak, t0)
-
-        return rd.derived("link_wide", snap, run, (kind, metric, cut, peak, t0))
+        if data is not None:
+            return link_wide(data.cluster, kind, metric, peak, t0)
+        # so that a live page's periodic full draw does not repeat it on every data change
+        return rd.derived("link_wide", snap, lambda s: link_wide(held(s), kind, metric, peak, t0),
+                          (kind, metric, cut, peak, t0))
 
     nvl_heat = link_heatmap_figure(wide("nvlink", topo.nvlink_peak_bytes_per_s),
                                    title=f"NVLink {what}, share of peak, per GPU", uirevision=run,

@@ -20,7 +20,9 @@ held spans, in steps (``--live-span-steps``; 0: hold every span; default: the da
 (``report()["tracemalloc_growth"]``); Arrow's own pool is reported per minute either way
 (``arrow_mb_by_minute``), since tracemalloc does not see it. ``$DUALSCOPE_BENCH_OBJECTS=1``
 (cheap): the gc-tracked objects by type and the DataFrames' bytes at that time and at the
-end (``report()["objects_growth"]``).
+end (``report()["objects_growth"]``). ``$DUALSCOPE_BENCH_PROFILE_SNAPSHOT=FILE`` (a diagnosis):
+``cProfile`` of the tick's snapshot read from ``$DUALSCOPE_BENCH_TRACEMALLOC_FROM_S`` on, its
+stats written to FILE by ``report()`` (read with ``python -m pstats FILE``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def _diagnose(now: float) -> None:
     """The opt-in diagnoses (module doc), from ``_TRACE_FROM_S`` on."""
     if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
         _S.setdefault("objects_base", _objects())
+    if os.environ.get("DUALSCOPE_BENCH_PROFILE_SNAPSHOT") and "profile" not in _S:
+        import cProfile
+
+        _S["profile"] = cProfile.Profile()
     if not int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0):
         return
     if "trace_base" not in _S:
@@ -183,8 +189,13 @@ def _tick(run: Path) -> None:
         _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
                   first={}, ticks=[])
     svc: DataService = _S["svc"]
+    prof = _S.get("profile")
     t = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     rd, snap = svc.snapshot(run.name)  # the tick's read: what is new since the last
+    if prof is not None:
+        prof.disable()
     ms = (time.perf_counter() - t) * 1e3
     _S["first"].setdefault("snapshot", ms)
     _S["ticks"].append((time.time() - _S["t0"], "snapshot", ms))
@@ -304,6 +315,8 @@ def report(minutes: float) -> dict[str, Any]:
         out["tracemalloc_growth"] = _growth(top)
     if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
         out["objects_growth"] = _objects_growth()
+    if _S.get("profile") is not None:
+        _S["profile"].dump_stats(os.environ["DUALSCOPE_BENCH_PROFILE_SNAPSHOT"])
     tot = _S["totals"]
     out["tick_ms"] = {"first": _pcts([ms for t, ms in tot if t < 60]),
                       "last": _pcts([ms for t, ms in tot if t >= end - 60])}

@@ -5,8 +5,9 @@ rows, not for the whole run again (issue 10, item 1).
 
 The frames equal a full read (:meth:`~.reader.RunReader.spans` / ``counters``) row for row
 and in the same order: streams in the reader's order (spans by rank, counters by stream name),
-each stream's rows in write order. New rows are appended and the result re-ordered by a stable
-sort on the stream's key (rank, or the stream's position), which keeps each stream's own order.
+each stream's rows in write order. Each stream's rows are held as its own block (new rows at
+its end, rows that fall out of a window dropped from it), the blocks in the streams' order, and
+the frame is the blocks' columns joined (:class:`_Kind`).
 
 What differs from reading again: rows that were read stay, even if their segments are
 deleted afterwards (a capture schedule's pruning, issue 10 item 3); a change of the manifest's
@@ -42,19 +43,123 @@ def _offsets_key(reader: RunReader) -> tuple[Any, ...]:
     return (bool(m.clock_offsets_applied), tuple(sorted((m.clock_offsets_ns or {}).items())))
 
 
+#: a column of held rows: a numpy array, or a pandas extension array (masked integers, Arrow
+#: strings)
+Col = Any
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, Col]:
+    """A frame's columns as arrays (views: no copy)."""
+    return {str(c): (a if isinstance(a := frame[c].array, pd.api.extensions.ExtensionArray)
+                     and not isinstance(a, pd.arrays.NumpyExtensionArray)
+                     else frame[c].to_numpy())
+            for c in frame.columns}
+
+
+def _concat(arrays: list[Col]) -> Col:
+    """Arrays of one column joined: numpy copied once, masked integers as data and mask,
+    Arrow strings without a copy (their chunks side by side)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays)
+    return type(arrays[0])._concat_same_type(arrays)  # the extension-array interface
+
+
+def _merged(arrays: list[Col]) -> Col:
+    """:func:`_concat`, with an Arrow column's chunks made one (a copy)."""
+    out = _concat(arrays)
+    pa_array = getattr(out, "_pa_array", None)  # Arrow-backed (pandas' ArrowExtensionArray)
+    if pa_array is not None and pa_array.num_chunks > 1:
+        out = out.dtype.__from_arrow__(pa.chunked_array([pa_array.combine_chunks()]))
+    return out
+
+
+def _tier(rows: int, fanout: int) -> int:
+    """``floor(log_fanout(rows))``, 0 for fewer than ``fanout`` rows."""
+    t = 0
+    while rows >= fanout:
+        rows //= fanout
+        t += 1
+    return t
+
+
+def _rows(piece: dict[str, Col]) -> int:
+    return len(next(iter(piece.values())))
+
+
+class _Block:
+    """One stream's held rows, oldest first, as pieces of rows (a dict of column arrays
+    each). An update adds a piece; the newest :attr:`FANOUT` pieces are merged into one
+    (a copy) once they are of one size tier (``floor(log_FANOUT(rows))``), as a size-tiered
+    log-structured store does: a row is copied about once per tier, log_8 of the stream's
+    rows, and a stream holds at most ``FANOUT - 1`` pieces per tier, so an Arrow string
+    column has O(log) chunks per stream and is never made one chunk again as a whole. (A
+    fanout of 2 merged on nearly every update: at 64 ranks its Python cost per merge of 17
+    columns was a third of the update.)"""
+
+    FANOUT = 8
+
+    __slots__ = ("stream", "order", "pieces")
+
+    def __init__(self, stream: str, order: Any) -> None:
+        self.stream = stream
+        self.order = order
+        self.pieces: list[dict[str, Col]] = []
+
+    @property
+    def rows(self) -> int:
+        return sum(_rows(p) for p in self.pieces)
+
+    def append(self, piece: dict[str, Col]) -> None:
+        if not _rows(piece):
+            return
+        self.pieces.append(piece)
+        f = self.FANOUT
+        while len(self.pieces) >= f and _tier(_rows(self.pieces[-f]), f) <= \
+                _tier(_rows(self.pieces[-1]), f):
+            last = self.pieces[-f:]
+            del self.pieces[-f:]
+            self.pieces.append({c: _merged([p[c] for p in last]) for c in last[0]})
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep the rows where ``keep`` (one flag per held row): a slice of the first
+        pieces when the dropped rows are the oldest, as they are for a stream written in
+        time order; a mask of every piece otherwise."""
+        first = int(np.argmax(keep)) if keep.any() else len(keep)
+        if keep[first:].all():
+            while first and self.pieces:
+                n = _rows(self.pieces[0])
+                if n <= first:
+                    self.pieces.pop(0)
+                    first -= n
+                else:
+                    self.pieces[0] = {c: a[first:] for c, a in self.pieces[0].items()}
+                    first = 0
+            return
+        out, at = [], 0
+        for p in self.pieces:
+            n = _rows(p)
+            k = keep[at:at + n]
+            at += n
+            if k.all():
+                out.append(p)
+            elif k.any():
+                out.append({c: a[k] for c, a in p.items()})
+        self.pieces = out
+
+
 class _Kind:
-    """One kind (spans or counters): the frame so far, kept as one block of rows per stream
-    in the streams' order (``blocks``: stream, first row, end row), and the cursor.
+    """One kind (spans or counters): the rows so far, kept as one :class:`_Block` per
+    stream in the streams' order, the frame made of them, and the cursor.
 
-    An update costs the new rows plus one concatenation of the blocks: each stream's block
-    loses its rows that fell out of a window (a slice when they are its first rows, as they
-    are for a stream written in time order; a mask otherwise) and gains its new rows at its
-    end. No sort and no gather of the held rows: those made a tick of a 64-rank run with 2 M
-    held counter rows cost 0.2-0.5 s (docs/performance.md)."""
-
-    #: an Arrow-backed column of more chunks than this is made one chunk again (each update
-    #: adds a chunk per block)
-    MAX_CHUNKS = 64
+    An update costs the new rows, the merges of its pieces (:class:`_Block`) and one join
+    of each column over the blocks: numpy columns are copied once (memcpy), masked integer
+    columns as their data and mask, Arrow string columns not at all (their chunks are put
+    side by side). No sort, no gather of the held rows, and no pandas frame slicing per
+    block: pandas' slicing and ``concat`` of 72 blocks of 17 columns made a 64-rank live
+    snapshot cost ~150 ms on top of its reads, and joining each string column into one chunk
+    when it had piled up chunks another ~55 ms (session 9, docs/performance.md)."""
 
     def __init__(self, kind: str, window_ns: int | None = None,
                  max_rows: int | None = None, steps: int | None = None) -> None:
@@ -68,7 +173,7 @@ class _Kind:
         self.first_ns: int | None = None
         self.cursor = Cursor()
         self.frame: pd.DataFrame | None = None
-        self.blocks: list[tuple[str, int, int]] = []  # in the streams' order
+        self.blocks: list[_Block] = []  # in the streams' order
 
     def _order(self, stream: str) -> Any:
         """Where a stream's rows go, as the full read orders them: spans by rank
@@ -120,60 +225,34 @@ class _Kind:
             self.first_ns = lo if self.first_ns is None else min(self.first_ns, lo)
         old = self.frame if self.frame is not None and len(self.frame) else None
         keep_old, keep_new = self._keep(old, new)
-        # (order, arrival, frame, rows, keep) per block: held blocks before new rows of the
-        # same stream, each stream's rows in write order
-        parts: list[tuple[Any, int, str, pd.DataFrame, np.ndarray | None]] = []
-        if old is not None:
-            for stream, a, b in self.blocks:
-                parts.append((self._order(stream), 0, stream, old.iloc[a:b],
-                              None if keep_old is None else keep_old[a:b]))
+        if keep_old is not None:  # the held rows that fell out of a window
+            at = 0
+            for block in self.blocks:
+                n = block.rows
+                block.keep(keep_old[at:at + n])
+                at += n
+        cols = _columns(new)
+        by_stream = {b.stream: b for b in self.blocks}
         at = 0
-        for r in reads:
+        for r in reads:  # each stream's new rows at the end of its block, in read order
             n = r.table.num_rows  # type: ignore[union-attr]
-            parts.append((self._order(r.stream), 1, r.stream, new.iloc[at:at + n],
-                          None if keep_new is None else keep_new[at:at + n]))
+            piece = {c: a[at:at + n] for c, a in cols.items()}
+            if keep_new is not None and not keep_new[at:at + n].all():
+                k = keep_new[at:at + n]
+                piece = {c: a[k] for c, a in piece.items()}
             at += n
-        parts.sort(key=lambda p: (p[0], p[1]))  # stable: a stream's reads stay in order
-        pieces: list[pd.DataFrame] = []
-        blocks: list[tuple[str, int, int]] = []
-        rows = 0
-        for _, _, stream, rows_of, keep in parts:
-            piece = _kept(rows_of, keep)
-            if len(piece) == 0:
-                continue
-            if blocks and blocks[-1][0] == stream:
-                blocks[-1] = (stream, blocks[-1][1], rows + len(piece))
-            else:
-                blocks.append((stream, rows, rows + len(piece)))
-            pieces.append(piece)
-            rows += len(piece)
-        frame = (pd.concat(pieces, ignore_index=True) if len(pieces) > 1
-                 else pieces[0].reset_index(drop=True) if pieces else new.iloc[:0])
-        self.frame, self.blocks = _fewer_chunks(frame, self.MAX_CHUNKS), blocks
+            if r.stream not in by_stream:
+                by_stream[r.stream] = _Block(r.stream, self._order(r.stream))
+            by_stream[r.stream].append(piece)
+        self.blocks = sorted((b for b in by_stream.values() if b.pieces),
+                             key=lambda b: b.order)  # stable: the order of the full read
+        pieces = [p for b in self.blocks for p in b.pieces]
+        if not pieces:
+            self.frame = new.iloc[:0]
+            return True
+        self.frame = pd.DataFrame({c: _concat([p[c] for p in pieces]) for c in new.columns},
+                                  copy=False)
         return True
-
-
-def _kept(rows: pd.DataFrame, keep: np.ndarray | None) -> pd.DataFrame:
-    """``rows`` where ``keep``: a slice when the dropped rows are the first ones."""
-    if keep is None:
-        return rows
-    first = int(np.argmax(keep)) if keep.any() else len(keep)
-    if keep[first:].all():
-        return rows.iloc[first:]
-    return rows.loc[keep]
-
-
-def _fewer_chunks(frame: pd.DataFrame, most: int) -> pd.DataFrame:
-    """``frame`` with every Arrow-backed column of more than ``most`` chunks in one chunk."""
-    for name in frame.columns:
-        arr = frame[name].array
-        if not hasattr(arr, "__arrow_array__"):
-            continue
-        chunked = arr.__arrow_array__()
-        if isinstance(chunked, pa.ChunkedArray) and chunked.num_chunks > most:
-            frame[name] = pd.Series(chunked.combine_chunks(), dtype=frame[name].dtype,
-                                    index=frame.index)
-    return frame
 
 
 class RunTail:

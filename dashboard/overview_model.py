@@ -31,6 +31,7 @@ from .ideal import IdealTimeline
 from .snapshot import Snapshot
 
 __all__ = ["DEFAULT_THRESHOLDS", "PORT_COLUMNS", "Alert", "LinkSummary", "Overview", "overview",
+           "link_summary",
            "StepSummary", "step_summary", "with_step_results", "link_ports", "alerts", "Delta", "deltas", "cpu_run"]
 
 #: alert thresholds; the Overview page lets the user change them
@@ -71,15 +72,18 @@ class Alert(_ByName):
 
 @dataclass(frozen=True)
 class LinkSummary(_ByName):
-    """NVLink or IB of a run: ``bytes_per_s`` (bytes/s, median over links of the achieved
-    rate while communicating), ``peak`` (bytes/s, None unknown), ``share`` (0..1), the
-    ``worst`` link (``node device [gpuN]``) and its ``worst_share``; NaN when unknown."""
+    """NVLink or IB of a run: ``bytes_per_s`` (bytes/s, the median over GPUs' NVLink totals
+    or over IB ports of the achieved rate while communicating: what ``peak`` is the peak of),
+    ``peak`` (bytes/s, None unknown), ``share`` (0..1), the ``worst`` link (``node device
+    [gpuN]``: a GPU's total, one of its single links or an IB port, each against its own
+    peak), its ``worst_share`` and ``worst_bytes_per_s``; NaN when unknown."""
 
     bytes_per_s: float = _NAN
     peak: float | None = None
     share: float = _NAN
     worst: str | None = None
     worst_share: float = _NAN
+    worst_bytes_per_s: float = _NAN
 
 
 @dataclass(frozen=True)
@@ -159,21 +163,26 @@ def link_ports(counters: pd.DataFrame, spans: pd.DataFrame,
     return out[PORT_COLUMNS].reset_index(drop=True)
 
 
-def _links(ports: pd.DataFrame, m: Manifest) -> dict[str, LinkSummary]:
-    """NVLink / IB: median over links of the achieved (p95-while-communicating) rate."""
+def link_summary(ports: pd.DataFrame, peaks: Mapping[str, float | None]
+                 ) -> dict[str, LinkSummary]:
+    """NVLink / IB (:class:`LinkSummary`) of :func:`link_ports` and the peaks per kind
+    (``nvlink``: a GPU's, ``ib``: a port's): the Overview's and the Links page's figures."""
     out: dict[str, LinkSummary] = {}
-    peaks = {"nvlink": m.topology.nvlink_peak_bytes_per_s, "ib": m.topology.ib_peak_bytes_per_s}
+    exact = device_kinds(ports["device"]) if len(ports) else np.array([], dtype=object)
     for kind in ("nvlink", "ib"):
-        sel = ports.loc[ports["kind"] == kind] if len(ports) else ports
-        achieved = float(sel["p95_bytes_per_s"].median()) if len(sel) else _NAN
+        mine = (ports["kind"] == kind).to_numpy(dtype=bool) if len(ports) else exact == kind
+        typical = ports.loc[mine & (exact == kind)]  # GPU totals / IB ports, not single links
+        sel = ports.loc[mine]
+        achieved = float(typical["p95_bytes_per_s"].median()) if len(typical) else _NAN
         worst = sel.sort_values("share").iloc[0] if len(sel) and sel["share"].notna().any() else None
-        peak = peaks[kind]
+        peak = peaks.get(kind)
         out[kind] = LinkSummary(
             bytes_per_s=achieved, peak=peak,
             share=achieved / peak if peak and achieved == achieved else _NAN,
             worst=None if worst is None else f"{worst['node']} {worst['device']}"
             + ("" if pd.isna(worst["gpu"]) or kind == "ib" else f" gpu{int(worst['gpu'])}"),
-            worst_share=_NAN if worst is None else float(worst["share"]))
+            worst_share=_NAN if worst is None else float(worst["share"]),
+            worst_bytes_per_s=_NAN if worst is None else float(worst["p95_bytes_per_s"]))
     return out
 
 
@@ -205,7 +214,8 @@ def overview(snap: Snapshot, results: Mapping[str, pd.DataFrame], ideal: IdealTi
     has_sm = sm is not None and len(sm) > 0
     if ports is None:
         ports = pd.DataFrame(columns=PORT_COLUMNS)
-    links = _links(ports, m)
+    links = link_summary(ports, {"nvlink": m.topology.nvlink_peak_bytes_per_s,
+                                 "ib": m.topology.ib_peak_bytes_per_s})
     st = with_worst_step(results.get("stragglers"), snap.spans)
     o = Overview(
         synthetic=m.synthetic, source=m.source, status=m.status,

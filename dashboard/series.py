@@ -63,10 +63,14 @@ def _label(df: pd.DataFrame, kind: str) -> np.ndarray:
 
 def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None, t0_ns: int,
               max_bins: int = MAX_BINS) -> pd.DataFrame:
-    """Share of ``peak`` per link of ``kind`` (rows, labelled ``node gpuN`` or ``node
+    """Share of ``peak`` per GPU's NVLink (``kind`` ``nvlink``: the GPU's total over its
+    links, device ``nvlink``) or per IB port (rows, labelled ``node gpuN`` or ``node
     mlx5_N:P``) over time (columns: seconds since ``t0_ns``); means over bins when there are
-    more than ``max_bins`` samples. Without a peak the values are bytes/s / max."""
-    c = counters.loc[(device_kinds(counters["device"], family=True) == kind)
+    more than ``max_bins`` samples. Without a peak the values are bytes/s / max. A single
+    link's rows (``nvlink:L``, which the probe writes beside the GPU's total) are not rows of
+    it: the peak is the GPU's, and Prometheus' cluster rows are the totals too; they are in
+    the node's lines (:func:`link_long`)."""
+    c = counters.loc[(device_kinds(counters["device"]) == kind)
                      & (counters["metric"].astype("str") == metric)]
     if len(c) == 0:
         return pd.DataFrame()

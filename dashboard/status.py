@@ -100,6 +100,22 @@ def step_stats(spans: pd.DataFrame) -> tuple[float | None, int | None]:
     return (float(np.median(dur)) if len(dur) else None), newest
 
 
+def newest_step(spans: pd.DataFrame) -> int | None:
+    """The newest step of the spans (None: none has a step); spans without one do not hide
+    it."""
+    if len(spans) == 0 or "step" not in spans:
+        return None
+    steps = spans["step"].to_numpy(dtype=np.float64, na_value=np.nan)
+    top = float(np.nanmax(steps)) if np.isfinite(steps).any() else -1.0
+    return int(top) if top >= 0 else None
+
+
+def _median_step_s(bubbles: pd.DataFrame) -> float | None:
+    """The median step time (s) of the run's per-step bubble results."""
+    times = step_times(bubbles)["step_time_s"]
+    return float(times.median()) if len(times) else None
+
+
 class FreshnessTracker:
     """The freshness of the runs the app shows: one observer per run, an assessment at most
     every ``min_interval_s`` per run (every browser's tick shares it). ``check_process``:
@@ -132,11 +148,11 @@ class FreshnessTracker:
         """The freshness of ``run_id`` now (errors as :meth:`DataService.snapshot`)."""
         rd, snap = self.svc.snapshot(run_id)
         results = rd.step_tables()
-        if "bubbles" in results:  # O(ranks x steps): the run's step results' step time
-            times = step_times(results["bubbles"])["step_time_s"]
-            step_time = float(times.median()) if len(times) else None
-            steps = snap.spans["step"].to_numpy() if len(snap.spans) else np.zeros(0)
-            newest = int(steps.max()) if len(steps) and steps.max() >= 0 else None
+        if "bubbles" in results:  # the run's step results' step time
+            bub = results["bubbles"]  # O(ranks x steps): computed when it grew, not per tick
+            step_time = rd.derived("step_time", snap, lambda _: _median_step_s(bub),
+                                   version=len(bub))
+            newest = newest_step(snap.spans)
         else:
             step_time, newest = rd.derived("step_stats", snap, lambda s: step_stats(s.spans))
         stale_s = self.policy.stale_after_s(step_time)

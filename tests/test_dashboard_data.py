@@ -385,3 +385,42 @@ def test_the_refresh_thread_rests_after_each_computation() -> None:
         assert marks[1] - marks[0] >= least * 0.95
         if duty == 1.0:
             assert marks[1] - marks[0] < 0.15
+
+
+def test_cluster_link_views_take_each_gpus_total_not_its_single_links() -> None:
+    """The probe writes a GPU's NVLink total (``nvlink``) and each of its links
+    (``nvlink:L``). The heatmap has a row per GPU (the total, against the GPU's peak), as
+    Prometheus' cluster rows do; the KPI's median is over GPU totals; the weakest may be one
+    link, against its own peak. The Links page and the Overview share that one summary."""
+    from dashboard.overview_model import PORT_COLUMNS, link_summary
+    from dashboard.pages.links import _kpis
+
+    rows = []
+    for gpu in range(2):
+        for ts in range(0, 50, 10):
+            rows.append({"ts_ns": ts, "node": "n0", "gpu": gpu, "device": "nvlink",
+                         "metric": "tx_bytes_per_s", "value": 180e9})
+            for link in range(18):
+                rows.append({"ts_ns": ts, "node": "n0", "gpu": gpu, "device": f"nvlink:{link}",
+                             "metric": "tx_bytes_per_s", "value": 10e9})
+    c = pd.DataFrame(rows)
+    wide = link_wide(c, "nvlink", "tx_bytes_per_s", 200e9, 0)
+    assert list(wide.index) == ["n0 gpu0", "n0 gpu1"]
+    assert np.allclose(wide.to_numpy(), 0.9)
+    long = link_long(c, "nvlink", "tx_bytes_per_s", "n0", 0)  # the node's lines: links too
+    assert long["series"].nunique() == 2 * 19
+
+    def port(gpu: int, device: str, p95: float, peak: float) -> dict[str, Any]:
+        return {"node": "n0", "gpu": gpu, "device": device, "kind": "nvlink", "samples": 5,
+                "p95_bytes_per_s": p95, "mean_bytes_per_s": p95,
+                "peak_bytes_per_s": peak, "share": p95 / peak}
+
+    ports = pd.DataFrame([port(g, "nvlink", 180e9, 200e9) for g in range(2)]
+                         + [port(g, f"nvlink:{k}", 10e9, 25e9) for g in range(2)
+                            for k in range(18)]
+                         + [port(1, "nvlink:7", 2e9, 25e9)], columns=PORT_COLUMNS)
+    nv = link_summary(ports, {"nvlink": 200e9, "ib": 50e9})["nvlink"]
+    assert nv.bytes_per_s == 180e9 and nv.share == pytest.approx(0.9)
+    assert nv.worst == "n0 nvlink:7 gpu1" and nv.worst_share == pytest.approx(0.08)
+    text = str(_kpis(ports, {"nvlink": 200e9, "ib": 50e9}, True))
+    assert "180.0 GB/s" in text and "median GPU" in text and "n0 nvlink:7 gpu1" in text

@@ -13,7 +13,7 @@ import pytest
 from dashboard import ids
 from dashboard.clock import new_clock, next_clock
 from dashboard.data import DataService
-from dashboard.status import FreshnessTracker, fmt_age, status_outputs, step_stats
+from dashboard.status import FreshnessTracker, fmt_age, newest_step, status_outputs, step_stats
 from profiler.freshness import FreshnessPolicy
 from profiler.manifest import Manifest, Parallel
 from profiler.store import RunWriter
@@ -146,3 +146,10 @@ def test_chip_text_names_the_source_not_the_stream() -> None:
         "node0: writer w failed"
     assert _short("heartbeat of writer job not renewed for 5 s") == \
         "heartbeat of writer job not renewed for 5 s"
+
+
+def test_newest_step_is_not_hidden_by_spans_without_one() -> None:
+    spans = pd.DataFrame({"step": pd.array([3, None, 7, 5], dtype="Int32")})
+    assert newest_step(spans) == 7
+    assert newest_step(spans.iloc[[1]]) is None and newest_step(spans.iloc[:0]) is None
+    assert newest_step(pd.DataFrame({"step": pd.array([-1, None], dtype="Int32")})) is None

@@ -175,10 +175,9 @@ def test_links_frames_equal_the_run_files(prom: tuple[str, Path]) -> None:
     assert w.step_s == STEP and (w.start_ns, w.end_ns) == (T0 * 10**9, (T0 + 120) * 10**9)
     for metric in ("tx_bytes_per_s", "rx_bytes_per_s"):
         data = src.links((RUN,), metric, "n1", w)
-        totals = files.loc[~files["device"].str.startswith("nvlink:")]
         for kind, peak in (("nvlink", NVL_PEAK), ("ib", IB_PEAK)):
             got = link_wide(data.cluster, kind, metric, peak, snap.t0_ns)
-            want = link_wide(totals, kind, metric, peak, snap.t0_ns)
+            want = link_wide(files, kind, metric, peak, snap.t0_ns)  # single links too
             assert got.shape == (len(NODES) * (len(GPUS) if kind == "nvlink" else len(PORTS)), N)
             pd.testing.assert_frame_equal(got, want)
             # the node's lines: single links included, as from the files
@@ -279,8 +278,10 @@ def _assert_fallback(svc: DataService, run: str, words: str) -> None:
     out = links.render(svc, clock, "n1", "tx_bytes_per_s", None)
     note = _text(out[0][0])
     assert words in note and "showing the run's files" in note, note
-    # the run's files are drawn: link rows as the files have them (totals and single links)
-    assert len(out[1].data[0].y) == len(NODES) * len(GPUS) * (1 + len(LINKS))
+    # the run's files are drawn: a row per GPU (its total), as Prometheus' cluster rows are;
+    # the single links are in the node's lines
+    assert len(out[1].data[0].y) == len(NODES) * len(GPUS)
+    assert len(out[3]["data"]) >= len(GPUS) * (1 + len(LINKS))
     assert out[-1]["src"] == "files"
     assert links.layout(svc, {"run": run}) is not None
     kpis, area, _ = sms.render(svc, clock, "all")

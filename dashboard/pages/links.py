@@ -29,7 +29,7 @@ from ..data import DataService, RunData
 from ..deeplink import born, register_sync
 from ..figures import empty_figure, link_heatmap_figure, link_lines_figure, phase_bars_figure
 from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
-from ..overview_model import cpu_run, link_ports
+from ..overview_model import cpu_run, link_ports, link_summary
 from ..promsource import LinkData, PromError, PromSource, Window, failure_text, notice_text
 from ..promview import page_window, run_ids, source_note
 from ..series import link_long, link_wide, phase_buckets
@@ -124,28 +124,25 @@ def extend_payload(new: pd.DataFrame, series: list[str]) -> dict[str, Any] | Non
 
 def _kpis(ports: pd.DataFrame, peaks: dict[str, float | None], has_counters: bool,
           other: tuple[str, pd.DataFrame] | None = None) -> list[html.Div]:
+    """The link KPIs: :func:`~dashboard.overview_model.link_summary`, as the Overview has them."""
     out = []
+    mine = link_summary(ports, peaks)
+    theirs = link_summary(other[1], peaks) if other is not None else None
     for kind, label in (("nvlink", "NVLink"), ("ib", "InfiniBand")):
-        sel = ports.loc[ports["kind"] == kind] if len(ports) else ports
-        med = float(sel["p95_bytes_per_s"].median()) if len(sel) else float("nan")
-        worst = sel.sort_values("share").iloc[0] if len(sel) else None
-        peak = peaks[kind]
-        sub = f"median link, p95 of samples · peak {fmt_rate(peak)}"
+        d = mine[kind]
+        per = "GPU" if kind == "nvlink" else "port"
+        sub = f"median {per}, p95 of samples · peak {fmt_rate(d.peak)}"
         if not has_counters:
             sub = "this run has no link counters"
-        elif not len(sel):
+        elif d.bytes_per_s != d.bytes_per_s:
             sub = f"no {label} samples while dispatch / combine run"
-        if other is not None:
-            name, ports_b = other
-            ob = ports_b.loc[ports_b["kind"] == kind] if len(ports_b) else ports_b
-            vb = float(ob["p95_bytes_per_s"].median()) if len(ob) else float("nan")
-            sub += f" · {name}: {fmt_rate(vb)}"
-        out.append(kpi(f"{label} while communicating", fmt_rate(med), sub))
-        if worst is not None:
-            share = float(worst["share"])
-            name = f"{worst['node']} {worst['device']}" + (
-                "" if pd.isna(worst["gpu"]) or kind == "ib" else f" gpu{int(worst['gpu'])}")
-            out.append(kpi(f"Weakest {label}", fmt_pct(share, 0), f"{name} · {fmt_rate(worst['p95_bytes_per_s'])}",
+        if other is not None and theirs is not None:
+            sub += f" · {other[0]}: {fmt_rate(theirs[kind].bytes_per_s)}"
+        out.append(kpi(f"{label} while communicating", fmt_rate(d.bytes_per_s), sub))
+        if d.worst is not None:
+            share = d.worst_share
+            out.append(kpi(f"Weakest {label}", fmt_pct(share, 0),
+                           f"{d.worst} · {fmt_rate(d.worst_bytes_per_s)}",
                            "crit" if share < 0.34 else ("warn" if share < 0.5 else "ok")))
         else:
             out.append(kpi(f"Weakest {label}", "n/a", "this run has no link counters"

@@ -3,6 +3,7 @@ page's render on the bundled samples, a corrupt run and a live run written durin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,17 @@ def test_links_sms_model_experts_on_samples(svc: DataService) -> None:
     kpis, area, seconds = sms.render(svc, clock, "all")
     assert "Declared comm cap" in _text(kpis) and "20 SMs" in _text(kpis)
     assert area.data[0].name == "communication SMs" and len(seconds.data[0].x) == 64
+    # the area's bins are one value per data version and GPU; replay's are made where asked
+    rd = svc.run(SYN)
+    n = [r[0] for r in rd.refreshes].count("sm_area")
+    assert n >= 1  # made by the render above
+    assert list(sms.render(svc, clock, "all")[1].data[0].y) == list(area.data[0].y)
+    assert [r[0] for r in rd.refreshes].count("sm_area") == n
+    _rd, snap = svc.snapshot(SYN)
+    half = replace(clock, mode="replay", pos_s=(snap.t1_ns - snap.t0_ns) / 2e9)
+    early = sms.render(svc, half, "all")[1]
+    assert [r[0] for r in rd.refreshes].count("sm_area") == n
+    assert max(early.data[0].x) < max(area.data[0].x)
     p = model.prefill(svc, clock)
     assert p["schedule"] == "dualpipe" and p["pp"] == 16 and p["mb"] == 32
     assert p["f"] == pytest.approx(2.0, rel=0.05) and p["fb"] == pytest.approx(6.0, rel=0.05)

@@ -105,13 +105,21 @@ def render(svc: DataService, clock: ClockLike, gpu: str | None,
     def series(s: Snapshot) -> pd.DataFrame:
         return sm_split_series(s.spans, sms_per_gpu=int(sms))
 
-    ser = rd.derived("sm_series", snap, series)
-    if cut is not None:
-        ser = ser.loc[ser["t_ns"] < cut]
-        ser = ser.assign(duration_ns=ser["duration_ns"].clip(upper=(cut - ser["t_ns"]).clip(lower=0)))
     ranks = None if gpu in (None, "all") else [int(gpu)]
-    x1 = cut if cut is not None else snap.t1_ns
-    area = sm_binned(ser, ranks, snap.t0_ns, max(x1, snap.t0_ns + 1), snap.t0_ns)
+
+    def binned(s: Snapshot) -> pd.DataFrame:
+        """The area's bins over the held kernels up to the cutoff (O(kernels held))."""
+        ser = rd.derived("sm_series", s, series)
+        if cut is not None:
+            ser = ser.loc[ser["t_ns"] < cut]
+            ser = ser.assign(duration_ns=ser["duration_ns"].clip(
+                upper=(cut - ser["t_ns"]).clip(lower=0)))
+        x1 = cut if cut is not None else s.t1_ns
+        return sm_binned(ser, ranks, s.t0_ns, max(x1, s.t0_ns + 1), s.t0_ns)
+
+    # one value per data version (a live tick takes the one it has while a stale one is made
+    # in the background, as the series it bins); replay's cutoff changes every tick: made here
+    area = binned(snap) if cut is not None else rd.derived("sm_area", snap, binned, (gpu,))
     area, note = _from_prometheus(svc, snap, ranks, cut, area)
     cap = declared_cap(snap.manifest.extra)
     who = "mean over GPUs" if ranks is None else f"rank {gpu}"

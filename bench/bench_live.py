@@ -197,7 +197,11 @@ def _gen_nodes(args: tuple[Path, list[int], float, float, float, float]) -> dict
         dev = pa.array([x[1] for x in per_sample] * samples)
         met = pa.array([x[2] for x in per_sample] * samples)
         nodecol = pa.array([name] * (k * samples))
-        val = pa.array(rng.uniform(1e9, 150e9, k * samples))
+        # rates within each device's physical range: a GPU's NVLink total up to 180 GB/s of
+        # its 200, one of its 18 links up to 10 GB/s, an IB port up to 45 GB/s of its 50
+        top = np.array([180e9 if d == "nvlink" else 10e9 if d.startswith("nvlink:") else 45e9
+                        for _, d, _ in per_sample] * samples)
+        val = pa.array(rng.uniform(0.05, 1.0, k * samples) * top)
         w = _SegWriter(stage / "counters" / name, COUNTER_SCHEMA)
         per_seg = max(1, int(round(rotate_s / flush_s)))
         flushes = int(seconds / flush_s)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from profiler.analysis.intervals import bin_time_mean
 from profiler.analysis.params import natural_key
-from profiler.counters import device_kinds
+from profiler.counters import NVLINK, NVLINK_LINK, device_kinds
 
 __all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
            "routing_long",
@@ -112,11 +112,27 @@ def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None
 
 def link_long(counters: pd.DataFrame, kind: str, metric: str, node: str | None,
               t0_ns: int) -> pd.DataFrame:
-    """Samples of one node's links of ``kind`` as t_s, series, value (bytes/s)."""
+    """Samples of one node's links of ``kind`` as t_s, series, value (bytes/s): per GPU its
+    NVLink total, and a GPU's single links (``nvlink:L``) only when it has no total; per
+    IB port. (With the probe's counters a GPU has both: its 18 links as panels beside it
+    made 152 panels a node, drawn over each other, at ~3 MB a redraw.)"""
     c = counters.loc[(device_kinds(counters["device"], family=True) == kind)
                      & (counters["metric"].astype("str") == metric)]
     if node is not None:
         c = c.loc[c["node"].astype("str") == node]
+    if kind == NVLINK and len(c):
+        exact = device_kinds(c["device"])
+        gpus = c["gpu"].to_numpy(dtype=np.float64, na_value=np.nan)
+        nodes = c["node"].astype("str").to_numpy()
+        has_total = {(n, g) for n, g in set(zip(nodes[exact == NVLINK],
+                                                  gpus[exact == NVLINK].tolist(), strict=True))}
+        single = exact == NVLINK_LINK
+        covered = np.fromiter(((n, g) in has_total for n, g in
+                               zip(nodes[single], gpus[single].tolist(), strict=True)),
+                              dtype=bool, count=int(single.sum()))
+        drop = np.zeros(len(c), dtype=bool)
+        drop[np.flatnonzero(single)[covered]] = True
+        c = c.loc[~drop]
     if len(c) == 0:
         return pd.DataFrame(columns=["t_s", "series", "value"])
     out = pd.DataFrame({"t_s": (c["ts_ns"].to_numpy(dtype=np.int64) - t0_ns) / 1e9,

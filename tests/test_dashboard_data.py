@@ -390,8 +390,9 @@ def test_the_refresh_thread_rests_after_each_computation() -> None:
 def test_cluster_link_views_take_each_gpus_total_not_its_single_links() -> None:
     """The probe writes a GPU's NVLink total (``nvlink``) and each of its links
     (``nvlink:L``). The heatmap has a row per GPU (the total, against the GPU's peak), as
-    Prometheus' cluster rows do; the KPI's median is over GPU totals; the weakest may be one
-    link, against its own peak. The Links page and the Overview share that one summary."""
+    Prometheus' cluster rows do, and so do the node's lines (a GPU's links only when it has
+    no total); the KPI's median is over GPU totals; the weakest may be one link, against its
+    own peak. The Links page and the Overview share that one summary."""
     from dashboard.overview_model import PORT_COLUMNS, link_summary
     from dashboard.pages.links import _kpis
 
@@ -407,8 +408,11 @@ def test_cluster_link_views_take_each_gpus_total_not_its_single_links() -> None:
     wide = link_wide(c, "nvlink", "tx_bytes_per_s", 200e9, 0)
     assert list(wide.index) == ["n0 gpu0", "n0 gpu1"]
     assert np.allclose(wide.to_numpy(), 0.9)
-    long = link_long(c, "nvlink", "tx_bytes_per_s", "n0", 0)  # the node's lines: links too
-    assert long["series"].nunique() == 2 * 19
+    long = link_long(c, "nvlink", "tx_bytes_per_s", "n0", 0)  # the node's lines: per GPU
+    assert sorted(long["series"].unique()) == ["n0 gpu0", "n0 gpu1"]
+    bare = c.loc[~((c["gpu"] == 1) & (c["device"] == "nvlink"))]  # gpu1 wrote links only
+    long = link_long(bare, "nvlink", "tx_bytes_per_s", "n0", 0)
+    assert long["series"].nunique() == 1 + 18 and "n0 gpu1 link7" in set(long["series"])
 
     def port(gpu: int, device: str, p95: float, peak: float) -> dict[str, Any]:
         return {"node": "n0", "gpu": gpu, "device": device, "kind": "nvlink", "samples": 5,
@@ -424,3 +428,8 @@ def test_cluster_link_views_take_each_gpus_total_not_its_single_links() -> None:
     assert nv.worst == "n0 nvlink:7 gpu1" and nv.worst_share == pytest.approx(0.08)
     text = str(_kpis(ports, {"nvlink": 200e9, "ib": 50e9}, True))
     assert "180.0 GB/s" in text and "median GPU" in text and "n0 nvlink:7 gpu1" in text
+    from dashboard.figures import phase_bars_figure
+
+    summary = pd.DataFrame({"device_kind": ["nvlink", "nvlink:L"], "phase": ["dispatch"] * 2,
+                            "mean_bytes_per_s": [1e11, 5e9], "mean_share_of_peak": [0.5, 0.2]})
+    assert [t.name for t in phase_bars_figure(summary).data] == ["NVLink", "NVLink, one link"]

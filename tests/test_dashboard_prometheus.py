@@ -180,7 +180,7 @@ def test_links_frames_equal_the_run_files(prom: tuple[str, Path]) -> None:
             want = link_wide(files, kind, metric, peak, snap.t0_ns)  # single links too
             assert got.shape == (len(NODES) * (len(GPUS) if kind == "nvlink" else len(PORTS)), N)
             pd.testing.assert_frame_equal(got, want)
-            # the node's lines: single links included, as from the files
+            # the node's lines: per GPU, as from the files
             pd.testing.assert_frame_equal(link_long(data.node, kind, metric, "n1", snap.t0_ns),
                                           link_long(files, kind, metric, "n1", snap.t0_ns))
     # a live tick's new points: the node's rows after a time, on the same grid
@@ -278,10 +278,10 @@ def _assert_fallback(svc: DataService, run: str, words: str) -> None:
     out = links.render(svc, clock, "n1", "tx_bytes_per_s", None)
     note = _text(out[0][0])
     assert words in note and "showing the run's files" in note, note
-    # the run's files are drawn: a row per GPU (its total), as Prometheus' cluster rows are;
-    # the single links are in the node's lines
+    # the run's files are drawn: a row per GPU (its total), as Prometheus' cluster rows are,
+    # and a panel per GPU of the node (not one per single link beside it)
     assert len(out[1].data[0].y) == len(NODES) * len(GPUS)
-    assert len(out[3]["data"]) >= len(GPUS) * (1 + len(LINKS))
+    assert len(out[3]["data"]) == len(GPUS)
     assert out[-1]["src"] == "files"
     assert links.layout(svc, {"run": run}) is not None
     kpis, area, _ = sms.render(svc, clock, "all")

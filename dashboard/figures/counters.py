@@ -117,7 +117,8 @@ def phase_bars_figure(summary: pd.DataFrame, *, empty: str = "no phase informati
         return empty_figure(empty, title=title)
     f = fig(title, height=280, barmode="group")
     for kind, g in summary.groupby("device_kind", sort=True):
-        label = {"nvlink": "NVLink", "ib": "InfiniBand"}.get(str(kind), str(kind))
+        label = {"nvlink": "NVLink", "nvlink:L": "NVLink, one link",
+                 "ib": "InfiniBand"}.get(str(kind), str(kind))
         f.add_trace(go.Bar(
             x=g["phase"].to_numpy(), y=g["mean_bytes_per_s"].to_numpy() / 1e9, name=label,
             marker=dict(color=LINKS.get(str(kind), DIM)),

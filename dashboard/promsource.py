@@ -332,15 +332,17 @@ class PromSource:
                              lambda: self._agent_rows(run, now_s, look_s))
 
     def links(self, run: Run, metric: str, node: str | None, w: Window) -> LinkData:
-        """The Links page's data: the cluster rows, the shown node's rows (its links added)
-        and every agent's freshness; the three are fetched at once."""
+        """The Links page's data: the cluster rows, the shown node's rows and every agent's
+        freshness, fetched at once; the node's single links are added (asked after) only
+        when it serves no NVLink total, since the node's lines show a GPU's single links
+        only then (:func:`~dashboard.series.link_long`)."""
         # the pool runs only leaf queries (never a task that waits on the pool): no deadlock
-        f_links = self._pool.submit(self.node_links, run, metric, node, w) if node else None
         f_fresh = self._pool.submit(self.freshness, run, w)
         cluster = self.cluster(run, metric, w)
         if node:
             mine = cluster.loc[cluster["node"].to_numpy() == node]
-            links = f_links.result() if f_links is not None else _empty()
+            totals = (mine["device"].astype(str).to_numpy() == NVLINK).any() if len(mine) else False
+            links = _empty() if totals else self.node_links(run, metric, node, w)
             node_rows = pd.concat([mine, links], ignore_index=True) if len(links) else mine
         else:
             node_rows = cluster.iloc[:0]
@@ -354,9 +356,10 @@ class PromSource:
         return LinkData(cluster, node_rows, fresh, w)
 
     def node_since(self, run: Run, metric: str, node: str, after_ns: int,
-                   w: Window) -> pd.DataFrame:
-        """The shown node's rows (GPU totals, links, ports) on the grid of ``w`` after
-        ``after_ns`` up to ``w.end_ns``: a live tick's new points (no cache)."""
+                   w: Window, *, links: bool = True) -> pd.DataFrame:
+        """The shown node's rows (GPU totals, single links unless ``links`` is False, ports)
+        on the grid of ``w`` after ``after_ns`` up to ``w.end_ns``: a live tick's new points
+        (no cache)."""
         step_ns = int(round(w.step_s * 1e9))
         k = max(1, (after_ns - w.start_ns) // step_ns + 1)
         start = w.start_ns + k * step_ns
@@ -366,11 +369,12 @@ class PromSource:
         sel = f"{run_matcher(run)},Hostname={label_value(node)}"
 
         def fetch() -> pd.DataFrame:
-            fams = [_BY_KEY[(NVLINK, metric)], _BY_KEY[(NVLINK_LINK, metric)], _BY_KEY[(IB, metric)]]
+            fams = [_BY_KEY[(NVLINK, metric)], *([_BY_KEY[(NVLINK_LINK, metric)]] if links else []),
+                    _BY_KEY[(IB, metric)]]
             parts = list(self._pool.map(lambda fam: self._range(fam, sel, part), fams))
             return pd.concat([p for p in parts if len(p)] or [_empty()], ignore_index=True)
 
-        return self._guarded(("since", run, metric, node, part), fetch)
+        return self._guarded(("since", run, metric, node, part, links), fetch)
 
     def sm_mean(self, run: Run, w: Window) -> pd.DataFrame:
         """ts_ns, comm_sms, compute_sms: the mean over the run's GPUs of the agents' SM split

@@ -180,6 +180,8 @@ def test_links_frames_equal_the_run_files(prom: tuple[str, Path]) -> None:
             want = link_wide(files, kind, metric, peak, snap.t0_ns)  # single links too
             assert got.shape == (len(NODES) * (len(GPUS) if kind == "nvlink" else len(PORTS)), N)
             pd.testing.assert_frame_equal(got, want)
+            # the node serves GPU totals: its single links are not asked for
+            assert not data.node["device"].astype(str).str.startswith("nvlink:").any()
             # the node's lines: per GPU, as from the files
             pd.testing.assert_frame_equal(link_long(data.node, kind, metric, "n1", snap.t0_ns),
                                           link_long(files, kind, metric, "n1", snap.t0_ns))
@@ -189,6 +191,9 @@ def test_links_frames_equal_the_run_files(prom: tuple[str, Path]) -> None:
     want = files.loc[(files["node"] == "n1") & (files["metric"] == "tx_bytes_per_s")
                      & (files["ts_ns"] > after)]
     assert len(new) == len(want) and set(new["ts_ns"]) == set(want["ts_ns"])
+    # the lines drawn have no single link: the tick does not ask for them
+    fewer = src.node_since((RUN,), "tx_bytes_per_s", "n1", after, w, links=False)
+    assert len(fewer) == int((~want["device"].str.startswith("nvlink:")).sum())
     assert np.allclose(np.sort(new["value"].to_numpy()), np.sort(want["value"].to_numpy()))
 
 

@@ -330,7 +330,9 @@ def _new_rows(svc: DataService, rd: RunData, snap: Snapshot, cursor: dict[str, A
         w = page_window(src, snap, cut)
         if w.step_s != cursor.get("step") or w.start_ns != cursor.get("w0"):
             return None
-        return src.node_since(run_ids(snap), metric, node, int(cursor["ts_ns"]), w)
+        # the single links' series only when the lines drawn have them (no GPU total)
+        links = any(" link" in str(name) for name in cursor.get("nvl", []))
+        return src.node_since(run_ids(snap), metric, node, int(cursor["ts_ns"]), w, links=links)
     except Exception:  # the full render tries again and says why
         return None
 

@@ -68,8 +68,8 @@ def link_wide(counters: pd.DataFrame, kind: str, metric: str, peak: float | None
     mlx5_N:P``) over time (columns: seconds since ``t0_ns``); means over bins when there are
     more than ``max_bins`` samples. Without a peak the values are bytes/s / max. A single
     link's rows (``nvlink:L``, which the probe writes beside the GPU's total) are not rows of
-    it: the peak is the GPU's, and Prometheus' cluster rows are the totals too; they are in
-    the node's lines (:func:`link_long`)."""
+    it: the peak is the GPU's, and Prometheus' cluster rows are the totals too (a single link
+    against its own peak is in the Links KPIs, :func:`dashboard.overview_model.link_summary`)."""
     c = counters.loc[(device_kinds(counters["device"]) == kind)
                      & (counters["metric"].astype("str") == metric)]
     if len(c) == 0:
@@ -120,19 +120,13 @@ def link_long(counters: pd.DataFrame, kind: str, metric: str, node: str | None,
                      & (counters["metric"].astype("str") == metric)]
     if node is not None:
         c = c.loc[c["node"].astype("str") == node]
-    if kind == NVLINK and len(c):
+    if kind == NVLINK and len(c):  # a GPU's single links where it has no total
         exact = device_kinds(c["device"])
-        gpus = c["gpu"].to_numpy(dtype=np.float64, na_value=np.nan)
-        nodes = c["node"].astype("str").to_numpy()
-        has_total = {(n, g) for n, g in set(zip(nodes[exact == NVLINK],
-                                                  gpus[exact == NVLINK].tolist(), strict=True))}
-        single = exact == NVLINK_LINK
-        covered = np.fromiter(((n, g) in has_total for n, g in
-                               zip(nodes[single], gpus[single].tolist(), strict=True)),
-                              dtype=bool, count=int(single.sum()))
-        drop = np.zeros(len(c), dtype=bool)
-        drop[np.flatnonzero(single)[covered]] = True
-        c = c.loc[~drop]
+        node_code = pd.factorize(c["node"].astype("str"))[0].astype(np.int64)
+        gpu = c["gpu"].to_numpy(dtype=np.float64, na_value=-1.0).astype(np.int64)
+        key = node_code * (1 << 33) + (gpu + 1)  # (node, gpu); gpu is an int32 or null
+        covered = (exact == NVLINK_LINK) & np.isin(key, key[exact == NVLINK])
+        c = c.loc[~covered]
     if len(c) == 0:
         return pd.DataFrame(columns=["t_s", "series", "value"])
     out = pd.DataFrame({"t_s": (c["ts_ns"].to_numpy(dtype=np.int64) - t0_ns) / 1e9,

@@ -168,9 +168,9 @@ def link_summary(ports: pd.DataFrame, peaks: Mapping[str, float | None]
     """NVLink / IB (:class:`LinkSummary`) of :func:`link_ports` and the peaks per kind
     (``nvlink``: a GPU's, ``ib``: a port's): the Overview's and the Links page's figures."""
     out: dict[str, LinkSummary] = {}
-    exact = device_kinds(ports["device"]) if len(ports) else np.array([], dtype=object)
+    exact = device_kinds(ports["device"])
     for kind in ("nvlink", "ib"):
-        mine = (ports["kind"] == kind).to_numpy(dtype=bool) if len(ports) else exact == kind
+        mine = ports["kind"].to_numpy() == kind
         typical = ports.loc[mine & (exact == kind)]  # GPU totals / IB ports, not single links
         sel = ports.loc[mine]
         achieved = float(typical["p95_bytes_per_s"].median()) if len(typical) else _NAN

@@ -10,7 +10,7 @@ from profiler.analysis.intervals import bin_time_mean
 from profiler.analysis.params import natural_key
 from profiler.counters import NVLINK, NVLINK_LINK, device_kinds
 
-__all__ = ["bin_mean", "link_wide", "link_long", "sm_binned", "expert_wide", "expert_layers",
+__all__ = ["bin_mean", "link_wide", "link_long", "is_single_link", "sm_binned", "expert_wide", "expert_layers",
            "routing_long",
            "metric_long", "MAX_BINS", "phase_buckets", "bias_bands", "PHASE_ORDER", "spread",
            "bias_spread"]
@@ -53,6 +53,12 @@ def _label_codes(df: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray]:
             gtxt = "?" if pd.isna(gpu) else str(int(gpu))
             names.append(f"{node} gpu{gtxt}" + (f" link{link}" if link else ""))
     return codes, np.array(names, dtype=object)
+
+
+def is_single_link(label: str) -> bool:
+    """Whether a line's label (:func:`_label_codes`) names one NVLink link of a GPU, not the
+    GPU's total or an IB port."""
+    return " link" in label
 
 
 def _label(df: pd.DataFrame, kind: str) -> np.ndarray:

@@ -32,7 +32,7 @@ from ..layout import error_card, fmt_pct, fmt_rate, graph, kpi, panel
 from ..overview_model import cpu_run, link_ports, link_summary
 from ..promsource import LinkData, PromError, PromSource, Window, failure_text, notice_text
 from ..promview import page_window, run_ids, source_note
-from ..series import link_long, link_wide, phase_buckets
+from ..series import is_single_link, link_long, link_wide, phase_buckets
 from ..snapshot import Snapshot, clip_to_cutoff
 from . import NoRun, describe_error, open_page, open_run
 
@@ -331,7 +331,7 @@ def _new_rows(svc: DataService, rd: RunData, snap: Snapshot, cursor: dict[str, A
         if w.step_s != cursor.get("step") or w.start_ns != cursor.get("w0"):
             return None
         # the single links' series only when the lines drawn have them (no GPU total)
-        links = any(" link" in str(name) for name in cursor.get("nvl", []))
+        links = any(is_single_link(str(name)) for name in cursor.get("nvl", []))
         return src.node_since(run_ids(snap), metric, node, int(cursor["ts_ns"]), w, links=links)
     except Exception:  # the full render tries again and says why
         return None

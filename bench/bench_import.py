@@ -7,8 +7,9 @@ Each tool runs in its own child process (dualscope: ``python -m dualscope import
 TMP``; HTA: ``TraceAnalysis(trace_dir=DIR)``, which parses every rank and aligns them), so its
 time and memory are measured apart from this driver and from each other:
 
-* wall time (``time.perf_counter`` around the child), CPU time (user + sys of the child and
-  its waited-for descendants, from ``os.wait4``);
+* wall time (``time.perf_counter`` around the child, its end seen the moment it exits
+  through a pidfd, not at the next memory sample), CPU time (user + sys of the child and its
+  waited-for descendants, from ``os.wait4``);
 * peak memory of the child's process tree, polled every ``--poll-s``: the sum of RSS and the
   sum of PSS (proportional set size, which splits pages shared by HTA's forked parser workers
   instead of counting them once per process); plus ``ru_maxrss`` from ``os.wait4``, the exact
@@ -46,6 +47,7 @@ import compileall
 import contextlib
 import os
 import platform
+import select
 import shutil
 import signal
 import statistics
@@ -157,6 +159,12 @@ def measure(cmd: list[str], *, env: dict[str, str], poll_s: float, mem_limit: in
         assert child.stdout is not None
         os.set_blocking(child.stdout.fileno(), False)
         out = bytearray()
+        # the wait between memory samples ends the moment the child exits (a pidfd turns
+        # readable), so the wall time is the child's, not rounded up to the next sample
+        try:
+            exited: int | None = os.pidfd_open(child.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: sleep, wall up to poll_s late
+            exited = None
         while True:
             pid, wait_status, rusage = os.wait4(child.pid, os.WNOHANG)
             if pid:
@@ -173,8 +181,13 @@ def measure(cmd: list[str], *, env: dict[str, str], poll_s: float, mem_limit: in
             elif time.perf_counter() - t0 > timeout_s and status == "ok":
                 status = f"killed: ran past --timeout-s {timeout_s:.0f}"
                 os.killpg(child.pid, signal.SIGKILL)
-            time.sleep(poll_s)
+            if exited is None:
+                time.sleep(poll_s)
+            else:
+                select.select([exited], [], [], poll_s)
         wall = time.perf_counter() - t0
+        if exited is not None:
+            os.close(exited)
         child.returncode = os.waitstatus_to_exitcode(wait_status)  # reaped by wait4
         out += child.stdout.read() or b""
         child.stdout.close()

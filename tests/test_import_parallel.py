@@ -15,6 +15,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -85,6 +86,39 @@ def test_workers_start_with_the_parents_objects_frozen(traces: Path, tmp_path: P
     assert len(counts) == 4 and all(pid != str(os.getpid()) for pid, _ in counts)
     assert all(n > 1000 for _, n in counts), counts
     assert gc.get_freeze_count() == before
+
+
+def test_workers_take_the_largest_files_first(traces: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are handed out largest first (the last to finish is a small one); results,
+    progress and the run still follow file order."""
+    from profiler.importers import parallel
+
+    files = sorted(traces.iterdir())
+    padded = tmp_path / "traces"
+    padded.mkdir()
+    for i, p in enumerate(files):  # trailing blanks: the later the file, the larger
+        (padded / p.name).write_bytes(p.read_bytes() + b" " * (i * 200_000))
+    log = tmp_path / "started"
+    real = parallel.import_file
+
+    def logged(task: Any, **kw: Any) -> Any:  # runs in the forked workers
+        with open(log, "a") as f:
+            f.write(Path(task.path).name + "\n")
+        return real(task, **kw)
+
+    monkeypatch.setattr(parallel, "import_file", logged)
+    done: list[str] = []
+    import_kineto([padded], tmp_path / "run", jobs=2,
+                  progress=lambda path, size: done.append(path.name))
+    started = log.read_text().split()
+    names = [p.name for p in files]
+    assert set(started[:2]) == {names[3], names[2]} and set(started[2:]) == {names[1], names[0]}
+    assert done == names
+    import_kineto([traces], tmp_path / "ref")  # the same spans as the unpadded files'
+    ra, rb = RunReader(tmp_path / "run"), RunReader(tmp_path / "ref")
+    assert ra.ranks() == rb.ranks() == [0, 1, 2, 3]
+    assert all(ra.span_table([r]).equals(rb.span_table([r])) for r in ra.ranks())
 
 
 def test_progress_counts_files_and_bytes_over_workers(traces: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, compress
 from pathlib import Path
 from typing import Any, cast
 
@@ -295,9 +295,11 @@ def _grid_blocks(path: Path, index: np.ndarray, names: Sequence[object],
     rows = [i for i, g in enumerate(decoded) if g is not None] if None in decoded \
         else list(range(len(decoded)))
     if rows:
-        vals = [cast(tuple[int, int, int], decoded[i]) for i in rows]
-        try:
-            g = np.array(vals, dtype=np.int64)
+        vals = cast(list[tuple[int, int, int]],
+                    decoded if len(rows) == len(decoded) else [decoded[i] for i in rows])
+        try:  # flat, then three columns: 2x faster than numpy's nested-list discovery
+            g = np.fromiter(chain.from_iterable(vals), dtype=np.int64,
+                            count=3 * len(vals)).reshape(-1, 3)
         except OverflowError:
             g = None
         if g is None or g.min() < 0 or g.max() > INT32[1]:
@@ -342,12 +344,11 @@ def _launches(path: Path, cols: Columns, ev: list[Event], index: np.ndarray) -> 
 def _cpu_ops(path: Path, cols: Columns, ev: list[Event], index: np.ndarray,
              keep_cpu_ops: bool) -> None:
     names = [e.name for e in ev]
-    if None in names:
-        comm = [n is not None and n.startswith(_HOST_COMM_PREFIX) for n in names]
-    else:
-        comm = [n.startswith(_HOST_COMM_PREFIX) for n in cast(list[str], names)]
-    cand = [i for i, (c, n) in enumerate(zip(comm, names, strict=True))
-            if c or (keep_cpu_ops and n is not None)]
+    # a trace repeats a few hundred op names: each distinct name is tested once
+    comm_names = {n for n in set(names) if n is not None and n.startswith(_HOST_COMM_PREFIX)}
+    comm = list(map(comm_names.__contains__, names))
+    cand = ([i for i, n in enumerate(names) if n is not None] if keep_cpu_ops
+            else list(compress(range(len(names)), comm)))
     keep = [i for i in cand if ev[i].ts != _NO_TEXT and ev[i].ph == "X"]
     if keep:
         _host(path, cols, [ev[i] for i in keep], index[keep], [comm[i] for i in keep],

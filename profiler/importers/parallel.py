@@ -5,8 +5,10 @@ the runs they write are identical.
 * ``engine="local"``, ``jobs=1``: one file after another in this process.
 * ``engine="local"``, ``jobs=N``: N forked worker processes (fork: the workers start with this
   process's imports, in milliseconds, and their CPU time is this process's children's), each
-  fed one file at a time over its own pipe. Each worker reports the bytes it has parsed into
-  its task's slot of a shared array, which the parent polls for the progress bar.
+  fed one file at a time over its own pipe, the largest files first (so that the last file
+  to finish is a small one and the workers end together). Each worker reports the bytes it
+  has parsed into its task's slot of a shared array, which the parent polls for the progress
+  bar.
 * ``engine="dask"``: one Dask task per file on a ``dask.distributed`` cluster -- an existing
   scheduler (``scheduler="tcp://host:8786"``, the staging directory must then be on storage the
   workers share) or a ``LocalCluster`` of ``jobs`` single-threaded worker processes, as
@@ -14,9 +16,10 @@ the runs they write are identical.
   (``around_parse``) are not applied on Dask workers: those processes are not ours.
 
 Results come back in file order whatever the order the tasks finish in; the first failing
-file (in file order) is the one reported, and when a task fails the ones not started yet are
-cancelled and the pool's workers are stopped before the error propagates, so nothing is left
-writing into the run's temporary directory.
+file (in file order) is the one reported: when a task fails, the files after it (in file
+order) that have not started are never started, those before it still run, and the pool's
+workers are stopped before the error propagates, so nothing is left writing into the run's
+temporary directory.
 """
 
 from __future__ import annotations
@@ -187,13 +190,18 @@ def _schedule(tasks: Sequence[FileTask], sizes: Sequence[int],
     errors: dict[int, Exception] = {}
     busy: dict[int, int] = {}  # worker -> task index
     dead: set[int] = set()
-    nxt = done = 0  # next task to hand out; tasks yielded so far
+    # the largest files first (longest processing time first): the last file to finish is a
+    # small one, so the workers finish close together; results still come in file order
+    todo = sorted(range(len(tasks)), key=lambda i: (-sizes[i], i))
+    nxt = done = 0  # next position in todo; tasks yielded so far
     while done < len(tasks):
         stop = min(errors, default=len(tasks))  # hand out nothing after a failed file
         for w, (proc, conn) in enumerate(workers):
-            if w not in busy and w not in dead and nxt < stop and proc.is_alive():
-                conn.send(tasks[nxt])
-                busy[w] = nxt
+            while nxt < len(todo) and todo[nxt] >= stop:
+                nxt += 1  # after the first failed file (in file order): never needed
+            if w not in busy and w not in dead and nxt < len(todo) and proc.is_alive():
+                conn.send(tasks[todo[nxt]])
+                busy[w] = todo[nxt]
                 nxt += 1
         if len(dead) == len(workers):
             raise DualscopeError("every import worker process died (killed by a signal, e.g. "

@@ -86,7 +86,7 @@ class _Parts:
     def table(self) -> pa.Table:
         if not self.tables:
             return SPAN_SCHEMA.empty_table()
-        t = pa.concat_tables(self.tables)  # chunked: the sorted take makes the one copy
+        t = pa.concat_tables(self.tables)
         self.tables = []
         order = pc.sort_indices(t, sort_keys=[("start_ns", "ascending"),
                                               ("end_ns", "descending")])
@@ -95,7 +95,9 @@ class _Parts:
         out = []
         for i, col in enumerate(columns):  # one column at a time: the parts go as it goes
             assert col is not None
-            out.append(col.take(order).combine_chunks())
+            # joined, then taken: a take across chunks resolves every index to its chunk
+            # (a file's name column: ~12 ms against 0.7 ms for the join and a flat take)
+            out.append(col.combine_chunks().take(order))
             columns[i] = None
         return pa.Table.from_arrays(out, schema=SPAN_SCHEMA)
 

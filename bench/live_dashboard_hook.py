@@ -27,6 +27,7 @@ stats written to FILE by ``report()`` (read with ``python -m pstats FILE``).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import tracemalloc
@@ -41,6 +42,7 @@ from dash.exceptions import PreventUpdate
 from dashboard import ids
 from dashboard.clock import next_clock
 from dashboard.data import DataService
+from dashboard.heap import settle
 from dashboard.pages import gpus, links, overview, render_if_changed, sms, timeline
 from dashboard.pages.timeline import render_key
 from dashboard.status import FreshnessTracker, status_outputs
@@ -68,7 +70,19 @@ def _time(page: str, fn: Any) -> None:
     _S["ticks"].append((now, page, ms))
 
 
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    """``gc.callbacks`` hook: each collection's generation and pause (every thread's)."""
+    if phase == "start":
+        _S["gc_t"] = time.perf_counter()
+    elif "gc_t" in _S:
+        _S["gc"].append((time.time() - _S["t0"], info["generation"],
+                         (time.perf_counter() - _S.pop("gc_t")) * 1e3))
+
+
 def tick(run: Path, new: dict[str, Any]) -> None:
+    if "gc" not in _S:  # the cyclic collector's pauses, per generation and minute
+        _S["gc"] = []
+        gc.callbacks.append(_on_gc)
     t_all = time.perf_counter()
     _tick(run)
     now = time.time() - _S["t0"]
@@ -114,7 +128,55 @@ def _objects() -> dict[str, Any]:
     count = Counter(type(o).__qualname__ for o in objs)
     frames = [o for o in objs if isinstance(o, pd.DataFrame)]
     mb = sum(int(f.memory_usage(index=True, deep=False).sum()) for f in frames) / 2**20
-    return {"count": count, "frames_mb": mb, "frames": len(frames), "t": time.time() - _S["t0"]}
+    return {"count": count, "frames_mb": mb, "frames": len(frames), "t": time.time() - _S["t0"],
+            "frame_ids": {id(f) for f in frames}}
+
+
+def _new_frames(base_ids: set[int], top: int = 8) -> list[dict[str, Any]]:
+    """DataFrames alive at the end that were not at the base, grouped by shape and first
+    columns, with the chain of what holds one of each group (referrer types, 3 levels)."""
+    import pandas as pd
+
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for o in gc.get_objects():
+        if isinstance(o, pd.DataFrame) and id(o) not in base_ids:
+            key = (tuple(o.shape), tuple(str(c) for c in o.columns[:4]))
+            groups.setdefault(key, []).append(o)
+    out = []
+    for (shape, cols), fs in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]:
+        chain, obj = [], fs[0]
+        for _ in range(3):
+            refs = [r for r in gc.get_referrers(obj)
+                    if r is not fs and not isinstance(r, type(gc.get_objects)) and
+                    type(r).__name__ not in ("frame", "list") or
+                    (isinstance(r, list) and len(r) < 10_000 and r is not fs)]
+            refs = [r for r in refs if type(r).__name__ != "frame"]
+            if not refs:
+                break
+            obj = refs[0]
+            label = type(obj).__qualname__
+            if isinstance(obj, dict):
+                keys = [str(k)[:40] for k in list(obj)[:3]]
+                label += f"{keys}"
+            chain.append(label)
+        out.append({"n": len(fs), "shape": list(shape), "columns": list(cols), "held_by": chain})
+    return out
+
+
+def _weakref_lists(top: int = 5) -> list[dict[str, Any]]:
+    """pandas' copy-on-write reference lists (``BlockValuesRefs.referenced_blocks``) with
+    the most weak references, and how many of them are dead."""
+    out = []
+    for o in gc.get_objects():
+        if type(o).__name__ == "BlockValuesRefs":
+            refs = getattr(o, "referenced_blocks", None) or []
+            if len(refs) > 100:
+                alive = [r() for r in refs if r() is not None]
+                out.append({"refs": len(refs), "alive": len(alive),
+                            "block": (type(alive[0]).__name__ + str(getattr(alive[0], "shape", "")))
+                            if alive else None})
+    out.sort(key=lambda d: -d["refs"])
+    return out[:top]
 
 
 def _objects_growth() -> dict[str, Any]:
@@ -127,7 +189,8 @@ def _objects_growth() -> dict[str, Any]:
     return {"from_s": round(base["t"]), "to_s": round(end["t"]), "arrow_holders": _arrow_holders(),
             "frames": [base["frames"], end["frames"]],
             "frames_mb": [round(base["frames_mb"], 1), round(end["frames_mb"], 1)],
-            "types_grown": [[k, v] for k, v in diff.most_common(20) if v > 0]}
+            "types_grown": [[k, v] for k, v in diff.most_common(20) if v > 0],
+            "new_frames": _new_frames(base["frame_ids"]), "weakref_lists": _weakref_lists()}
 
 
 def _arrow_holders(top: int = 10) -> list[dict[str, Any]]:
@@ -188,6 +251,8 @@ def _tick(run: Path) -> None:
                           **({} if duty is None else {"refresh_duty": float(duty)}))
         _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
                   first={}, ticks=[])
+        if not os.environ.get("DUALSCOPE_BENCH_GC_DEFAULTS"):  # as the server does it
+            settle()
     svc: DataService = _S["svc"]
     prof = _S.get("profile")
     t = time.perf_counter()
@@ -262,6 +327,21 @@ def _cpu_by_minute(end: float) -> list[float | None]:
     return out
 
 
+def _gc_by_minute(end: float) -> dict[str, list[Any]]:
+    """Per generation of the cyclic collector: collections per minute, their pause in total
+    and the longest (ms). A pause stops every thread, so a page's tick that meets one takes
+    it on top of its own time."""
+    out: dict[str, list[Any]] = {}
+    for gen in (0, 1, 2):
+        rows = []
+        for m in _minutes(end):
+            xs = [ms for _, g, ms in _in(_S.get("gc", []), m) if g == gen]
+            rows.append({"n": len(xs), "total_ms": round(sum(xs), 1),
+                         "max_ms": round(max(xs, default=0.0), 1)})
+        out[str(gen)] = rows
+    return out
+
+
 def _refreshes() -> dict[str, Any]:
     """Per derived view (analyses, ideal, timeline index, ...) of the run: how often it was
     computed, its cost (s, p50 / max) and the interval between two computations (s, p50 /
@@ -309,6 +389,7 @@ def report(minutes: float) -> dict[str, Any]:
         round(max((mb for _, mb in _in(_S.get("arrow", []), m)), default=float("nan")), 1)
         for m in _minutes(end)]
     out["cpu_cores_by_minute"] = _cpu_by_minute(end)
+    out["gc_by_minute"] = _gc_by_minute(end)
     out["refresh"] = _refreshes()
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
     if top:

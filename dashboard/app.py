@@ -27,6 +27,7 @@ from . import ids
 from .clock import Clock, ClockLike, RunInfo, as_clock, clock_label, next_clock, ticking
 from .data import DataService
 from .defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
+from .heap import settle
 from .layout import error_card, nav_links, query_of, run_title, shell
 from .pages import experts, gpus, links, model, overview, runs, sms, timeline
 from .status import FreshnessTracker, status_outputs
@@ -170,6 +171,9 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
 
 def server(runs_dir: str | None = None, *, warm: bool = True) -> flask.Flask:
     """WSGI factory: the Flask server of :func:`create_app` over ``runs_dir`` (or
-    ``$DUALSCOPE_RUNS_DIR``, or ``./runs``), its finished runs analysed in the background."""
+    ``$DUALSCOPE_RUNS_DIR``, or ``./runs``), its finished runs analysed in the background; the
+    process's collector set for a long-running server (:func:`dashboard.heap.settle`)."""
     path = runs_dir or os.environ.get("DUALSCOPE_RUNS_DIR") or "runs"
-    return create_app(path, warm=warm).server
+    app = create_app(path, warm=warm)
+    settle()  # a server process: the long-lived heap frozen, young collections rarer
+    return app.server

@@ -5,6 +5,7 @@ else; a restarted engine recomputes nothing and a second one follows the first."
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from profiler.manifest import Manifest
 from profiler.schema import COUNTER_SCHEMA, SPAN_SCHEMA
 from profiler.steps import RunningKpis, kpis, run_stragglers, step_times
 from profiler.steps.engine import EngineLocked, StepEngine
-from profiler.steps.store import StepResults
+from profiler.steps.store import TABLES, StepResults
 from profiler.store import RunReader, StreamWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,6 +209,33 @@ def test_replay_up_to_a_cutoff_is_offline_up_to_it(reference_offline: dict,
     assert len(new["bubbles"]) == len(reference_offline["bubbles"])  # all rows pass through
     assert sorted(view.table("steps")["step"].unique()) == [6, 7]
     assert len(view.table("bubbles")) == 0
+
+
+def test_a_reader_holds_one_frame_per_table_however_many_updates(tmp_path: Path) -> None:
+    """Each table read joins the pieces the updates brought into one frame that replaces them:
+    a whole-run reader of a live run holds O(tables) frames, not one per update (each held
+    piece's index collected dead weak references on every read, so the collector's pauses grew
+    with the run), and it still reads every committed row once."""
+    run = tmp_path / "run"
+    feed = _feed(REFERENCE, run, pieces=8)
+    next(feed)
+    seen = updates = 0
+    with StepEngine(run, ideal_every=0) as e:
+        res = StepResults(run)
+        for _ in itertools.chain([None], feed):  # the engine ticks after each flush
+            e.update()
+            got = res.update()
+            updates += "bubbles" in got
+            seen += len(got.get("bubbles", ()))
+            for name in TABLES:
+                res.table(name)
+            assert all(len(res._rows[n]) <= 1 for n in TABLES)
+        e.update(final=True)
+    seen += len(res.update().get("bubbles", ()))
+    assert updates >= 4  # the rows came in several updates
+    assert len(res.table("bubbles")) == seen
+    assert res.table("bubbles")[["rank", "step"]].duplicated().sum() == 0
+    assert sorted(res.table("bubbles")["step"].unique()) == list(range(8))
 
 
 def test_restart_recomputes_nothing_and_a_second_engine_is_refused(tmp_path: Path) -> None:

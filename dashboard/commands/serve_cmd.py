@@ -39,9 +39,11 @@ def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
     """Build the app and serve it with Flask's threaded server until interrupted.
     ``live_span_steps``: 0 holds every span of a live run."""
     from ..app import create_app
+    from ..heap import settle
 
     app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True, freshness=freshness,
                      live_span_steps=live_span_steps or None, refresh_duty=refresh_duty)
+    settle()  # the long-lived heap frozen, young collections rarer (dashboard.heap)
     app.run(host=host, port=port, debug=debug, use_reloader=False, threaded=True)
 
 

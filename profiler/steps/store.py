@@ -214,8 +214,14 @@ class StepResults:
             raise KeyError(f"unknown step-result table {name!r}; one of {', '.join(TABLES)}")
         if name not in self._cache:
             frames = self._rows[name]
-            self._cache[name] = (pd.concat(frames, ignore_index=True) if len(frames) > 1
-                                 else frames[0] if frames else pd.DataFrame())
+            df = (pd.concat(frames, ignore_index=True) if len(frames) > 1
+                  else frames[0] if frames else pd.DataFrame())
+            # held as that one frame from now on: kept as the updates' pieces, every read of
+            # the table (a concat) left a dead weak reference on each piece's index (pandas'
+            # copy-on-write tracking clears them only past ~500 a piece), so a live run's
+            # collector pauses grew with its steps (docs/performance.md, session 10)
+            self._rows[name] = [df] if frames else []
+            self._cache[name] = df
         df = self._cache[name]
         if upto_ns is not None and len(df):
             df = df.loc[df["step_end_ns"].to_numpy() <= upto_ns].reset_index(drop=True)

@@ -20,7 +20,10 @@ held spans, in steps (``--live-span-steps``; 0: hold every span; default: the da
 (``report()["tracemalloc_growth"]``); Arrow's own pool is reported per minute either way
 (``arrow_mb_by_minute``), since tracemalloc does not see it. ``$DUALSCOPE_BENCH_OBJECTS=1``
 (cheap): the gc-tracked objects by type and the DataFrames' bytes at that time and at the
-end (``report()["objects_growth"]``). ``$DUALSCOPE_BENCH_PROFILE_SNAPSHOT=FILE`` (a diagnosis):
+end (``report()["objects_growth"]``). ``$DUALSCOPE_BENCH_GC_GARBAGE=1`` (a
+diagnosis): every 20 s from that time, what a full collection would free (cyclic garbage by
+type, the bytes of arrays among it, the frames; ``report()["cyclic_garbage"]``).
+``$DUALSCOPE_BENCH_PROFILE_SNAPSHOT=FILE`` (a diagnosis):
 ``cProfile`` of the tick's snapshot read from ``$DUALSCOPE_BENCH_TRACEMALLOC_FROM_S`` on, its
 stats written to FILE by ``report()`` (read with ``python -m pstats FILE``).
 """
@@ -94,8 +97,38 @@ def tick(run: Path, new: dict[str, Any]) -> None:
         _diagnose(now)
 
 
+def _garbage_sample() -> None:
+    """What the cyclic collector would free now: one full collection that keeps what it finds
+    (``gc.DEBUG_SAVEALL``), summarised by type (with the bytes of arrays and frames among it),
+    then freed by a plain collection."""
+    import pandas as pd
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+    found = list(gc.garbage)
+    gc.garbage.clear()
+    agg = _S.setdefault("garbage", {"samples": 0, "types": {}, "frames": {}, "array_mb": 0.0})
+    agg["samples"] += 1
+    for o in found:
+        name = type(o).__qualname__
+        agg["types"][name] = agg["types"].get(name, 0) + 1
+        if isinstance(o, np.ndarray) and o.base is None:
+            agg["array_mb"] += o.nbytes / 2**20
+        elif isinstance(o, pd.DataFrame):
+            key = f"{list(o.shape)} {[str(c) for c in o.columns[:3]]}"
+            agg["frames"][key] = agg["frames"].get(key, 0) + 1
+    del found
+    gc.collect()
+
+
 def _diagnose(now: float) -> None:
     """The opt-in diagnoses (module doc), from ``_TRACE_FROM_S`` on."""
+    if os.environ.get("DUALSCOPE_BENCH_GC_GARBAGE") and now >= _S.get("garbage_at", 0.0):
+        _garbage_sample()  # at most one a 20 s: it costs two full collections
+        _S["garbage_at"] = now + 20
     if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
         _S.setdefault("objects_base", _objects())
     if os.environ.get("DUALSCOPE_BENCH_PROFILE_SNAPSHOT") and "profile" not in _S:
@@ -190,6 +223,8 @@ def _objects_growth() -> dict[str, Any]:
             "frames": [base["frames"], end["frames"]],
             "frames_mb": [round(base["frames_mb"], 1), round(end["frames_mb"], 1)],
             "types_grown": [[k, v] for k, v in diff.most_common(20) if v > 0],
+            "tracked_at_end": sum(end["count"].values()),
+            "types_at_end": [[k, v] for k, v in end["count"].most_common(15)],
             "new_frames": _new_frames(base["frame_ids"]), "weakref_lists": _weakref_lists()}
 
 
@@ -396,6 +431,12 @@ def report(minutes: float) -> dict[str, Any]:
         out["tracemalloc_growth"] = _growth(top)
     if os.environ.get("DUALSCOPE_BENCH_OBJECTS"):
         out["objects_growth"] = _objects_growth()
+    if "garbage" in _S:
+        g = _S["garbage"]
+        out["cyclic_garbage"] = {
+            "samples": g["samples"], "array_mb": round(g["array_mb"], 1),
+            "types": sorted(g["types"].items(), key=lambda kv: -kv[1])[:15],
+            "frames": sorted(g["frames"].items(), key=lambda kv: -kv[1])[:10]}
     if _S.get("profile") is not None:
         _S["profile"].dump_stats(os.environ["DUALSCOPE_BENCH_PROFILE_SNAPSHOT"])
     tot = _S["totals"]

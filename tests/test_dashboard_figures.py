@@ -78,6 +78,37 @@ def test_figures_use_a_small_template() -> None:
     assert fig.layout.paper_bgcolor == "#111821"
 
 
+def test_the_one_constructor_layout_is_what_update_layout_gives() -> None:
+    """``fig`` gives its whole layout to one constructor call (update_layout checks every
+    key's path: ~4x slower); the figure is the one the update calls made, nested keys merged
+    into the dashboard's defaults, not replacing them."""
+    from dashboard.figures.base import _LAYOUT, fig
+    from dashboard.palette import DIM
+
+    def by_updates(title: str | None, **layout: object) -> go.Figure:
+        f = go.Figure(layout=_LAYOUT)
+        if title:
+            f.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1,
+                                       yref="container", yanchor="top", pad=dict(t=8),
+                                       font=dict(size=13, color=DIM)),
+                            margin=dict(l=64, r=18, t=60, b=40))
+        f.update_layout(**layout)
+        return f
+
+    for title, layout in ((None, {}), ("Step time", {"height": 260, "barmode": "stack"}),
+                          ("x", {"margin": {"r": 170}, "xaxis": {"range": [0, 1]},
+                                 "legend": {"orientation": "v"}, "uirevision": "u"})):
+        assert fig(title, **layout).to_plotly_json() == by_updates(title, **layout).to_plotly_json()
+    made = empty_figure("nothing to draw", height=300, title="t").to_plotly_json()
+    f = by_updates("t", height=300)
+    f.update_xaxes(visible=False)
+    f.update_yaxes(visible=False)
+    f.add_annotation(text="nothing to draw", showarrow=False, font=dict(color=DIM, size=13),
+                     xref="paper", yref="paper", x=0.5, y=0.5)
+    assert made == f.to_plotly_json()
+    assert made["layout"]["xaxis"]["gridcolor"] == _LAYOUT["xaxis"]["gridcolor"]
+
+
 def test_overview_figures() -> None:
     steps = pd.DataFrame({"step": [0, 1, 2], "step_time_s": [1.0, 1.0, 1.5]})
     fig = step_time_figure(steps)

@@ -8,6 +8,7 @@ use :data:`SECONDS` (d3 ``.4~r``: ``12.35``, ``0.01235``), durations :data:`DURA
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
@@ -36,26 +37,39 @@ _LAYOUT: dict[str, Any] = dict(
 )
 
 
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested dicts merged key by key (as ``update_layout``)."""
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        out[key] = (_merged(old, value) if isinstance(old, dict) and isinstance(value, dict)
+                    else value)
+    return out
+
+
 def fig(title: str | None = None, **layout: object) -> go.Figure:
     """A figure in the dashboard's look; ``title`` on the first line, the legend on the
-    second, then the plot."""
-    f = go.Figure(layout=_LAYOUT)  # (update_layout(**_LAYOUT) is ~15x slower)
+    second, then the plot. The layout is given to one constructor call: ``update_layout``
+    checks the property path of every key it is given, nested ones too (a titled figure took
+    ~5 ms that way, ~1 ms this way, the same JSON), and plotly 6 defines a class for each
+    path it parses, which only the garbage collector frees."""
+    spec: dict[str, Any] = _LAYOUT
     if title:
-        f.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=1, yref="container",
-                                   yanchor="top", pad=dict(t=8), font=dict(size=13, color=DIM)),
-                        margin=dict(l=64, r=18, t=60, b=40))
-    f.update_layout(**layout)
-    return f
+        spec = _merged(spec, {"title": dict(text=title, x=0.01, xanchor="left", y=1,
+                                            yref="container", yanchor="top", pad=dict(t=8),
+                                            font=dict(size=13, color=DIM)),
+                              "margin": dict(l=64, r=18, t=60, b=40)})
+    if layout:
+        spec = _merged(spec, layout)
+    return go.Figure(layout=spec)
 
 
 def empty_figure(message: str, height: int = 260, title: str | None = None) -> go.Figure:
     """A blank panel that says why there is nothing to draw (and what it would show)."""
-    f = fig(title, height=height)
-    f.update_xaxes(visible=False)
-    f.update_yaxes(visible=False)
-    f.add_annotation(text="<br>".join(textwrap.wrap(message, 64)) or message, showarrow=False,
-                     font=dict(color=DIM, size=13), xref="paper", yref="paper", x=0.5, y=0.5)
-    return f
+    return fig(title, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+               annotations=[dict(text="<br>".join(textwrap.wrap(message, 64)) or message,
+                                 showarrow=False, font=dict(color=DIM, size=13), xref="paper",
+                                 yref="paper", x=0.5, y=0.5)])
 
 
 def axis_title(text: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ Rows: every rank gets three, ``measured`` (compute ops, with the bubbles of
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,9 @@ class TimelineIndex:
     ranks: np.ndarray     # sorted distinct ranks
     #: PHASE_COLUMNS, sorted by warmup_end_ns
     phases: pd.DataFrame
+    #: values computed from this index alone, kept with it (not in a cache keyed by its
+    #: ``id()``, which a later index can reuse once this one is freed)
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.start)

@@ -151,6 +151,47 @@ def test_live_timeline_follows_the_newest_step_its_ideal_covers(tmp_path: Path) 
     w.close()
 
 
+def test_the_newest_complete_step_is_of_the_index_drawn_from(tmp_path: Path) -> None:
+    """The live Timeline picks its step from the index it then draws from, and the pick is
+    kept with that index. It was cached under ``id(index)``: once an old index was freed, a
+    new one at the same address got the old pick, a step the live window no longer held (a
+    browser test saw "step 5 (newest complete) · 0 spans in window")."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    from pp_writer import rank_rows
+
+    from dashboard.aggregate import query
+    from profiler.manifest import Parallel
+    from profiler.store import RunWriter
+
+    runs = tmp_path / "runs"
+    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=2, pp=2)),
+                  rotate_s=3600, flush_s=0)
+    t0, step_ns = 1_800_000_000 * 10**9, 20_000_000
+
+    def write(steps: range) -> None:
+        for s in steps:
+            for r in (0, 1):
+                w.write_spans(rank_rows(r, s, t0 + s * step_ns))
+        w.flush()
+
+    write(range(0, 6))
+    rd_a, snap_a = DataService(str(runs), live_reload_s=0.0).snapshot("live")
+    old = rd_a.timeline_index(snap_a)
+    write(range(6, 10))
+    rd, snap = DataService(str(runs), live_reload_s=0.0).snapshot("live")
+    new = rd.timeline_index(snap)
+    assert new is not old
+    for ix, want in ((old, 4), (new, 8), (old, 4)):
+        step, view = timeline_page.newest_complete_step(rd, snap, ix)
+        assert step == want
+        x0, x1 = (ix.t0_ns + round(v * 1e9) for v in view)
+        assert query(ix, [0, 1], x0, x1).count > 0  # never an empty window
+    assert ("newest_complete", True) in old.memo and ("newest_complete", True) in new.memo
+    w.close()
+
+
 def test_live_step_summary_is_refreshed_in_the_background(tmp_path: Path) -> None:
     """The whole-run numbers of a live Overview (the pooled fit and straggler scores over
     every step's results: O(steps)) are computed again when the step results grow, on the

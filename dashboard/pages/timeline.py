@@ -19,7 +19,7 @@ from dash.exceptions import PreventUpdate
 from profiler.analysis import rank_node_map, steps_table
 
 from .. import ids
-from ..aggregate import CAT, ROW_KINDS, query
+from ..aggregate import CAT, ROW_KINDS, TimelineIndex, query
 from ..clock import ClockLike, as_clock, cutoff_ns
 from ..data import DataService, RunData
 from ..deeplink import born, fmt_window, parse_window, register_sync, step_param, step_value
@@ -118,7 +118,8 @@ def step_options(steps: pd.DataFrame, live: bool) -> tuple[list[dict[str, str]],
     return opts, default
 
 
-def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]] | None:
+def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None = None
+                         ) -> tuple[int, list[float]] | None:
     """(step, window in s since the run start) of the newest step every rank finished: the
     step before the newest one all ranks have begun (every step, once the run finished); the
     newest step when none is complete yet, so a run with data never shows an empty window.
@@ -126,10 +127,12 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
     index may lag the data); a live run follows the newest complete step that the index's
     ideal rows and bubble shading cover (both are refreshed less often than the spans). The
     window is the bubble analysis' when it has the step, else the step's extent (measured
-    and communication rows)."""
-    ix = rd.timeline_index(snap)
+    and communication rows). ``ix``: the index the caller draws from (default: the run's
+    current one), so that the step is one it has rows for."""
+    if ix is None:
+        ix = rd.timeline_index(snap)
 
-    def run(_: Snapshot) -> tuple[int, int, int] | None:  # of ix, the caller's index
+    def run() -> tuple[int, int, int] | None:  # of ix, the caller's index
         drawn = (ix.step >= 0) & (ix.row != ROW_KINDS.index("ideal"))
         if not drawn.any():
             return None
@@ -156,7 +159,12 @@ def newest_complete_step(rd: RunData, snap: Snapshot) -> tuple[int, list[float]]
         mine[drawn] = step == pick
         return pick, int(ix.start[mine].min()), int(ix.end[mine].max())
 
-    got = rd.derived("newest_complete", snap, run, (id(ix),), newest=False)
+    # kept with the index it is of: a cache keyed by id(ix) handed a value of a freed index
+    # to a new one at the same address, a step this index no longer holds (an empty window)
+    key = ("newest_complete", snap.live)
+    if key not in ix.memo:
+        ix.memo[key] = run()
+    got = ix.memo[key]
     if got is None:
         return None
     step, a, b = got
@@ -255,7 +263,7 @@ def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
     # follow the newest complete step, unless the user just zoomed (a relayout that leaves the
     # window as it was, plotly's autosize after a draw, is not a zoom)
     if step == "live" and not zoomed and cutoff_ns(c) is None:
-        got = newest_complete_step(rd, snap)
+        got = newest_complete_step(rd, snap, ix)  # of the index drawn from below
         if got is not None:
             live_step, view = got
     cut = cutoff_ns(c)

@@ -22,7 +22,10 @@ held spans, in steps (``--live-span-steps``; 0: hold every span; default: the da
 (cheap): the gc-tracked objects by type and the DataFrames' bytes at that time and at the
 end (``report()["objects_growth"]``). ``$DUALSCOPE_BENCH_GC_GARBAGE=1`` (a
 diagnosis): every 20 s from that time, what a full collection would free (cyclic garbage by
-type, the bytes of arrays among it, the frames; ``report()["cyclic_garbage"]``).
+type, the bytes of arrays among it, the frames; ``report()["cyclic_garbage"]``). The
+collector's pauses are reported per minute either way (``gc_by_minute``); the hook sets the
+collector as the server does (:func:`dashboard.heap.settle`) unless
+``$DUALSCOPE_BENCH_GC_DEFAULTS=1`` keeps CPython's defaults (to compare).
 ``$DUALSCOPE_BENCH_PROFILE_SNAPSHOT=FILE`` (a diagnosis):
 ``cProfile`` of the tick's snapshot read from ``$DUALSCOPE_BENCH_TRACEMALLOC_FROM_S`` on, its
 stats written to FILE by ``report()`` (read with ``python -m pstats FILE``).
@@ -151,7 +154,6 @@ _TRACE_FROM_S = float(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC_FROM_S") or 15
 
 def _objects() -> dict[str, Any]:
     """Live Python objects by type (gc-tracked ones), and the DataFrames' own bytes."""
-    import gc
     from collections import Counter
 
     import pandas as pd
@@ -160,9 +162,18 @@ def _objects() -> dict[str, Any]:
     objs = gc.get_objects()
     count = Counter(type(o).__qualname__ for o in objs)
     frames = [o for o in objs if isinstance(o, pd.DataFrame)]
-    mb = sum(int(f.memory_usage(index=True, deep=False).sum()) for f in frames) / 2**20
+    mb = sum(_frame_bytes(f) for f in frames) / 2**20
     return {"count": count, "frames_mb": mb, "frames": len(frames), "t": time.time() - _S["t0"],
             "frame_ids": {id(f) for f in frames}}
+
+
+def _frame_bytes(f: Any) -> int:
+    """A frame's own bytes; 0 for one the refresh thread is building as it is looked at (its
+    columns and index of different lengths for a moment)."""
+    try:
+        return int(f.memory_usage(index=True, deep=False).sum())
+    except ValueError:
+        return 0
 
 
 def _new_frames(base_ids: set[int], top: int = 8) -> list[dict[str, Any]]:
@@ -179,11 +190,10 @@ def _new_frames(base_ids: set[int], top: int = 8) -> list[dict[str, Any]]:
     for (shape, cols), fs in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]:
         chain, obj = [], fs[0]
         for _ in range(3):
-            refs = [r for r in gc.get_referrers(obj)
-                    if r is not fs and not isinstance(r, type(gc.get_objects)) and
-                    type(r).__name__ not in ("frame", "list") or
-                    (isinstance(r, list) and len(r) < 10_000 and r is not fs)]
-            refs = [r for r in refs if type(r).__name__ != "frame"]
+            # not the execution frames, nor this function's own lists (the group, and
+            # gc.get_objects()'s list of everything: the only one this long)
+            refs = [r for r in gc.get_referrers(obj) if type(r).__name__ != "frame"
+                    and r is not fs and not (isinstance(r, list) and len(r) >= 10_000)]
             if not refs:
                 break
             obj = refs[0]
@@ -232,8 +242,6 @@ def _arrow_holders(top: int = 10) -> list[dict[str, Any]]:
     """The live DataFrames holding the most Arrow memory: the bytes their Arrow-backed
     columns reference (whole buffers: a slice pins its parent's) against the bytes of the
     rows they show, their chunk count, and what refers to them."""
-    import gc
-
     import pandas as pd
 
     out = []

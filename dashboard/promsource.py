@@ -46,7 +46,15 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from profiler.counters import IB, NVLINK, NVLINK_LINK, RX_BYTES_PER_S, SM, TX_BYTES_PER_S
+from profiler.counters import (
+    IB,
+    NVLINK,
+    NVLINK_LINK,
+    RX_BYTES_PER_S,
+    SM,
+    TX_BYTES_PER_S,
+    device_kinds,
+)
 
 from .promql import PromClient, PromError, Series, label_value
 from .series import MAX_BINS
@@ -341,7 +349,7 @@ class PromSource:
         cluster = self.cluster(run, metric, w)
         if node:
             mine = cluster.loc[cluster["node"].to_numpy() == node]
-            totals = (mine["device"].astype(str).to_numpy() == NVLINK).any() if len(mine) else False
+            totals = bool((device_kinds(mine["device"]) == NVLINK).any())
             links = _empty() if totals else self.node_links(run, metric, node, w)
             node_rows = pd.concat([mine, links], ignore_index=True) if len(links) else mine
         else:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dash import no_update
@@ -26,6 +29,28 @@ REFERENCE = ROOT / "sample_traces" / "reference-cpu-pp2-ep2-dualpipev"
 
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9)
+
+
+def _pp_run(runs: Path) -> tuple[Any, Callable[[range], None]]:
+    """A live two-rank pipeline run (PP 2) at ``runs/live`` and a function writing its steps
+    (each 20 ms, both ranks' spans of the browser tests' writer), flushed after each call."""
+    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    from pp_writer import rank_rows
+
+    from profiler.manifest import Parallel
+    from profiler.store import RunWriter
+
+    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=2, pp=2)),
+                  rotate_s=3600, flush_s=0)
+    t0, step_ns = 1_800_000_000 * 10**9, 20_000_000
+
+    def write(steps: range) -> None:
+        for s in steps:
+            for r in (0, 1):
+                w.write_spans(rank_rows(r, s, t0 + s * step_ns))
+        w.flush()
+
+    return w, write
 
 
 def test_live_window_overview_equals_the_offline_one(tmp_path: Path) -> None:
@@ -94,25 +119,8 @@ def test_live_timeline_follows_the_newest_step_its_ideal_covers(tmp_path: Path) 
     that has ideal rows, never a step whose ideal row is empty (seen in a browser screenshot:
     step 42 drawn with both ideal rows blank). With a fresh ideal it shows the newest
     complete step."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests" / "browser"))
-    from pp_writer import rank_rows
-
-    from profiler.manifest import Parallel
-    from profiler.store import RunWriter
-
     runs = tmp_path / "runs"
-    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=2, pp=2)),
-                  rotate_s=3600, flush_s=0)
-    t0, step_ns = 1_800_000_000 * 10**9, 20_000_000
-
-    def write(steps: range) -> None:
-        for s in steps:
-            for r in (0, 1):
-                w.write_spans(rank_rows(r, s, t0 + s * step_ns))
-        w.flush()
-
+    w, write = _pp_run(runs)
     write(range(0, 6))
     svc = DataService(str(runs), live_reload_s=0.0)
     rd, snap = svc.snapshot("live")
@@ -156,26 +164,10 @@ def test_the_newest_complete_step_is_of_the_index_drawn_from(tmp_path: Path) -> 
     kept with that index. It was cached under ``id(index)``: once an old index was freed, a
     new one at the same address got the old pick, a step the live window no longer held (a
     browser test saw "step 5 (newest complete) · 0 spans in window")."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests" / "browser"))
-    from pp_writer import rank_rows
-
     from dashboard.aggregate import query
-    from profiler.manifest import Parallel
-    from profiler.store import RunWriter
 
     runs = tmp_path / "runs"
-    w = RunWriter(runs / "live", Manifest(source="probe", parallel=Parallel(world_size=2, pp=2)),
-                  rotate_s=3600, flush_s=0)
-    t0, step_ns = 1_800_000_000 * 10**9, 20_000_000
-
-    def write(steps: range) -> None:
-        for s in steps:
-            for r in (0, 1):
-                w.write_spans(rank_rows(r, s, t0 + s * step_ns))
-        w.flush()
-
+    w, write = _pp_run(runs)
     write(range(0, 6))
     rd_a, snap_a = DataService(str(runs), live_reload_s=0.0).snapshot("live")
     old = rd_a.timeline_index(snap_a)

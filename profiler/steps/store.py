@@ -161,10 +161,11 @@ class StepResults:
             raise ValueError(f"window_steps {window_steps} must be at least 1")
         self.window_steps = window_steps
         self.cursor = Cursor()
+        #: per table, the rows read so far: one frame, plus the pieces of the updates since
+        #: the table was last read (:meth:`table` joins them into one)
         self._rows: dict[str, list[pd.DataFrame]] = {n: [] for n in TABLES}
         self._pending: dict[str, list[pd.DataFrame]] = {n: [] for n in TABLES}
         self._committed: set[int] = set()
-        self._cache: dict[str, pd.DataFrame] = {}
 
     def update(self) -> dict[str, pd.DataFrame]:
         """Rows committed since the last call, per table (tables with none left out)."""
@@ -190,7 +191,6 @@ class StepResults:
                 new[name] = got
                 if name in self.keep:
                     self._rows[name].append(got)
-                    self._cache.pop(name, None)
         if self.window_steps is not None:
             for name in new:
                 if name in self.keep:
@@ -205,24 +205,20 @@ class StepResults:
         if int(df["step"].min()) < low:
             df = df.loc[df["step"].to_numpy() >= low].reset_index(drop=True)
         self._rows[name] = [df]
-        self._cache[name] = df
 
     def table(self, name: str, upto_ns: int | None = None) -> pd.DataFrame:
         """Every committed row of ``name`` (one of :data:`TABLES`) read so far; with
         ``upto_ns`` only rows whose step ended by then (``step_end_ns <= upto_ns``)."""
         if name not in TABLES:
             raise KeyError(f"unknown step-result table {name!r}; one of {', '.join(TABLES)}")
-        if name not in self._cache:
-            frames = self._rows[name]
-            df = (pd.concat(frames, ignore_index=True) if len(frames) > 1
-                  else frames[0] if frames else pd.DataFrame())
+        frames = self._rows[name]
+        if len(frames) > 1:
             # held as that one frame from now on: kept as the updates' pieces, every read of
             # the table (a concat) left a dead weak reference on each piece's index (pandas'
             # copy-on-write tracking clears them only past ~500 a piece), so a live run's
             # collector pauses grew with its steps (docs/performance.md, session 10)
-            self._rows[name] = [df] if frames else []
-            self._cache[name] = df
-        df = self._cache[name]
+            frames[:] = [pd.concat(frames, ignore_index=True)]
+        df = frames[0] if frames else pd.DataFrame()
         if upto_ns is not None and len(df):
             df = df.loc[df["step_end_ns"].to_numpy() <= upto_ns].reset_index(drop=True)
         return df

@@ -1,8 +1,8 @@
 """The cyclic garbage collector's settings for a long-running dashboard server.
 
 A server process holds a large heap that never dies (the imported modules of Dash, Plotly,
-pandas and pyarrow, the app's layout and callbacks: ~116 k tracked objects, 45 ms for one
-full collection on the development VM) and, for a live run, makes many short-lived container
+pandas and pyarrow, the app's layout and callbacks: ~116 k tracked objects after
+``import dashboard.app``, 45 ms for one full collection on the development VM, an ad-hoc check) and, for a live run, makes many short-lived container
 objects each tick (frames, figures, JSON). With CPython's defaults (a young collection every
 700 net allocations) the short-lived ones are often alive when a young collection runs,
 survive into the oldest generation, and make full collections frequent: at 64 live ranks the

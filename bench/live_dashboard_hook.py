@@ -51,6 +51,7 @@ from dashboard.data import DataService
 from dashboard.heap import settle
 from dashboard.pages import gpus, links, overview, render_if_changed, sms, timeline
 from dashboard.pages.timeline import render_key
+from dashboard.refresh import CHILD_STATS
 from dashboard.status import FreshnessTracker, status_outputs
 
 PAGES = ("snapshot", "header", "gpus", "links", "sms", "timeline", "overview")
@@ -94,7 +95,8 @@ def tick(run: Path, new: dict[str, Any]) -> None:
     now = time.time() - _S["t0"]
     _S["totals"].append((now, (time.perf_counter() - t_all) * 1e3))
     _S.setdefault("arrow", []).append((now, pa.total_allocated_bytes() / 2**20))
-    _S.setdefault("cpu", []).append((now, time.process_time()))  # every thread of the server
+    # every thread of the server and the refresh children it waited for
+    _S.setdefault("cpu", []).append((now, time.process_time() + CHILD_STATS["cpu_s"]))
     _S["run"] = run.name
     if now >= _TRACE_FROM_S:
         _diagnose(now)
@@ -289,10 +291,16 @@ def _tick(run: Path) -> None:
     if not _S or "svc" not in _S:
         steps = os.environ.get("DUALSCOPE_BENCH_SPAN_STEPS")  # the live window; 0: none
         duty = os.environ.get("DUALSCOPE_BENCH_REFRESH_DUTY")  # the refresh thread's share
-        svc = DataService(str(run.parent), prometheus=None,  # the app's defaults
-                          **({} if steps is None else {"live_span_steps": int(steps) or None}),
-                          **({} if duty is None else {"refresh_duty": float(duty)}))
-        _S.update(svc=svc, tracker=FreshnessTracker(svc), clock=None, last={}, cursor=None,
+        # 0: the stale views computed on the refresh thread itself, not in a child process
+        apart = os.environ.get("DUALSCOPE_BENCH_REFRESH_APART")
+        made = DataService(str(run.parent), prometheus=None)  # the app's defaults
+        if steps is not None:
+            made.live_span_steps = int(steps) or None
+        if duty is not None:
+            made.refresh_duty = float(duty)
+        if apart is not None:
+            made.refresh_apart = apart != "0"
+        _S.update(svc=made, tracker=FreshnessTracker(made), clock=None, last={}, cursor=None,
                   first={}, ticks=[])
         if not os.environ.get("DUALSCOPE_BENCH_GC_DEFAULTS"):  # as the server does it
             settle()
@@ -360,8 +368,9 @@ def _pcts(v: list[float]) -> dict[str, float] | None:
 
 def _cpu_by_minute(end: float) -> list[float | None]:
     """The server's CPU per minute, in cores: its threads' CPU seconds (callbacks and the
-    background refreshes of :meth:`dashboard.data.RunData.derived`) over wall seconds. The
-    tick times leave out what the background threads compute; this does not."""
+    background refreshes of :meth:`dashboard.data.RunData.derived`) and those of the refresh
+    children it waited for, over wall seconds. The tick times leave out what the background
+    computes; this does not."""
     out: list[float | None] = []
     for m in _minutes(end):
         xs = _in(_S.get("cpu", []), m)
@@ -432,6 +441,10 @@ def report(minutes: float) -> dict[str, Any]:
         round(max((mb for _, mb in _in(_S.get("arrow", []), m)), default=float("nan")), 1)
         for m in _minutes(end)]
     out["cpu_cores_by_minute"] = _cpu_by_minute(end)
+    # the refresh children (dashboard.refresh.compute_apart): how many, CPU, largest peak RSS
+    out["refresh_children"] = {"n": int(CHILD_STATS["n"]),
+                               "cpu_s": round(CHILD_STATS["cpu_s"], 1),
+                               "max_rss_mb": round(CHILD_STATS["max_rss_kib"] / 1024, 1)}
     out["gc_by_minute"] = _gc_by_minute(end)
     out["refresh"] = _refreshes()
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)

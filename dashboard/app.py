@@ -26,7 +26,7 @@ from profiler.freshness import FreshnessPolicy
 from . import ids
 from .clock import Clock, ClockLike, RunInfo, as_clock, clock_label, next_clock, ticking
 from .data import DataService
-from .defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
+from .defaults import LIVE_SPAN_STEPS, REFRESH_APART, REFRESH_DUTY
 from .heap import settle
 from .layout import error_card, nav_links, query_of, run_title, shell
 from .pages import experts, gpus, links, model, overview, runs, sms, timeline
@@ -96,15 +96,17 @@ def create_app(runs_dir: str | os.PathLike[str], *, live_interval_ms: int = 1000
                live_reload_s: float = 0.5, title: str = "dualscope", warm: bool = False,
                freshness: FreshnessPolicy | None = None, check_process: bool = True,
                live_span_steps: int | None = LIVE_SPAN_STEPS,
-               refresh_duty: float = REFRESH_DUTY) -> Dash:
+               refresh_duty: float = REFRESH_DUTY, refresh_apart: bool = REFRESH_APART) -> Dash:
     """The dashboard over the runs under ``runs_dir``. ``warm`` analyses the finished runs in
     a background thread so that their first visit is fast. ``freshness``: the limits of the
     header's LIVE / STALE / DEAD (:class:`~profiler.freshness.FreshnessPolicy`);
     ``check_process``: a local writer whose process is gone is DEAD at once.
     ``refresh_duty``: the share of its time the thread that recomputes a live run's views
-    may compute (:class:`~dashboard.data.RunData`)."""
+    may compute, ``refresh_apart``: whether it computes them in a child process at the lowest
+    priority (:class:`~dashboard.data.RunData`)."""
     svc = DataService(os.fspath(runs_dir), live_reload_s=live_reload_s,
-                      live_span_steps=live_span_steps, refresh_duty=refresh_duty)
+                      live_span_steps=live_span_steps, refresh_duty=refresh_duty,
+                      refresh_apart=refresh_apart)
     tracker = FreshnessTracker(svc, freshness, check_process=check_process,
                                min_interval_s=min(0.25, live_interval_ms / 2000.0))
     if warm:

@@ -42,11 +42,11 @@ from profiler.store.tail import RunTail
 
 from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
-from .defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
+from .defaults import LIVE_SPAN_STEPS, REFRESH_APART, REFRESH_DUTY
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, StepSummary, link_ports, step_summary
 from .promsource import PromSource
-from .refresh import REFRESH_THREAD, refresh_later
+from .refresh import REFRESH_THREAD, ApartLost, apart_possible, compute_apart, refresh_later
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
 __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
@@ -65,7 +65,7 @@ class RunData:
                  live_counters_s: float | None = 600.0,
                  live_counter_rows: int | None = 2_000_000,
                  live_span_steps: int | None = LIVE_SPAN_STEPS, background_refresh: bool = True,
-                 refresh_duty: float = REFRESH_DUTY):
+                 refresh_duty: float = REFRESH_DUTY, refresh_apart: bool = REFRESH_APART):
         self.entry = entry
         #: while the run is live, only this many seconds of its newest counters are kept, and
         #: at most this many rows (None: no limit); a finished run is read whole
@@ -96,6 +96,9 @@ class RunData:
         self.background_refresh = background_refresh
         #: the share of its time the refresh thread computes for this run (1: no rest)
         self.refresh_duty = refresh_duty
+        #: the background computations are made in a child process at the lowest priority
+        #: (:func:`~dashboard.refresh.compute_apart`), not on the refresh thread itself
+        self.refresh_apart = refresh_apart
         #: the newest computations of derived values: (name, monotonic end, cost s, in the
         #: background); what a benchmark reads to say how fresh the views were
         self.refreshes: deque[tuple[str, float, float, bool]] = deque(maxlen=4096)
@@ -226,7 +229,7 @@ class RunData:
                         done = self._inflight[k] = threading.Event()
                         refresh_later(functools.partial(
                             self._compute, k, None if newest else snap, fn, done, True,
-                            version), self.refresh_duty)
+                            version, hit[2]), self.refresh_duty)
                     return hit[3]  # type: ignore[no-any-return]  # being refreshed
                 if running is None:
                     mine = self._inflight[k] = threading.Event()
@@ -239,9 +242,14 @@ class RunData:
         return self._compute(k, snap, fn, mine, False, version)
 
     def _compute(self, k: tuple[Any, ...], snap: Snapshot | None, fn: Callable[[Snapshot], T],
-                 done: threading.Event, background: bool, version: object = None) -> T:
+                 done: threading.Event, background: bool, version: object = None,
+                 cost: float | None = None) -> T:
         """Compute ``k`` for ``snap`` (None: the newest snapshot read) and cache it as of
-        ``version`` (None: the snapshot's) (:meth:`derived`); ``done`` is set after."""
+        ``version`` (None: the snapshot's) (:meth:`derived`); ``done`` is set after. A
+        background computation whose last one took ``cost`` s or more than a fork is made in a
+        child process at the lowest priority (``refresh_apart``,
+        :func:`~dashboard.refresh.compute_apart`); in this thread when that is not possible
+        or the child delivers nothing."""
         try:
             t = time.monotonic()
             if snap is None:
@@ -249,7 +257,13 @@ class RunData:
                     snap = self._snap
                 assert snap is not None  # a background refresh follows a read
             try:
-                value = fn(snap)
+                if background and self.refresh_apart and apart_possible(cost):
+                    try:
+                        value = compute_apart(fn, snap, self._lock)
+                    except ApartLost:
+                        value = fn(snap)
+                else:
+                    value = fn(snap)
             except Exception:
                 if not background:
                     raise
@@ -394,6 +408,8 @@ class DataService:
     background_refresh: bool = True
     #: the share of its time the refresh thread may compute (RunData.refresh_duty)
     refresh_duty: float = REFRESH_DUTY
+    #: a live run's background computations made in a child process (RunData.refresh_apart)
+    refresh_apart: bool = REFRESH_APART
     catalog: RunCatalog = field(init=False)
     _runs: dict[str, RunData] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -415,7 +431,8 @@ class DataService:
                                  live_counter_rows=self.live_counter_rows,
                                  live_span_steps=self.live_span_steps,
                                  background_refresh=self.background_refresh,
-                                 refresh_duty=self.refresh_duty)
+                                 refresh_duty=self.refresh_duty,
+                                 refresh_apart=self.refresh_apart)
                 except DualscopeError as e:
                     raise self._public(e) from e
                 self._runs[entry.run_id] = rd

@@ -15,7 +15,7 @@ import click
 
 from profiler.freshness import FreshnessPolicy
 
-from ..defaults import LIVE_SPAN_STEPS, REFRESH_DUTY
+from ..defaults import LIVE_SPAN_STEPS, REFRESH_APART, REFRESH_DUTY
 
 __all__ = ["command", "serve"]
 
@@ -35,14 +35,16 @@ def use_prometheus(url: str | None, step_s: float = 10.0, timeout_s: float = 5.0
 
 def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
           live_interval_ms: int = 1000, freshness: FreshnessPolicy | None = None,
-          live_span_steps: int = LIVE_SPAN_STEPS, refresh_duty: float = REFRESH_DUTY) -> None:
+          live_span_steps: int = LIVE_SPAN_STEPS, refresh_duty: float = REFRESH_DUTY,
+          refresh_apart: bool = REFRESH_APART) -> None:
     """Build the app and serve it with Flask's threaded server until interrupted.
     ``live_span_steps``: 0 holds every span of a live run."""
     from ..app import create_app
     from ..heap import settle
 
     app = create_app(runs_dir, live_interval_ms=live_interval_ms, warm=True, freshness=freshness,
-                     live_span_steps=live_span_steps or None, refresh_duty=refresh_duty)
+                     live_span_steps=live_span_steps or None, refresh_duty=refresh_duty,
+                     refresh_apart=refresh_apart)
     settle()  # the long-lived heap frozen, young collections rarer (dashboard.heap)
     app.run(host=host, port=port, debug=debug, use_reloader=False, threaded=True)
 
@@ -79,11 +81,15 @@ def serve(runs_dir: str, host: str, port: int, *, debug: bool = False,
               help="The share of its time the thread that recomputes a live run's analyses "
                    "and ideal timeline may compute (1: always, when they are stale); less "
                    "leaves more CPU to the pages' callbacks, and the views refresh less often.")
+@click.option("--refresh-in-process", is_flag=True,
+              help="Recompute a live run's stale views on a thread of the server itself; by "
+                   "default each is computed in a forked child at the lowest CPU priority, so "
+                   "the pages' callbacks do not wait for it.")
 @click.option("--debug", is_flag=True, help="Dash debug mode (never on a shared host).")
 def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: float,
             dead_after: float, heartbeat_timeout: float, prometheus: str | None,
             prometheus_step: float, prometheus_timeout: float, live_span_steps: int,
-            refresh_duty: float, debug: bool) -> None:
+            refresh_duty: float, refresh_in_process: bool, debug: bool) -> None:
     """Serve the dashboard over the run directories under RUNS_DIR (default ./runs)."""
     from ..promsource import ENV_URL, PromSource
 
@@ -100,4 +106,5 @@ def command(runs_dir: str, host: str, port: int, refresh_ms: int, stale_after: f
     policy = FreshnessPolicy(stale_min_s=stale_after, dead_after_s=dead_after,
                              heartbeat_timeout_s=heartbeat_timeout)
     serve(runs_dir, host, port, debug=debug, live_interval_ms=refresh_ms, freshness=policy,
-          live_span_steps=live_span_steps, refresh_duty=refresh_duty)
+          live_span_steps=live_span_steps, refresh_duty=refresh_duty,
+          refresh_apart=not refresh_in_process)

@@ -71,7 +71,9 @@ def timed_ms(fn: Any) -> float:
 
 
 def _time(page: str, fn: Any) -> None:
+    apart = bool(CHILD_STATS["pid"])  # a refresh child computing as the page starts
     ms = timed_ms(fn)
+    _S.setdefault("apart", []).append((page, apart, ms))
     now = time.time() - _S["t0"]
     _S["first"].setdefault(page, ms)
     _S["ticks"].append((now, page, ms))
@@ -98,8 +100,25 @@ def tick(run: Path, new: dict[str, Any]) -> None:
     # every thread of the server and the refresh children it waited for
     _S.setdefault("cpu", []).append((now, time.process_time() + CHILD_STATS["cpu_s"]))
     _S["run"] = run.name
+    uss = _child_private_mb(int(CHILD_STATS["pid"]))
+    if uss is not None:
+        _S.setdefault("child_uss", []).append((now, uss))
     if now >= _TRACE_FROM_S:
         _diagnose(now)
+
+
+def _child_private_mb(pid: int) -> float | None:
+    """The private memory (MB: pages it has written, not those it still shares with the
+    server) of the refresh child computing now, or None (none, or already gone)."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            kib = sum(int(line.split()[1]) for line in f
+                      if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    except (OSError, ValueError, IndexError):
+        return None
+    return kib / 1024
 
 
 def _garbage_sample() -> None:
@@ -442,11 +461,26 @@ def report(minutes: float) -> dict[str, Any]:
         for m in _minutes(end)]
     out["cpu_cores_by_minute"] = _cpu_by_minute(end)
     # the refresh children (dashboard.refresh.compute_apart): how many, CPU, largest peak RSS
-    out["refresh_children"] = {"n": int(CHILD_STATS["n"]),
+    out["refresh_children"] = {"n": int(CHILD_STATS["n"]), "lost": int(CHILD_STATS["lost"]),
+                               # the server's side: forks and unpickling, GIL held (s / MB)
+                               **{k: round(CHILD_STATS[k], 3) for k in (
+                                   "fork_s", "fork_s_max", "loads_s", "loads_s_max")},
+                               "mb": round(CHILD_STATS["bytes"] / 2**20, 1),
+                               "mb_max": round(CHILD_STATS["bytes_max"] / 2**20, 1),
                                "cpu_s": round(CHILD_STATS["cpu_s"], 1),
-                               "max_rss_mb": round(CHILD_STATS["max_rss_kib"] / 1024, 1)}
+                               "max_rss_mb": round(CHILD_STATS["max_rss_kib"] / 1024, 1),
+                               # its own pages, sampled at the ticks while one computed
+                               "private_mb_max": round(max(
+                                   (mb for _, mb in _S.get("child_uss", [])), default=0.0), 1),
+                               "private_mb_by_minute": [round(max(
+                                   (mb for _, mb in _in(_S.get("child_uss", []), m)),
+                                   default=0.0), 1) for m in _minutes(end)]}
     out["gc_by_minute"] = _gc_by_minute(end)
     out["refresh"] = _refreshes()
+    # each page's p50 / p95 over the run while a refresh child computed and while none did
+    out["pages_ms_child_or_not"] = {
+        page: {k: _pcts([ms for p, a, ms in _S.get("apart", []) if p == page and a == v])
+               for k, v in (("child", True), ("none", False))} for page in PAGES}
     top = int(os.environ.get("DUALSCOPE_BENCH_TRACEMALLOC") or 0)
     if top:
         out["tracemalloc_growth"] = _growth(top)

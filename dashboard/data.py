@@ -57,6 +57,15 @@ STEP_TABLES_READ = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "work")
 
 T = TypeVar("T")
 
+#: a live run's derived value (and its snapshot) is reused until it is this many times its
+#: own compute (read) time old, even though the data grew: an expensive view of a big live
+#: run refreshes less often instead of falling behind, and computes at most ~1/3 of the time
+COST_MULTIPLE = 3
+#: a live run whose last read took at least this long (s) is re-read behind the callers' backs
+READ_BEHIND_MIN_S = 0.1
+#: the name of the thread that reads a live run behind the callers' backs
+READ_THREAD = "dualscope-read"
+
 
 class RunData:
     """One run: its reader, its data so far and the results derived from it."""
@@ -78,8 +87,13 @@ class RunData:
         self.reader = RunReader(entry.path)
         self.live_reload_s = live_reload_s
         self._lock = threading.RLock()
+        #: held by the one read at a time (:meth:`_read`); not by the callbacks
+        self._read_lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._loaded_at = -1e18
+        #: the last read's wall time (s) and whether a read behind the callers' backs runs
+        self._read_cost = 0.0
+        self._reading = False
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._cache_size = cache_size
         self._inflight: dict[tuple[Any, ...], threading.Event] = {}
@@ -129,64 +143,110 @@ class RunData:
         return tuple(sorted(sig, key=str))
 
     def snapshot(self) -> Snapshot:
-        """The run as read now; a live run is re-read at most every ``live_reload_s``, and
-        only when its files changed. A run that cannot be read raises the
+        """The run as read now; a live run is re-read at most every ``live_reload_s`` (and
+        every ``COST_MULTIPLE`` x its last read's cost), and only when its files changed. A
+        live run whose last read took ``READ_BEHIND_MIN_S`` or more is re-read behind the
+        caller's back (a thread of its own, one read at a time): the caller takes the
+        snapshot it has, so a page's tick never waits for a read of a big run's new rows; with
+        ``live_reload_s`` 0 every read is made for the caller (what tests and scripts that
+        write and then look expect). A run that cannot be read raises the
         :class:`~profiler.errors.DualscopeError` of its reader (one line naming the file),
-        again without reading while its files stay the same."""
+        again without reading while its files stay the same; a read behind the caller's back
+        that fails is raised to the next caller."""
         with self._lock:
             if self._failed is not None:
                 sig, err = self._failed
                 if self.files_signature() == sig:
                     raise err
                 self._failed = None
-            try:
-                return self._read()
-            except DualscopeError as e:
+            snap = self._snap
+            if snap is not None and not self._due(snap):
+                return snap
+            if (snap is not None and self.background_refresh and self.live_reload_s > 0
+                    and self._read_cost >= READ_BEHIND_MIN_S):
+                if not self._reading:
+                    self._reading = True
+                    threading.Thread(target=self._read_behind, daemon=True,
+                                     name=READ_THREAD).start()
+                return snap
+        with self._read_lock:
+            with self._lock:  # another caller may have read it meanwhile
+                snap = self._snap
+                if snap is not None and not self._due(snap):
+                    return snap
+            return self._read_or_fail()
+
+    def _due(self, snap: Snapshot) -> bool:
+        """Whether a live snapshot is due to be read again (:meth:`snapshot`): always with
+        ``live_reload_s`` 0, else once it is that old and ``COST_MULTIPLE`` x its read's cost."""
+        return snap.live and (self.live_reload_s <= 0 or time.monotonic() - self._loaded_at
+                              >= max(self.live_reload_s, COST_MULTIPLE * self._read_cost))
+
+    def _read_behind(self) -> None:
+        try:
+            with self._read_lock:
+                self._read_or_fail()
+        except Exception:  # noqa: S110 - kept in _failed, raised to the next caller
+            pass
+        finally:
+            with self._lock:
+                self._reading = False
+
+    def _read_or_fail(self) -> Snapshot:
+        """:meth:`_read`, its errors kept (``_failed``) as one-line run format errors.
+        Called with ``_read_lock`` held."""
+        try:
+            return self._read()
+        except DualscopeError as e:
+            with self._lock:
                 self._failed = (self.files_signature(), e)
-                raise
-            except (OSError, ArrowException, ValueError) as e:  # what a damaged file may raise
-                err = RunFormatError(f"{self.entry.path}: cannot be read ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0] if str(e) else 'no detail'})")
+            raise
+        except (OSError, ArrowException, ValueError) as e:  # what a damaged file may raise
+            err = RunFormatError(f"{self.entry.path}: cannot be read ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'no detail'})")
+            with self._lock:
                 self._failed = (self.files_signature(), err)
-                raise err from e
+            raise err from e
 
     def _read(self) -> Snapshot:
-        """The snapshot: read whole the first time, then (a live run, at most every
-        ``live_reload_s``) only what is new: the tail's cursors find it, one small read per
-        stream, so nothing scales with the number of segment files a long run has written."""
+        """The snapshot: read whole the first time, then (a live run) only what is new: the
+        tail's cursors find it, one small read per stream, so nothing scales with the number
+        of segment files a long run has written. Called with ``_read_lock`` held (one read
+        at a time); ``_lock`` only to publish the new snapshot, so the pages' callbacks and
+        derived values are not held up by a read."""
+        t = time.monotonic()
+        manifest = self.reader.refresh_manifest()
+        live = manifest.status == "live"
+        window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
+                  and live else None)
+        rows = self.live_counter_rows if live else None
+        span_steps = self.live_span_steps if live else None
+        if (self._tail is None or not self._tail.compatible()
+                or (self._tail.counters_window_ns, self._tail.counters_max_rows,
+                    self._tail.span_steps) != (window, rows, span_steps)):
+            self._tail = RunTail(self.reader, counters_window_ns=window,
+                                 counters_max_rows=rows, span_steps=span_steps)
+        if self._tail.update():
+            self._generation += 1
+        spans, counters = self._tail.spans, self._tail.counters
+        # the tail's generation: a capped frame can change at a constant length
+        version = hash((self._generation, id(self._tail), len(spans), len(counters),
+                        manifest.status))
+        snap = self._snap
+        if snap is None or version != snap.version:
+            t0, t1 = time_bounds(spans, counters)
+            # the run's start stays the first row ever read when the windows drop the
+            # oldest rows: every view's "time since run start" keeps its origin
+            first = self._tail.first_ns
+            if first is not None and (len(spans) or len(counters)):
+                t0 = min(t0, first)
+            snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1,
+                            self._tail.window_steps)
         with self._lock:
-            now = time.monotonic()
-            if self._snap is not None and not (
-                    self._snap.live and now - self._loaded_at >= self.live_reload_s):
-                return self._snap
-            manifest = self.reader.refresh_manifest()
-            live = manifest.status == "live"
-            window = (int(self.live_counters_s * 1e9) if self.live_counters_s is not None
-                      and live else None)
-            rows = self.live_counter_rows if live else None
-            span_steps = self.live_span_steps if live else None
-            if (self._tail is None or not self._tail.compatible()
-                    or (self._tail.counters_window_ns, self._tail.counters_max_rows,
-                        self._tail.span_steps) != (window, rows, span_steps)):
-                self._tail = RunTail(self.reader, counters_window_ns=window,
-                                     counters_max_rows=rows, span_steps=span_steps)
-            if self._tail.update():
-                self._generation += 1
-            spans, counters = self._tail.spans, self._tail.counters
-            # the tail's generation: a capped frame can change at a constant length
-            version = hash((self._generation, id(self._tail), len(spans), len(counters),
-                            manifest.status))
-            if self._snap is None or version != self._snap.version:
-                t0, t1 = time_bounds(spans, counters)
-                # the run's start stays the first row ever read when the windows drop the
-                # oldest rows: every view's "time since run start" keeps its origin
-                first = self._tail.first_ns
-                if first is not None and (len(spans) or len(counters)):
-                    t0 = min(t0, first)
-                self._snap = Snapshot(self.run_id, manifest, spans, counters, version, t0, t1,
-                                      self._tail.window_steps)
-            self._loaded_at = now
-            return self._snap
+            self._snap = snap
+            self._loaded_at = time.monotonic()
+            self._read_cost = self._loaded_at - t
+        return snap
 
     def derived(self, name: str, snap: Snapshot, fn: Callable[[Snapshot], T],
                 key: tuple[Any, ...] = (), *, newest: bool = True,
@@ -194,7 +254,7 @@ class RunData:
         """``fn(snap)`` memoised per (name, key) and data version (``version``, when the
         value is of other data than the snapshot's: by default ``snap.version``). While a run
         is live, a value
-        computed less than ``3 x`` its own compute time ago is reused even though the data
+        computed less than ``COST_MULTIPLE`` (3) x its own compute time ago is reused even though the data
         grew, so an expensive view of a big live run refreshes less often instead of falling
         behind (a small run recomputes on every tick). Past that, a live run's caller takes
         the value it has and the new one is computed in a background thread
@@ -219,7 +279,7 @@ class RunData:
                 hit = self._cache.get(k)
                 if hit is not None:
                     of, at, cost, value = hit
-                    if of == want or (snap.live and now - at < 3 * cost):
+                    if of == want or (snap.live and now - at < COST_MULTIPLE * cost):
                         self._cache.move_to_end(k)
                         return value  # type: ignore[no-any-return]
                 running = self._inflight.get(k)

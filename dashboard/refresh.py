@@ -31,8 +31,13 @@ _IN_CHILD = False
 #: CPU seconds (user + system) of the children :func:`compute_apart` waited for, per thread
 _CHILD_CPU = threading.local()
 #: what the children of :func:`compute_apart` cost in this process: how many, their CPU
-#: seconds and the largest one's peak RSS (KiB); what a benchmark reads
-CHILD_STATS: dict[str, float] = {"n": 0, "cpu_s": 0.0, "max_rss_kib": 0}
+#: seconds, the largest one's peak RSS (KiB; shared pages included), the one computing now
+#: (``pid``, 0: none), how many delivered nothing (``lost``), the time the server spent
+#: forking and unpickling their values (the interpreter lock held; total and longest) and
+#: the values' sizes; what a benchmark reads
+CHILD_STATS: dict[str, float] = {"n": 0, "cpu_s": 0.0, "max_rss_kib": 0, "pid": 0, "lost": 0,
+                                 "fork_s": 0.0, "fork_s_max": 0.0, "loads_s": 0.0,
+                                 "loads_s_max": 0.0, "bytes": 0, "bytes_max": 0}
 #: a child that has not delivered after this long is killed and the view computed in-thread
 APART_TIMEOUT_S = 900.0
 
@@ -99,6 +104,7 @@ def compute_apart(fn: Callable[[Any], T], arg: Any, hold: Any) -> T:
     lock), held by this thread across the fork so that no other thread holds it in the child.
     Raises what ``fn`` raised; :class:`ApartLost` when the child delivered nothing."""
     r, w = os.pipe()
+    t = time.perf_counter()
     with hold:
         if sys.version_info >= (3, 12):  # "multi-threaded, use of fork() may lead to deadlocks"
             with warnings.catch_warnings():
@@ -109,28 +115,44 @@ def compute_apart(fn: Callable[[Any], T], arg: Any, hold: Any) -> T:
         if pid == 0:  # the child: only this thread exists, and it holds ``hold``
             _child(fn, arg, r, w)
     os.close(w)
+    _add("fork_s", time.perf_counter() - t)
+    CHILD_STATS["pid"] = pid
     try:
         data = _read_all(r, pid)
     finally:
         os.close(r)
         _, status, usage = os.wait4(pid, 0)
+        CHILD_STATS["pid"] = 0
         cpu = usage.ru_utime + usage.ru_stime
         _CHILD_CPU.s = float(getattr(_CHILD_CPU, "s", 0.0)) + cpu
         CHILD_STATS["n"] += 1
         CHILD_STATS["cpu_s"] += cpu
         CHILD_STATS["max_rss_kib"] = max(CHILD_STATS["max_rss_kib"], usage.ru_maxrss)
     if not data or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-        raise ApartLost(f"the refresh child ended with status {status} and "
-                        f"{len(data)} bytes")
+        raise _lost(f"the refresh child ended with status {status} and {len(data)} bytes")
+    t = time.perf_counter()
     try:
         kind, value = pickle.loads(data)  # noqa: S301 - our own child's bytes
     except Exception as e:  # an error type that cannot be rebuilt here
-        raise ApartLost(f"the refresh child's value cannot be read: {e}") from e
+        raise _lost(f"the refresh child's value cannot be read: {e}") from e
+    finally:
+        _add("loads_s", time.perf_counter() - t)
+        _add("bytes", len(data))
     if kind == "ok":
         return value  # type: ignore[no-any-return]
     if kind == "err":
         raise value
-    raise ApartLost(str(value))
+    raise _lost(str(value))
+
+
+def _add(name: str, x: float) -> None:
+    CHILD_STATS[name] += x
+    CHILD_STATS[name + "_max"] = max(CHILD_STATS[name + "_max"], x)
+
+
+def _lost(why: str) -> ApartLost:
+    CHILD_STATS["lost"] += 1
+    return ApartLost(why)
 
 
 def _read_all(r: int, pid: int) -> bytes:

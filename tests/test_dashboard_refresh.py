@@ -152,3 +152,66 @@ def test_a_live_runs_stale_view_is_computed_apart(svc_dir: Path, apart: bool,
     assert thread == refresh.REFRESH_THREAD
     assert (pid != os.getpid()) if apart else (pid == os.getpid())
     assert [r[3] for r in rd.refreshes if r[0] == "where"] == [False, True]
+
+
+def test_a_big_live_run_is_read_behind_the_callers_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live run whose last read was dear is read again on a thread of its own: callers take
+    the snapshot they have at once, and neither they nor the derived values wait for the
+    read (it does not hold the run's lock); the new rows come with the next call after it;
+    a read that fails is raised to the next caller."""
+    from dashboard import data
+    from profiler.errors import RunFormatError
+    from profiler.manifest import Manifest
+    from profiler.store import RunWriter
+
+    monkeypatch.setattr(data, "READ_BEHIND_MIN_S", 0.0)  # every read of this run is "dear"
+    root = tmp_path / "runs"
+    w = RunWriter(root / "live", Manifest(source="probe"), rotate_s=60, flush_s=0)
+
+    def span(rank: int) -> None:
+        w.write_spans({"rank": [rank], "lane": ["compute"], "kind": ["action"],
+                       "name": ["a"], "start_ns": [rank * 10], "end_ns": [rank * 10 + 5]})
+        w.flush()
+
+    span(0)
+    svc = DataService(str(root), live_reload_s=0.05, prometheus=None)
+    rd, snap1 = svc.snapshot("live")  # the first read is the caller's
+    assert len(snap1.spans) == 1
+    gate, entered = threading.Event(), threading.Event()
+    real = rd.reader.refresh_manifest
+
+    def slow_manifest() -> Any:
+        entered.set()
+        assert gate.wait(20)
+        return real()
+
+    monkeypatch.setattr(rd.reader, "refresh_manifest", slow_manifest)
+    span(1)
+    time.sleep(0.1)
+    t = time.monotonic()
+    assert rd.snapshot() is snap1  # due, but read behind: the one it has, at once
+    assert entered.wait(10)  # the read runs ...
+    assert any(th.name == data.READ_THREAD for th in threading.enumerate())
+    assert rd.snapshot() is snap1  # ... and one read at a time
+    assert rd.derived("x", snap1, lambda _: 7) == 7  # nothing waits for it
+    assert time.monotonic() - t < 5
+    gate.set()
+    deadline = time.monotonic() + 10
+    while len(rd.snapshot().spans) != 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(rd.snapshot().spans) == 2
+
+    def broken() -> Any:
+        raise RunFormatError("live/manifest.json: damaged")
+
+    monkeypatch.setattr(rd.reader, "refresh_manifest", broken)
+    span(2)  # the files change, so a failure is not the last one's again
+    time.sleep(0.1)
+    rd.snapshot()  # starts the read behind, which fails
+    deadline = time.monotonic() + 10
+    while rd._failed is None and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.02)
+    with pytest.raises(RunFormatError, match="damaged"):
+        rd.snapshot()
+    w.close()

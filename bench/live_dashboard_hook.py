@@ -100,6 +100,9 @@ def tick(run: Path, new: dict[str, Any]) -> None:
     # every thread of the server and the refresh children it waited for
     _S.setdefault("cpu", []).append((now, time.process_time() + CHILD_STATS["cpu_s"]))
     _S["run"] = run.name
+    age = _S["svc"].run(run.name).view_age_s()  # how old the data the pages drew is
+    if age is not None:
+        _S.setdefault("view_age", []).append((now, age))
     uss = _child_private_mb(int(CHILD_STATS["pid"]))
     if uss is not None:
         _S.setdefault("child_uss", []).append((now, uss))
@@ -477,6 +480,12 @@ def report(minutes: float) -> dict[str, Any]:
                                    default=0.0), 1) for m in _minutes(end)]}
     out["gc_by_minute"] = _gc_by_minute(end)
     out["refresh"] = _refreshes()
+    # how old the snapshot the pages drew from was after each tick (s): a big live run is read
+    # behind the pages' backs (RunData.snapshot), so a cheap tick may show older data
+    out["view_age_s_by_minute"] = [
+        {**(_pcts([a for _, a in _in(_S.get("view_age", []), m)]) or {}),
+         "max": round(max((a for _, a in _in(_S.get("view_age", []), m)), default=0.0), 1)}
+        for m in _minutes(end)]
     # each page's p50 / p95 over the run while a refresh child computed and while none did
     out["pages_ms_child_or_not"] = {
         page: {k: _pcts([ms for p, a, ms in _S.get("apart", []) if p == page and a == v])

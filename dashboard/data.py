@@ -94,6 +94,7 @@ class RunData:
         #: the last read's wall time (s) and whether a read behind the callers' backs runs
         self._read_cost = 0.0
         self._reading = False
+        self._read_started = -1e18
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._cache_size = cache_size
         self._inflight: dict[tuple[Any, ...], threading.Event] = {}
@@ -113,8 +114,9 @@ class RunData:
         #: the background computations are made in a child process at the lowest priority
         #: (:func:`~dashboard.refresh.compute_apart`), not on the refresh thread itself
         self.refresh_apart = refresh_apart
-        #: the newest computations of derived values: (name, monotonic end, cost s, in the
-        #: background); what a benchmark reads to say how fresh the views were
+        #: the newest computations of derived values and reads of a live run ("read"):
+        #: (name, monotonic end, cost s, in the background); what a benchmark reads to say
+        #: how fresh the views were
         self.refreshes: deque[tuple[str, float, float, bool]] = deque(maxlen=4096)
 
     @property
@@ -175,6 +177,15 @@ class RunData:
                 if snap is not None and not self._due(snap):
                     return snap
             return self._read_or_fail()
+
+    def view_age_s(self) -> float | None:
+        """How old the snapshot the pages show is (s since the read that made it began), or
+        None before the first read and for a run that is not live. A read behind the
+        callers' backs makes it one read interval at most (:meth:`snapshot`)."""
+        with self._lock:
+            snap = self._snap
+            return time.monotonic() - self._read_started if snap is not None and snap.live \
+                else None
 
     def _due(self, snap: Snapshot) -> bool:
         """Whether a live snapshot is due to be read again (:meth:`snapshot`): always with
@@ -245,7 +256,11 @@ class RunData:
         with self._lock:
             self._snap = snap
             self._loaded_at = time.monotonic()
+            self._read_started = t
             self._read_cost = self._loaded_at - t
+            if live:
+                self.refreshes.append(("read", self._loaded_at, self._read_cost,
+                                       threading.current_thread().name == READ_THREAD))
         return snap
 
     def derived(self, name: str, snap: Snapshot, fn: Callable[[Snapshot], T],

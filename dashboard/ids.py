@@ -18,6 +18,7 @@ CLOCK_LABEL = "clock-label"
 MODE_BADGE = "mode-badge"
 FRESHNESS = "freshness"
 FRESH_CHIP = "fresh-chip"
+FRESH_VIEW = "fresh-view"
 #: the URL (path + search) the page shows now (dashboard.deeplink)
 VIEW_SHOWN = "view-shown"
 #: what a page with URL parameters drew from the URL (dashboard.deeplink.born)

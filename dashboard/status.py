@@ -260,11 +260,23 @@ def _source_chip(s: SourceFreshness) -> html.Span:
         html.Span(fmt_age(s.age_s), className="fresh-age")])
 
 
-def _strip(run: str, f: RunFreshness) -> list[Any]:
+#: the header says how old the pages' view of a live run is once it is this old (s): a big
+#: run is read behind the pages' backs, every 3x a read's cost (``RunData.snapshot``)
+VIEW_AGE_SHOWN_S = 3.0
+
+
+def _strip(run: str, f: RunFreshness, view_age_s: float | None = None) -> list[Any]:
     out: list[Any] = []
     if f.step is not None:
         out.append(html.Span(f"step {f.step}", className="fresh-step",
                              title="the newest step any writer reported"))
+    if view_age_s is not None and view_age_s >= VIEW_AGE_SHOWN_S and f.state != "FINISHED":
+        out.append(html.Span(
+            ["view ", html.Span(fmt_age(view_age_s), className="fresh-age")],
+            className="fresh-view", id=ids.FRESH_VIEW,
+            title="the pages show the run as read this long ago: a big live run is read "
+                  "again behind the pages' backs, every 3x as long as a read takes; the "
+                  "ages beside it are of the run's files"))
     if f.state != "FINISHED":
         spans = [s for s in f.sources if s.source == "spans"]
         nodes = [s for s in f.sources if s.source != "spans"]
@@ -314,4 +326,8 @@ def status_outputs(tracker: FreshnessTracker, clock: ClockLike) -> tuple[str, st
     except Exception:  # the page says why the run cannot be read
         return (*BADGES["OFFLINE"], [])
     text, cls = BADGES[f.state]
-    return text, cls, _strip(c.run, f)
+    try:
+        age = tracker.svc.run(c.run).view_age_s()
+    except Exception:  # the page says why the run cannot be read
+        age = None
+    return text, cls, _strip(c.run, f, age)

@@ -153,3 +153,32 @@ def test_newest_step_is_not_hidden_by_spans_without_one() -> None:
     assert newest_step(spans) == 7
     assert newest_step(spans.iloc[[1]]) is None and newest_step(spans.iloc[:0]) is None
     assert newest_step(pd.DataFrame({"step": pd.array([-1, None], dtype="Int32")})) is None
+
+
+def test_header_says_how_old_the_pages_view_is(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live run read behind the pages' backs shows data one read interval old: once the
+    view is older than VIEW_AGE_SHOWN_S the header says so ("view N s"); a fresh view and a
+    finished run say nothing of it."""
+    from dashboard import status
+
+    monkeypatch.setattr(status, "VIEW_AGE_SHOWN_S", 0.3)
+    runs = tmp_path / "runs"
+    w = RunWriter(runs / "r", Manifest(source="probe", parallel=Parallel(world_size=2, pp=2)),
+                  heartbeat="job", flush_s=0, fsync=False)
+    _write_step(w, 0, time.time_ns())
+    svc = DataService(str(runs), live_reload_s=60.0)  # read once, then not again for a while
+    tracker = FreshnessTracker(svc, POLICY)
+    c = new_clock("r", live=True)
+    svc.snapshot("r")
+    _, _, strip = status_outputs(tracker, c)
+    assert _find(strip, ids.FRESH_VIEW) is None
+    time.sleep(0.4)
+    _, _, strip = status_outputs(tracker, c)
+    view = _find(strip, ids.FRESH_VIEW)
+    assert view is not None and _text(view).startswith("view ")
+    w.close()
+    svc.run("r").live_reload_s = 0.0
+    svc.snapshot("r")  # read again: finished
+    _, _, strip = status_outputs(tracker, next_clock(c, "tick", run_info={"live": False}))
+    assert _find(strip, ids.FRESH_VIEW) is None

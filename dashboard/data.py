@@ -46,7 +46,14 @@ from .defaults import LIVE_SPAN_STEPS, REFRESH_APART, REFRESH_DUTY
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, StepSummary, link_ports, step_summary
 from .promsource import PromSource
-from .refresh import REFRESH_THREAD, ApartLost, apart_possible, compute_apart, refresh_later
+from .refresh import (
+    REFRESH_THREAD,
+    ApartLost,
+    apart_possible,
+    compute_apart,
+    in_child,
+    refresh_later,
+)
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
 __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
@@ -162,8 +169,8 @@ class RunData:
                     raise err
                 self._failed = None
             snap = self._snap
-            if snap is not None and not self._due(snap):
-                return snap
+            if snap is not None and (not self._due(snap) or in_child()):
+                return snap  # a refresh child never reads (dashboard.refresh.in_child)
             if (snap is not None and self.background_refresh and self.live_reload_s > 0
                     and self._read_cost >= READ_BEHIND_MIN_S):
                 if not self._reading:

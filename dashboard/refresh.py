@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 from .defaults import REFRESH_APART_MIN_S, REFRESH_DUTY
 
-__all__ = ["REFRESH_THREAD", "ApartLost", "apart_possible", "compute_apart", "refresh_later"]
+__all__ = ["REFRESH_THREAD", "ApartLost", "apart_possible", "compute_apart", "in_child",
+           "refresh_later"]
 
 REFRESH_THREAD = "dualscope-refresh"
 _REFRESH_QUEUE: queue.SimpleQueue[tuple[Callable[[], object], float]] | None = None
@@ -39,7 +40,7 @@ CHILD_STATS: dict[str, float] = {"n": 0, "cpu_s": 0.0, "max_rss_kib": 0, "pid": 
                                  "fork_s": 0.0, "fork_s_max": 0.0, "loads_s": 0.0,
                                  "loads_s_max": 0.0, "bytes": 0, "bytes_max": 0}
 #: a child that has not delivered after this long is killed and the view computed in-thread
-APART_TIMEOUT_S = 900.0
+APART_TIMEOUT_S = 600.0
 
 T = TypeVar("T")
 
@@ -83,6 +84,12 @@ def _refresh_loop(tasks: queue.SimpleQueue[tuple[Callable[[], object], float]]) 
             task()
         if 0 < duty < 1:
             time.sleep(max(0.0, _cpu_used() - c) * (1 / duty - 1))
+
+
+def in_child() -> bool:
+    """Whether this process is a child of :func:`compute_apart` (it must not read: another
+    thread of the server may have held the read's lock when it forked)."""
+    return _IN_CHILD
 
 
 def apart_possible(cost_s: float | None) -> bool:

@@ -215,3 +215,23 @@ def test_a_big_live_run_is_read_behind_the_callers_back(
     with pytest.raises(RunFormatError, match="damaged"):
         rd.snapshot()
     w.close()
+
+
+def test_a_refresh_child_never_reads_the_run(tmp_path: Path) -> None:
+    """In a child of compute_apart a snapshot is the one the server had, however due a read
+    is: another thread of the server may have held the read's lock when it forked."""
+    from profiler.manifest import Manifest
+    from profiler.store import RunWriter
+
+    root = tmp_path / "runs"
+    w = RunWriter(root / "live", Manifest(source="probe"), rotate_s=60, flush_s=0)
+    for rank in range(2):
+        w.write_spans({"rank": [rank], "lane": ["compute"], "kind": ["action"], "name": ["a"],
+                       "start_ns": [rank], "end_ns": [rank + 5]})
+        w.flush()
+        if rank == 0:
+            svc = DataService(str(root), live_reload_s=0.0, prometheus=None)
+            rd, snap = svc.snapshot("live")
+    assert compute_apart(lambda r: len(r.snapshot().spans), rd, rd._lock) == 1  # noqa: SLF001
+    assert len(rd.snapshot().spans) == 2  # the server itself reads what is new
+    w.close()

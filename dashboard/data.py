@@ -68,6 +68,11 @@ T = TypeVar("T")
 #: own compute (read) time old, even though the data grew: an expensive view of a big live
 #: run refreshes less often instead of falling behind, and computes at most ~1/3 of the time
 COST_MULTIPLE = 3
+#: the longest wait (s) between the end of a read of a live run and the next: unlike a derived
+#: value's, a read's cost grows with the wait (it reads what came meanwhile), so 3x one slow
+#: read would make the next slower still (at 512 ranks on one core: a 28.7 s read, then a 94 s
+#: wait, the view 112 s old)
+READ_WAIT_MAX_S = 10.0
 #: a live run whose last read took at least this long (s) is re-read behind the callers' backs
 READ_BEHIND_MIN_S = 0.1
 #: the name of the thread that reads a live run behind the callers' backs
@@ -196,9 +201,11 @@ class RunData:
 
     def _due(self, snap: Snapshot) -> bool:
         """Whether a live snapshot is due to be read again (:meth:`snapshot`): always with
-        ``live_reload_s`` 0, else once it is that old and ``COST_MULTIPLE`` x its read's cost."""
+        ``live_reload_s`` 0, else once it is that old and ``COST_MULTIPLE`` x its read's cost
+        (at most ``READ_WAIT_MAX_S``)."""
         return snap.live and (self.live_reload_s <= 0 or time.monotonic() - self._loaded_at
-                              >= max(self.live_reload_s, COST_MULTIPLE * self._read_cost))
+                              >= max(self.live_reload_s, min(COST_MULTIPLE * self._read_cost,
+                                                             READ_WAIT_MAX_S)))
 
     def _read_behind(self) -> None:
         try:

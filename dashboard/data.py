@@ -21,14 +21,12 @@ played over a finished run (:mod:`dashboard.snapshot`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 from pyarrow import ArrowException
@@ -43,17 +41,11 @@ from profiler.store.tail import RunTail
 from .aggregate import TimelineIndex, build_index
 from .catalog import RunCatalog, RunEntry
 from .defaults import LIVE_SPAN_STEPS, REFRESH_APART, REFRESH_DUTY
+from .derived import COST_MULTIPLE, Derived
 from .ideal import IdealTimeline, ideal_timeline
 from .overview_model import DEFAULT_THRESHOLDS, StepSummary, link_ports, step_summary
 from .promsource import PromSource
-from .refresh import (
-    REFRESH_THREAD,
-    ApartLost,
-    apart_possible,
-    compute_apart,
-    in_child,
-    refresh_later,
-)
+from .refresh import in_child
 from .snapshot import Snapshot, clip_to_cutoff, quantize_cutoff, time_bounds
 
 __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
@@ -62,12 +54,6 @@ __all__ = ["DataService", "RunData", "LIVE_SPAN_STEPS", "STEP_TABLES_READ"]
 #: numbers); the others (per-node bandwidth, costs, ideal spans, per-step scores) are not held
 STEP_TABLES_READ = ("steps", "bubbles", "overlap", "sm", "ops", "ideal", "work")
 
-T = TypeVar("T")
-
-#: a live run's derived value (and its snapshot) is reused until it is this many times its
-#: own compute (read) time old, even though the data grew: an expensive view of a big live
-#: run refreshes less often instead of falling behind, and computes at most ~1/3 of the time
-COST_MULTIPLE = 3
 #: the longest wait (s) between the end of a read of a live run and the next: unlike a derived
 #: value's, a read's cost grows with the wait (it reads what came meanwhile), so 3x one slow
 #: read would make the next slower still (at 512 ranks on one core: a 28.7 s read, then a 94 s
@@ -79,8 +65,9 @@ READ_BEHIND_MIN_S = 0.1
 READ_THREAD = "dualscope-read"
 
 
-class RunData:
-    """One run: its reader, its data so far and the results derived from it."""
+class RunData(Derived):
+    """One run: its reader, its data so far and the results derived from it
+    (:class:`~dashboard.derived.Derived`: memoised per data version, stale-while-revalidate)."""
 
     def __init__(self, entry: RunEntry, *, live_reload_s: float = 0.5, cache_size: int = 24,
                  live_counters_s: float | None = 600.0,
@@ -107,9 +94,6 @@ class RunData:
         self._read_cost = 0.0
         self._reading = False
         self._read_started = -1e18
-        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._cache_size = cache_size
-        self._inflight: dict[tuple[Any, ...], threading.Event] = {}
         #: the files signature and error of the last failed read: the same files fail the
         #: same way, so they are not read again (a damaged run costs one stat per file)
         self._failed: tuple[tuple[Any, ...], DualscopeError] | None = None
@@ -118,18 +102,7 @@ class RunData:
         self._steps: StepResults | None = None
         self._steps_at = -1e18
         self._steps_error: str | None = None
-        #: a live run's stale derived values are computed again in a background thread
-        #: while the callers take the value they have (:meth:`derived`)
-        self.background_refresh = background_refresh
-        #: the share of its time the refresh thread computes for this run (1: no rest)
-        self.refresh_duty = refresh_duty
-        #: the background computations are made in a child process at the lowest priority
-        #: (:func:`~dashboard.refresh.compute_apart`), not on the refresh thread itself
-        self.refresh_apart = refresh_apart
-        #: the newest computations of derived values and reads of a live run ("read"):
-        #: (name, monotonic end, cost s, in the background); what a benchmark reads to say
-        #: how fresh the views were
-        self.refreshes: deque[tuple[str, float, float, bool]] = deque(maxlen=4096)
+        self._init_derived(cache_size, background_refresh, refresh_duty, refresh_apart)
 
     @property
     def manifest(self) -> Manifest:
@@ -276,101 +249,6 @@ class RunData:
                 self.refreshes.append(("read", self._loaded_at, self._read_cost,
                                        threading.current_thread().name == READ_THREAD))
         return snap
-
-    def derived(self, name: str, snap: Snapshot, fn: Callable[[Snapshot], T],
-                key: tuple[Any, ...] = (), *, newest: bool = True,
-                version: object = None) -> T:
-        """``fn(snap)`` memoised per (name, key) and data version (``version``, when the
-        value is of other data than the snapshot's: by default ``snap.version``). While a run
-        is live, a value
-        computed less than ``COST_MULTIPLE`` (3) x its own compute time ago is reused even though the data
-        grew, so an expensive view of a big live run refreshes less often instead of falling
-        behind (a small run recomputes on every tick). Past that, a live run's caller takes
-        the value it has and the new one is computed in a background thread
-        (``background_refresh``; stale-while-revalidate; one such thread per process,
-        :func:`~dashboard.refresh.refresh_later`): a page's tick never waits for an analysis
-        of the whole live window, only its first draw does. One computation per key at a
-        time: while one thread computes it, the others take the value it replaces (a live
-        run) or wait for it, instead of computing the same thing again (several
-        callbacks of one tick ask for the same analyses; computing them three times at once
-        made each take 3x). A background computation that fails drops the value, so the next
-        caller computes it and sees the error. A background computation takes the newest
-        snapshot of the run when it starts, not the one of the call that found the value
-        stale (``newest``; False when ``fn`` also depends on something of that call's, not in
-        ``key``): the refresh is as fresh as the data, and a queued refresh holds no
-        snapshot of its own (one per queued view, each with its own frames, held ~250 MB
-        more at 64 ranks)."""
-        k = (name, *key)
-        want = snap.version if version is None else version
-        while True:
-            now = time.monotonic()
-            with self._lock:
-                hit = self._cache.get(k)
-                if hit is not None:
-                    of, at, cost, value = hit
-                    if of == want or (snap.live and now - at < COST_MULTIPLE * cost):
-                        self._cache.move_to_end(k)
-                        return value  # type: ignore[no-any-return]
-                running = self._inflight.get(k)
-                if hit is not None and snap.live and (running is not None
-                                                      or self.background_refresh):
-                    if running is None:  # refresh it behind the caller's back
-                        done = self._inflight[k] = threading.Event()
-                        refresh_later(functools.partial(
-                            self._compute, k, None if newest else snap, fn, done, True,
-                            version, hit[2]), self.refresh_duty)
-                    return hit[3]  # type: ignore[no-any-return]  # being refreshed
-                if running is None:
-                    mine = self._inflight[k] = threading.Event()
-                    break
-                if threading.current_thread().name.startswith(REFRESH_THREAD):
-                    # the refresh thread itself must not wait for a refresh queued behind it
-                    # (its old value was evicted meanwhile): it computes this one here
-                    return fn(snap)
-            running.wait()  # the same value for this data: take it when it is there
-        return self._compute(k, snap, fn, mine, False, version)
-
-    def _compute(self, k: tuple[Any, ...], snap: Snapshot | None, fn: Callable[[Snapshot], T],
-                 done: threading.Event, background: bool, version: object = None,
-                 cost: float | None = None) -> T:
-        """Compute ``k`` for ``snap`` (None: the newest snapshot read) and cache it as of
-        ``version`` (None: the snapshot's) (:meth:`derived`); ``done`` is set after. A
-        background computation whose last one took ``cost`` s or more than a fork is made in a
-        child process at the lowest priority (``refresh_apart``,
-        :func:`~dashboard.refresh.compute_apart`); in this thread when that is not possible
-        or the child delivers nothing."""
-        try:
-            t = time.monotonic()
-            if snap is None:
-                with self._lock:
-                    snap = self._snap
-                assert snap is not None  # a background refresh follows a read
-            try:
-                if background and self.refresh_apart and apart_possible(cost):
-                    try:
-                        value = compute_apart(fn, snap, self._lock)
-                    except ApartLost:
-                        value = fn(snap)
-                else:
-                    value = fn(snap)
-            except Exception:
-                if not background:
-                    raise
-                with self._lock:  # the next caller computes it again, and sees why
-                    self._cache.pop(k, None)
-                return None  # type: ignore[return-value]  # nobody waits for this value
-            cost = time.monotonic() - t
-            with self._lock:
-                self._cache[k] = (snap.version if version is None else version,
-                                  time.monotonic(), cost, value)
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-                self.refreshes.append((k[0], time.monotonic(), cost, background))
-        finally:
-            with self._lock:
-                self._inflight.pop(k, None)
-            done.set()
-        return value
 
     # -- derived ------------------------------------------------------------------------
     def params(self, snap: Snapshot, thresholds: Mapping[str, float] | None = None) -> AnalysisParams:

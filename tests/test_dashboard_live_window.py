@@ -143,6 +143,23 @@ def test_live_timeline_follows_the_newest_step_its_ideal_covers(tmp_path: Path) 
     rd2.ideal = lambda _snap: fresh  # type: ignore[method-assign]
     step2, _ = timeline_page.newest_complete_step(rd2, rd2.snapshot())
     assert step2 == 8  # steps 0-9 written, 9 is the newest begun: 8 is complete
+    # a lagging ideal with the newest steps' rows for rank 0 and not for rank 1: drawing rank
+    # 1 follows the newest complete step its own ideal row has (seen at 256 live ranks: the
+    # newest complete step drawn for one pipeline with both ideal rows blank)
+    import dataclasses
+
+    part = fresh.spans
+    part = part.loc[~((part["rank"] == 1) & (part["step"] > 5))]
+    partial = dataclasses.replace(fresh, spans=part)
+    rd4 = DataService(str(runs), live_reload_s=0.0).run("live")
+    rd4.ideal = lambda _snap: partial  # type: ignore[method-assign]
+    snap4 = rd4.snapshot()
+    assert timeline_page.newest_complete_step(rd4, snap4)[0] == 8  # rank 0 has step 8's
+    step4, _ = timeline_page.newest_complete_step(rd4, snap4, ranks=[1])
+    assert step4 == 5
+    ix4 = rd4.timeline_index(snap4)
+    ideal4 = (ix4.row == timeline_page.ROW_KINDS.index("ideal")) & (ix4.rank == 1)
+    assert (ideal4 & (ix4.step == step4)).any()
     # the same for the bubble shading: a lagging bubble analysis (steps 0-6) holds it back
     rd3 = DataService(str(runs), live_reload_s=0.0).run("live")
     snap3 = rd3.snapshot()
@@ -180,7 +197,8 @@ def test_the_newest_complete_step_is_of_the_index_drawn_from(tmp_path: Path) -> 
         assert step == want
         x0, x1 = (ix.t0_ns + round(v * 1e9) for v in view)
         assert query(ix, [0, 1], x0, x1).count > 0  # never an empty window
-    assert ("newest_complete", True) in old.memo and ("newest_complete", True) in new.memo
+    assert ("newest_complete", True, None) in old.memo
+    assert ("newest_complete", True, None) in new.memo
     w.close()
 
 

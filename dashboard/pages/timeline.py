@@ -8,6 +8,7 @@ aggregates."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -118,7 +119,8 @@ def step_options(steps: pd.DataFrame, live: bool) -> tuple[list[dict[str, str]],
     return opts, default
 
 
-def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None = None
+def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None = None,
+                         ranks: Sequence[int] | None = None
                          ) -> tuple[int, list[float]] | None:
     """(step, window in s since the run start) of the newest step every rank finished: the
     step before the newest one all ranks have begun (every step, once the run finished); the
@@ -128,9 +130,12 @@ def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None =
     ideal rows and bubble shading cover (both are refreshed less often than the spans). The
     window is the bubble analysis' when it has the step, else the step's extent (measured
     and communication rows). ``ix``: the index the caller draws from (default: the run's
-    current one), so that the step is one it has rows for."""
+    current one), so that the step is one it has rows for. ``ranks``: the ranks drawn; the
+    ideal rows and bubble shading followed are theirs (a lagging ideal may have a step's rows
+    for some pipelines and not for the one drawn: seen at 256 live ranks)."""
     if ix is None:
         ix = rd.timeline_index(snap)
+    mine_ranks = None if ranks is None else np.isin(ix.rank, np.asarray(list(ranks)))
 
     def run() -> tuple[int, int, int] | None:  # of ix, the caller's index
         drawn = (ix.step >= 0) & (ix.row != ROW_KINDS.index("ideal"))
@@ -150,6 +155,8 @@ def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None =
             for rows in ((ix.row == ROW_KINDS.index("ideal")) & (ix.step >= 0),
                          (ix.row != ROW_KINDS.index("ideal")) & (ix.cat == CAT["bubble"])
                          & (ix.step >= 0)):
+                if mine_ranks is not None:
+                    rows &= mine_ranks
                 if rows.any():
                     have = np.unique(ix.step[rows].astype(np.int64))
                     have = have[(have <= pick) & (have >= oldest)]
@@ -161,7 +168,7 @@ def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None =
 
     # kept with the index it is of: a cache keyed by id(ix) handed a value of a freed index
     # to a new one at the same address, a step this index no longer holds (an empty window)
-    key = ("newest_complete", snap.live)
+    key = ("newest_complete", snap.live, None if ranks is None else tuple(sorted(ranks)))
     if key not in ix.memo:
         ix.memo[key] = run()
     got = ix.memo[key]
@@ -262,12 +269,12 @@ def render(svc: DataService, clock: ClockLike, relayout: dict[str, Any] | None,
     live_step = None
     # follow the newest complete step, unless the user just zoomed (a relayout that leaves the
     # window as it was, plotly's autosize after a draw, is not a zoom)
+    ranks = ranks_for(rd, snap, ranks_value)
     if step == "live" and not zoomed and cutoff_ns(c) is None:
-        got = newest_complete_step(rd, snap, ix)  # of the index drawn from below
+        got = newest_complete_step(rd, snap, ix, ranks)  # of the index and ranks drawn below
         if got is not None:
             live_step, view = got
     cut = cutoff_ns(c)
-    ranks = ranks_for(rd, snap, ranks_value)
     t0 = ix.t0_ns
     if cut is not None and view is not None and not view[0] <= (cut - t0) / 1e9 <= view[1]:
         view, step_out = None, "all"  # replay follows its clock: show the whole run filling up

@@ -5,6 +5,7 @@ lowest priority where possible: :mod:`dashboard.refresh`)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -56,10 +57,9 @@ class Derived:
                 version: object = None) -> T:
         """``fn(snap)`` memoised per (name, key) and data version (``version``, when the
         value is of other data than the snapshot's: by default ``snap.version``). While a run
-        is live, a value
-        computed less than ``COST_MULTIPLE`` (3) x its own compute time ago is reused even though the data
-        grew, so an expensive view of a big live run refreshes less often instead of falling
-        behind (a small run recomputes on every tick). Past that, a live run's caller takes
+        is live, a value computed less than ``COST_MULTIPLE`` (3) x its own compute time ago
+        is reused even though the data grew, so an expensive view of a big live run
+        refreshes less often instead of falling behind (a small run recomputes on every tick). Past that, a live run's caller takes
         the value it has and the new one is computed in a background thread
         (``background_refresh``; stale-while-revalidate; one such thread per process,
         :func:`~dashboard.refresh.refresh_later`): a page's tick never waits for an analysis
@@ -120,13 +120,7 @@ class Derived:
                     snap = self._snap
                 assert snap is not None  # a background refresh follows a read
             try:
-                if background and self.refresh_apart and apart_possible(cost):
-                    try:
-                        value = compute_apart(fn, snap, self._lock)
-                    except ApartLost:
-                        value = fn(snap)
-                else:
-                    value = fn(snap)
+                value = self._value(fn, snap, background, cost)
             except Exception:
                 if not background:
                     raise
@@ -145,3 +139,12 @@ class Derived:
                 self._inflight.pop(k, None)
             done.set()
         return value
+
+    def _value(self, fn: Callable[[Snapshot], T], snap: Snapshot, background: bool,
+               cost: float | None) -> T:
+        """``fn(snap)``: in a refresh child when in the background and dearer than a fork
+        (:meth:`_compute`), else (or when the child delivered nothing) in this thread."""
+        if background and self.refresh_apart and apart_possible(cost):
+            with contextlib.suppress(ApartLost):
+                return compute_apart(fn, snap, self._lock)
+        return fn(snap)

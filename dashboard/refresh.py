@@ -29,8 +29,6 @@ _REFRESH_QUEUE: queue.SimpleQueue[tuple[Callable[[], object], float]] | None = N
 _REFRESH_LOCK = threading.Lock()
 #: True in a child of :func:`compute_apart`: it queues nothing and forks no further
 _IN_CHILD = False
-#: CPU seconds (user + system) of the children :func:`compute_apart` waited for, per thread
-_CHILD_CPU = threading.local()
 #: what the children of :func:`compute_apart` cost in this process: how many, their CPU
 #: seconds, the largest one's peak RSS (KiB; shared pages included), the one computing now
 #: (``pid``, 0: none), how many delivered nothing (``lost``), the time the server spent
@@ -72,8 +70,9 @@ def refresh_later(task: Callable[[], object], duty: float = REFRESH_DUTY) -> Non
 
 
 def _cpu_used() -> float:
-    """This thread's CPU seconds plus those of the children it computed in."""
-    return time.thread_time() + float(getattr(_CHILD_CPU, "s", 0.0))
+    """This thread's CPU seconds plus those of the refresh children (only this thread forks
+    them in a server)."""
+    return time.thread_time() + CHILD_STATS["cpu_s"]
 
 
 def _refresh_loop(tasks: queue.SimpleQueue[tuple[Callable[[], object], float]]) -> None:
@@ -100,7 +99,8 @@ def apart_possible(cost_s: float | None) -> bool:
             and cost_s >= REFRESH_APART_MIN_S)
 
 
-def compute_apart(fn: Callable[[Any], T], arg: Any, hold: Any) -> T:
+def compute_apart(fn: Callable[[Any], T], arg: Any,
+                  hold: contextlib.AbstractContextManager[Any]) -> T:
     """``fn(arg)`` computed in a forked child at the lowest CPU priority (nice 19), its value
     sent back pickled; the calling thread waits without the interpreter lock. The child
     shares the parent's memory copy-on-write (the snapshot is not copied), runs no
@@ -130,10 +130,8 @@ def compute_apart(fn: Callable[[Any], T], arg: Any, hold: Any) -> T:
         os.close(r)
         _, status, usage = os.wait4(pid, 0)
         CHILD_STATS["pid"] = 0
-        cpu = usage.ru_utime + usage.ru_stime
-        _CHILD_CPU.s = float(getattr(_CHILD_CPU, "s", 0.0)) + cpu
         CHILD_STATS["n"] += 1
-        CHILD_STATS["cpu_s"] += cpu
+        CHILD_STATS["cpu_s"] += usage.ru_utime + usage.ru_stime
         CHILD_STATS["max_rss_kib"] = max(CHILD_STATS["max_rss_kib"], usage.ru_maxrss)
     if not data or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         raise _lost(f"the refresh child ended with status {status} and {len(data)} bytes")

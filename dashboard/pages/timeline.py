@@ -135,9 +135,9 @@ def newest_complete_step(rd: RunData, snap: Snapshot, ix: TimelineIndex | None =
     for some pipelines and not for the one drawn: seen at 256 live ranks)."""
     if ix is None:
         ix = rd.timeline_index(snap)
-    mine_ranks = None if ranks is None else np.isin(ix.rank, np.asarray(list(ranks)))
 
     def run() -> tuple[int, int, int] | None:  # of ix, the caller's index
+        mine_ranks = None if ranks is None else np.isin(ix.rank, np.asarray(list(ranks)))
         drawn = (ix.step >= 0) & (ix.row != ROW_KINDS.index("ideal"))
         if not drawn.any():
             return None

@@ -94,6 +94,8 @@ class RunData(Derived):
         self._read_cost = 0.0
         self._reading = False
         self._read_started = -1e18
+        #: what a read behind the callers' backs raised that is not a run format error
+        self._behind_error: Exception | None = None
         #: the files signature and error of the last failed read: the same files fail the
         #: same way, so they are not read again (a damaged run costs one stat per file)
         self._failed: tuple[tuple[Any, ...], DualscopeError] | None = None
@@ -146,6 +148,9 @@ class RunData(Derived):
                 if self.files_signature() == sig:
                     raise err
                 self._failed = None
+            if self._behind_error is not None:
+                bug, self._behind_error = self._behind_error, None
+                raise bug
             snap = self._snap
             if snap is not None and (not self._due(snap) or in_child()):
                 return snap  # a refresh child never reads (dashboard.refresh.in_child)
@@ -184,8 +189,11 @@ class RunData(Derived):
         try:
             with self._read_lock:
                 self._read_or_fail()
-        except Exception:  # noqa: S110 - kept in _failed, raised to the next caller
+        except DualscopeError:  # kept in _failed, raised to the callers while files stay
             pass
+        except Exception as e:  # anything else (a bug): raised once, to the next caller
+            with self._lock:
+                self._behind_error = e
         finally:
             with self._lock:
                 self._reading = False

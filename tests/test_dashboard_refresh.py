@@ -214,6 +214,22 @@ def test_a_big_live_run_is_read_behind_the_callers_back(
         time.sleep(0.02)
     with pytest.raises(RunFormatError, match="damaged"):
         rd.snapshot()
+
+    def bug() -> Any:
+        raise KeyError("a bug in the read")
+
+    monkeypatch.setattr(rd.reader, "refresh_manifest", bug)
+    span(3)
+    time.sleep(0.1)
+    got: Any = None
+    deadline = time.monotonic() + 10
+    while got is None and time.monotonic() < deadline:  # the read behind fails ...
+        try:
+            rd.snapshot()
+        except KeyError as e:  # ... and the next caller is told, not left on old data
+            got = e
+        time.sleep(0.02)
+    assert got is not None and "a bug in the read" in str(got)
     w.close()
 
 
